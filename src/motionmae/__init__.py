@@ -1,0 +1,12 @@
+"""MotionMAE: motion-aware masked autoencoders for self-supervised video representation learning."""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy so that `import motionmae` stays cheap (the CLI imports torch only for commands that need it).
+    if name == "load_encoder":
+        from motionmae.eval.features import load_encoder
+
+        return load_encoder
+    raise AttributeError(name)

@@ -1,0 +1,58 @@
+"""`motionmae <command>`: each command lives in its own module, imported only when it runs.
+
+A command module exposes `add_arguments(parser)` and `run(args) -> int | None`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from motionmae.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "demo": ("motionmae.engine.demo", "the whole default story on the built-in data: dataset, pretrain, pictures, probe"),
+    "pretrain": ("motionmae.engine.pretrain", "pretrain a video ViT with the MotionMAE / VideoMAE objective"),
+    "finetune": ("motionmae.engine.finetune", "fine-tune a pretrained encoder for action recognition"),
+    "probe": ("motionmae.eval.probe", "frozen-feature k-NN and linear probe"),
+    "extract": ("motionmae.eval.features", "extract pooled or token-grid features to .npy / safetensors"),
+    "vos": ("motionmae.eval.vos", "video object segmentation by label propagation (DAVIS J&F)"),
+    "visualize": ("motionmae.viz", "reconstruction and motion pictures (PNG grid + GIF) for a checkpoint and a video"),
+    "make-dataset": ("motionmae.data.synthetic", "write the built-in synthetic dataset (mp4 + annotation lists)"),
+    "convert": ("motionmae.interop.convert", "convert checkpoints between transformers, original VideoMAE and motionmae"),
+}
+
+
+def build_parser(argv) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="motionmae", description="MotionMAE: motion-aware masked autoencoders for video.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        if argv[:1] == [name]:  # only the chosen command's module is imported
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        rc = importlib.import_module(args._module).run(args)
+    except UserError as e:
+        print(f"motionmae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"motionmae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
