@@ -43,7 +43,8 @@ class ModelConfig:
     img_size: int = 224
     in_chans: int = 3
     qkv_bias: bool = True
-    pos_embed: str = "sincos"  # sincos (fixed, VideoMAE) | learnable
+    pos_embed: str = "sincos3d"  # sincos3d (fixed, factorised t/h/w) | sincos1d (VideoMAE/transformers table) | learnable
+    pooling: str = "mean"  # classifier: mean (tokens -> mean -> fc_norm, encoder norm off) | first (norm -> first token, transformers w/o mean pooling)
     drop_path: float = 0.0
     norm_eps: float = 1e-6
     grad_checkpointing: bool = False  # activation checkpointing of encoder/decoder blocks
