@@ -1,0 +1,123 @@
+"""Typed configuration for `motionmae finetune` and `motionmae probe`, built with config.py's machinery.
+
+A fine-tuning config is composed as: fine-tuning defaults (VideoMAE's recipe, SPEC.md) -> the clip format
+stored in the pretrained checkpoint -> a preset or YAML file (`--config`) -> the encoder architecture stored
+in the checkpoint (the weights decide it) -> `section.key=value` overrides. Pretraining-only sections of a preset (mask, objective) are ignored,
+so `--config motionmae-sha-small` works for both commands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from motionmae.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    _merge,
+    _read_yaml_with_base,
+    from_dict,
+    parse_overrides,
+    preset_dict,
+)
+from motionmae.errors import UserError
+
+# Model keys that define the encoder's shape: taken from the checkpoint. drop_path, pooling, grad_checkpointing
+# are fine-tuning choices and keep the fine-tuning defaults.
+ARCH_KEYS = ("size", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames",
+             "img_size", "in_chans", "qkv_bias", "pos_embed", "norm_eps")
+# Data keys that must match what the encoder was pretrained on.
+CLIP_KEYS = ("num_frames", "sampling_rate", "sampling", "input_size", "mean", "std", "flip")
+PRETRAIN_ONLY = ("mask", "objective")
+
+
+@dataclass
+class FinetuneOptions:
+    label_column: str = ""  # which label column to train on: a name (synthetic: class/direction/speed/arrow) or index; '' = the first
+    layer_decay: float = 0.75  # lr scale decay^(depth + 1 - layer): patch_embed/pos_embed layer 0, block i layer i+1, head last
+    mixup: float = 0.8  # Beta(alpha) for mixup; 0 = off
+    cutmix: float = 1.0  # Beta(alpha) for cutmix; 0 = off
+    mixup_prob: float = 1.0  # probability of mixing a batch at all
+    mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    label_smoothing: float = 0.1
+    reprob: float = 0.25  # random erasing probability per clip
+    test_temporal_views: int = 2  # K clips along time at test (SSv2 2, K400 5, UCF101 10)
+    test_spatial_views: int = 3  # crops across the frame's long side at test
+    eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
+    eval_batch_size: int = 0  # videos per eval batch (each carries K x 3 views); 0 = train.batch_size
+    eval_max_videos: int = 0  # evaluate on the first N val videos only; 0 = all
+
+
+def _finetune_train() -> TrainConfig:
+    # VideoMAE fine-tuning: AdamW (0.9, 0.999), wd 0.05, base lr 5e-4 per 256 (SSv2/UCF101), warm-up 5 epochs
+    # from 1e-6, cosine to 1e-6, 40 epochs (SSv2).
+    return TrainConfig(epochs=40, base_lr=5e-4, min_lr=1e-6, warmup_lr=1e-6, warmup_epochs=5, betas=(0.9, 0.999),
+                       weight_decay=0.05, output_dir="runs/finetune", save_every=1000)
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(drop_path=0.1))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=_finetune_train)
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+
+
+@dataclass
+class ProbeOptions:
+    k: int = 20  # neighbours for k-NN
+    temperature: float = 0.07  # k-NN vote weight exp(cos / temperature) (DINO)
+    linear_epochs: int = 100
+    linear_lr: float = 0.1  # SGD momentum 0.9, cosine
+    linear_batch_size: int = 256
+    linear_weight_decay: float = 0.0
+    batch_size: int = 8  # clips per feature-extraction batch
+    views: int = 1  # temporal clips per video averaged into one feature (centre crop)
+    cache_dir: str = ""  # '' = <checkpoint dir>/probe_cache, or runs/probe_cache for a random encoder
+    seed: int = 0
+
+
+@dataclass
+class ProbeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    probe: ProbeOptions = field(default_factory=ProbeOptions)
+    device: str = "auto"
+
+
+def _spec_dict(spec: str) -> dict:
+    if not spec:
+        return {}
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise UserError(f"config file not found: {spec}")
+        return _read_yaml_with_base(p)
+    return preset_dict(spec)
+
+
+def checkpoint_base(config_dict: Optional[dict]) -> dict:
+    """The architecture and clip-format part of a checkpoint's saved config, as overrides."""
+    if not config_dict:
+        return {}
+    model = {k: v for k, v in (config_dict.get("model") or {}).items() if k in ARCH_KEYS}
+    data = {k: v for k, v in (config_dict.get("data") or {}).items() if k in CLIP_KEYS}
+    return {"model": model, "data": data}
+
+
+def load_finetune_config(spec: str = "", overrides: Sequence[str] = (), checkpoint_config: Optional[dict] = None,
+                         cls=FinetuneConfig):
+    """Defaults -> checkpoint architecture -> preset/YAML `spec` -> overrides; returns a `cls` instance."""
+    base = checkpoint_base(checkpoint_config)
+    d = _merge({"data": base.get("data", {})}, _spec_dict(spec))
+    d = _merge(d, {"model": base.get("model", {})})  # the weights define the architecture, whatever the preset says
+    for section in PRETRAIN_ONLY:
+        d.pop(section, None)
+    cfg = from_dict(cls, _merge(d, parse_overrides(overrides)))
+    if cfg.data.num_frames != cfg.model.num_frames or cfg.data.input_size != cfg.model.img_size:
+        raise UserError(f"clip shape data.num_frames={cfg.data.num_frames}, data.input_size={cfg.data.input_size} does not "
+                        f"match the encoder's model.num_frames={cfg.model.num_frames}, model.img_size={cfg.model.img_size}; "
+                        "override both (e.g. data.num_frames=16 model.num_frames=16)")
+    return cfg
