@@ -111,6 +111,9 @@ class DataConfig:
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
     max_skip_fraction: float = 0.5  # give up when more than this fraction of videos fail to decode
+    short_video: str = "loop"  # dense sampling of a video shorter than the clip span: loop | clamp (hold last frame)
+    test_clips: int = 2  # test-time temporal views K (VideoMAE: SSv2 2, K400 5, UCF101 10)
+    test_crops: int = 3  # test-time spatial crops per temporal view: 3 (along the long side) or 1 (centre)
 
 
 @dataclass
