@@ -1,0 +1,158 @@
+"""torch.distributed plumbing: init from torchrun's environment, rank helpers, a resumable sharded sampler.
+
+A single process (no torchrun) is world size 1 and never touches torch.distributed, so every helper
+here is safe to call unconditionally. Backend: nccl on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from motionmae.errors import UserError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:<local_rank> when CUDA is available, else cpu; 'cuda' -> cuda:<local_rank>."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device='{name}' is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device='{name}' but CUDA is not available on this machine; use train.device=cpu")
+    return device
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*).
+
+    Without them (or WORLD_SIZE=1) this is a single process: no process group is created.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    """Only rank 0 writes logs, checkpoints and pictures."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over ranks (a copy; `t` itself is left alone)."""
+    if not is_dist():
+        return t.clone()
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / get_world_size()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if not is_dist():
+        return t.clone()
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 64-bit seed from integer keys, e.g. (seed, epoch, index): one independent stream per key tuple."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0])
+
+
+class ShardedSampler(torch.utils.data.Sampler):
+    """DistributedSampler-style sharding that can start mid-epoch.
+
+    Each epoch, one permutation of the dataset (seeded by (seed, epoch), identical on every rank) is
+    cut to a multiple of `world_size` (drop_last) or padded by wrapping around, and rank r takes
+    positions r, r + world, r + 2*world, ... So the union of the ranks' k-th batches of size b is the
+    k-th batch of size world*b of a single process: more ranks change nothing but the speed.
+    `set_epoch(epoch, start=i)` skips the first i samples of this rank's shard (exact resume without
+    decoding the skipped videos).
+    """
+
+    def __init__(self, num_samples: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0, drop_last: bool = True):
+        self.n, self.world, self.rank = num_samples, world_size, rank
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def shard_length(self) -> int:
+        return self.n // self.world if self.drop_last else -(-self.n // self.world)
+
+    def __len__(self) -> int:
+        return max(self.shard_length() - self.start, 0)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.shard_length() * self.world
+        if total > len(order):  # pad by wrapping around (drop_last=False)
+            order = (order * (total // max(len(order), 1) + 1))[:total]
+        order = order[:total]
+        return iter(order[self.rank :: self.world][self.start :])
