@@ -43,10 +43,8 @@ class FinetuneOptions:
     mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
     label_smoothing: float = 0.1
     reprob: float = 0.25  # random erasing probability per clip
-    test_temporal_views: int = 2  # K clips along time at test (SSv2 2, K400 5, UCF101 10)
-    test_spatial_views: int = 3  # crops across the frame's long side at test
     eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
-    eval_batch_size: int = 0  # videos per eval batch (each carries K x 3 views); 0 = train.batch_size
+    eval_batch_size: int = 0  # videos per eval batch (each carries data.test_clips x data.test_crops views); 0 = train.batch_size
     eval_max_videos: int = 0  # evaluate on the first N val videos only; 0 = all
 
 
