@@ -1,0 +1,272 @@
+"""Video object segmentation by label propagation with frozen features (DAVIS-2017 J&F).
+
+The protocol of DINO / CRW / VideoMAE: every frame becomes a grid of L2-normalised patch features;
+the first frame's ground-truth mask is propagated frame by frame. Each query patch of frame t looks at
+the patches of the first frame (ground truth) and of the last `context` predicted frames (their soft
+labels), restricted for the predicted frames to a (2r+1)^2 neighbourhood around its own position; it
+keeps the top-k most similar patches over all of them, weights them by softmax(cos / temperature) and
+averages their soft labels. Soft labels are upsampled bilinearly to the frame, argmax gives the mask.
+
+The algorithm only needs `features(frames uint8 (T, H, W, 3)) -> float (T, h, w, D)`; `EncoderFeatures`
+provides one from a video ViT (a tubelet-2 model sees each frame as a 2-frame clip of that frame).
+
+    motionmae vos --checkpoint runs/pretrain/last --davis-root DAVIS --out runs/vos
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from motionmae.config import IMAGENET_MEAN, IMAGENET_STD
+from motionmae.errors import UserError
+from motionmae.eval import davis
+
+Features = Callable[[np.ndarray], torch.Tensor]  # uint8 (T, H, W, 3) -> float (T, h, w, D)
+
+
+@dataclass
+class VOSConfig:
+    topk: int = 5  # neighbours kept per query patch, over all context frames together
+    context: int = 7  # previous predicted frames used besides the first frame
+    radius: int = 12  # neighbourhood (in patches) for the previous frames; 0: no restriction
+    temperature: float = 0.07
+    size: int = 0  # short side of the frames fed to the encoder; 0: the frames' own (480 on DAVIS 480p)
+
+
+# ----------------------------------------------------------------------------------------------
+# propagation
+
+
+def soft_labels(mask: np.ndarray, n_objects: int, grid: Tuple[int, int]) -> torch.Tensor:
+    """Object indices (H, W) -> per-patch label fractions (h*w, n_objects + 1) by area averaging.
+
+    Void (255) pixels belong to no class, so a patch's fractions sum to its non-void share.
+    """
+    m = torch.from_numpy(np.asarray(mask, dtype=np.int64))
+    onehot = torch.stack([m == k for k in range(n_objects + 1)]).float()  # (C, H, W)
+    small = F.interpolate(onehot[None], size=grid, mode="area")[0]
+    return small.flatten(1).T.contiguous()
+
+
+def neighbourhood(h: int, w: int, radius: int) -> torch.Tensor:
+    """bool (h*w, h*w): query patch i may attend key patch j (same grid) when both offsets are <= radius."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
+
+
+def propagate(feats: torch.Tensor, first_mask: np.ndarray, n_objects: int, cfg: VOSConfig = VOSConfig(),
+              chunk: int = 2048) -> np.ndarray:
+    """Propagate the first frame's mask through a sequence.
+
+    feats: float (T, h, w, D) patch features; first_mask: uint8 (H, W) object indices (255 = void).
+    Returns uint8 (T, H, W) predicted indices; frame 0 is the given mask with void set to background.
+    Queries are processed `chunk` rows at a time to bound the (queries x keys) affinity's memory.
+    """
+    T, h, w, _ = feats.shape
+    H, W = first_mask.shape
+    n = h * w
+    feats = F.normalize(feats.reshape(T, n, -1).float(), dim=-1)
+    labels0 = soft_labels(first_mask, n_objects, (h, w)).to(feats.device)  # (n, C)
+    near = neighbourhood(h, w, cfg.radius).to(feats.device) if cfg.radius > 0 else None
+    first = np.where(first_mask == davis.VOID, 0, first_mask).astype(np.uint8)
+    out = [first]
+    memory: deque = deque(maxlen=cfg.context)  # (features (n, D), soft labels (n, C)) of predicted frames
+    for t in range(1, T):
+        keys = torch.cat([feats[0]] + [f for f, _ in memory])  # (K, D), K = n * (1 + len(memory))
+        values = torch.cat([labels0] + [l for _, l in memory])  # (K, C)
+        k = min(cfg.topk, n)  # the first frame alone always has n unrestricted keys
+        pred = torch.empty(n, values.shape[1], device=feats.device)
+        for s in range(0, n, chunk):
+            sim = feats[t, s : s + chunk] @ keys.T  # (q, K) cosine similarities
+            if near is not None and memory:
+                allowed = near[s : s + chunk].repeat(1, len(memory))
+                sim[:, n:] = sim[:, n:].masked_fill(~allowed, float("-inf"))
+            top, idx = sim.topk(k, dim=1)
+            weight = torch.softmax(top / cfg.temperature, dim=1)  # -inf (out of reach) -> weight 0
+            pred[s : s + chunk] = torch.einsum("qk,qkc->qc", weight, values[idx])
+        memory.append((feats[t], pred))
+        up = F.interpolate(pred.T.reshape(1, -1, h, w), size=(H, W), mode="bilinear", align_corners=False)
+        out.append(up[0].argmax(0).to(torch.uint8).cpu().numpy())
+    return np.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# features from a video ViT
+
+
+def frame_grid(height: int, width: int, size: int, patch: int) -> Tuple[int, int]:
+    """Patch grid (h, w) for a frame resized to short side `size` (0: its own), both sides multiples of `patch`."""
+    short = min(height, width)
+    size = size or short
+    scale = size / short
+    h = max(1, round(height * scale / patch))
+    w = max(1, round(width * scale / patch))
+    return h, w
+
+
+class EncoderFeatures:
+    """`features(frames)` from a frozen `VisionTransformer`: each frame alone, as a clip of `tubelet` copies.
+
+    The frame is resized so both sides are multiples of the patch size (short side `size`), normalised
+    with ImageNet mean/std; the encoder interpolates its positional embedding to the frame's grid.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, size: int = 0, device="cpu", batch_size: int = 8,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.encoder = encoder.eval()
+        self.tubelet, self.patch, _ = encoder.patch_embed.proj.kernel_size
+        self.size, self.device, self.batch_size = size, torch.device(device), batch_size
+        self.mean, self.std = mean, std
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray) -> torch.Tensor:
+        from motionmae.data.transforms import resize, to_model_input
+
+        T, H, W, _ = frames.shape
+        h, w = frame_grid(H, W, self.size, self.patch)
+        out = []
+        for s in range(0, T, self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(frames[s : s + self.batch_size])).permute(3, 0, 1, 2)  # (C, B, H, W)
+            x = resize(x, (h * self.patch, w * self.patch)).permute(1, 0, 2, 3)  # (B, C, H', W') uint8
+            clip = x.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1)  # (B, C, tubelet, H', W')
+            x = to_model_input(clip, self.mean, self.std, device=self.device)
+            tokens = self.encoder.forward_features(x)  # (B, h*w, D): one temporal slice
+            out.append(tokens.float().reshape(tokens.shape[0], h, w, -1))
+        return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# a DAVIS split, end to end
+
+
+def segment_davis(features: Features, davis_root, out_dir, split: str = "val", cfg: VOSConfig = VOSConfig(),
+                  sequences: Optional[Sequence[str]] = None, log: Callable[[str], None] = print) -> dict:
+    """Propagate the first-frame masks of every sequence of `split`, write palette PNGs in DAVIS layout
+    (`out_dir/<seq>/<frame>.png`), evaluate them when every frame is annotated, and write the tables:
+    `per-sequence-results-<split>.csv`, `global_results-<split>.csv` and `results-<split>.json`.
+
+    Returns the json dict: {"global": {...}, "per_object": [...], "seconds_per_frame": ..., "config": {...}}.
+    """
+    from motionmae.engine.logger import ProgressBar
+
+    out_dir = Path(out_dir)
+    seqs = davis.list_sequences(davis_root, split)
+    if sequences:
+        missing = sorted(set(sequences) - {s.name for s in seqs})
+        if missing:
+            raise UserError(f"sequences not in split '{split}': {', '.join(missing)}")
+        seqs = [s for s in seqs if s.name in set(sequences)]
+    per_object: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    unevaluated: List[str] = []
+    seconds, n_frames = 0.0, 0
+    bar = ProgressBar(len(seqs), desc="vos")
+    for i, seq in enumerate(seqs):
+        frames = davis.read_frames(seq.frames)
+        first, palette = davis.read_mask(seq.annotations[0])
+        if first.shape != frames.shape[1:3]:
+            raise UserError(f"{seq.annotations[0]}: mask size {first.shape} differs from the frames' {frames.shape[1:3]}")
+        n_obj = davis.num_objects(first)
+        t0 = time.perf_counter()
+        pred = propagate(features(frames), first, n_obj, cfg)
+        seconds += time.perf_counter() - t0
+        n_frames += len(frames)
+        for path, mask in zip(seq.frames, pred):
+            davis.write_mask(out_dir / seq.name / f"{path.stem}.png", mask, palette)
+        if seq.fully_annotated:
+            gt = np.stack([davis.read_mask(a)[0] for a in seq.annotations])
+            j, f = davis.evaluate_sequence(gt, pred, n_obj)
+            for k in range(n_obj):
+                per_object[f"{seq.name}_{k + 1}"] = (j[k], f[k])
+            bar.update(i + 1, seq=seq.name, J=float(np.mean(j)) if j.size else float("nan"),
+                       F=float(np.mean(f)) if f.size else float("nan"))
+        else:
+            unevaluated.append(seq.name)
+            bar.update(i + 1, seq=seq.name)
+    bar.close()
+    result = {"split": split, "config": asdict(cfg), "seconds_per_frame": seconds / max(n_frames, 1),
+              "frames": n_frames, "sequences": len(seqs), "unevaluated": unevaluated}
+    if unevaluated:
+        log(f"not evaluated (some frames have no annotation): {', '.join(unevaluated)}")
+    if per_object:
+        glob, rows = davis.summarize(per_object)
+        result.update({"global": glob, "per_object": rows})
+        _write_csv(out_dir / f"global_results-{split}.csv", [{k: f"{v:.6f}" for k, v in glob.items()}])
+        _write_csv(out_dir / f"per-sequence-results-{split}.csv",
+                   [{"Sequence": r["Sequence"], "J-Mean": f"{r['J-Mean']:.6f}", "F-Mean": f"{r['F-Mean']:.6f}"} for r in rows])
+        log(format_table(glob, rows))
+    log(f"{n_frames} frames, {result['seconds_per_frame']:.3f} s/frame (features + propagation)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"results-{split}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _write_csv(path: Path, rows: List[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(glob: dict, rows: List[dict]) -> str:
+    keys = list(glob)
+    lines = ["  ".join(f"{k:>10}" for k in keys), "  ".join(f"{glob[k]:>10.3f}" for k in keys), ""]
+    width = max([len("Sequence")] + [len(r["Sequence"]) for r in rows])
+    lines.append(f"{'Sequence':<{width}}  {'J-Mean':>7}  {'F-Mean':>7}")
+    lines += [f"{r['Sequence']:<{width}}  {r['J-Mean']:>7.3f}  {r['F-Mean']:>7.3f}" for r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser) -> None:
+    d = VOSConfig()
+    parser.add_argument("--checkpoint", required=True, help="pretrained or fine-tuned checkpoint (file or run directory)")
+    parser.add_argument("--davis-root", required=True, help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017)")
+    parser.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt (default: val)")
+    parser.add_argument("--out", default="runs/vos", help="predicted masks (<seq>/<frame>.png) and result tables")
+    parser.add_argument("--sequences", nargs="*", default=None, help="only these sequences of the split")
+    parser.add_argument("--size", type=int, default=d.size, help="short side fed to the encoder (0: the frames' own, 480 on DAVIS)")
+    parser.add_argument("--topk", type=int, default=d.topk)
+    parser.add_argument("--context", type=int, default=d.context, help="previous predicted frames used besides the first")
+    parser.add_argument("--radius", type=int, default=d.radius, help="neighbourhood radius in patches for previous frames (0: off)")
+    parser.add_argument("--temperature", type=float, default=d.temperature)
+    parser.add_argument("--batch-size", type=int, default=8, help="frames per encoder call")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def config_from_args(args) -> VOSConfig:
+    cfg = VOSConfig(topk=args.topk, context=args.context, radius=args.radius, temperature=args.temperature, size=args.size)
+    if cfg.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {cfg.topk}")
+    if cfg.context < 0 or cfg.radius < 0 or cfg.size < 0:
+        raise UserError("--context, --radius and --size must be >= 0")
+    if not cfg.temperature > 0:
+        raise UserError(f"--temperature must be > 0, got {cfg.temperature}")
+    return cfg
+
+
+def run(args) -> int:
+    from motionmae.engine.distributed import resolve_device
+    from motionmae.eval.features import load_encoder
+
+    cfg = config_from_args(args)
+    device = resolve_device(args.device)
+    encoder = load_encoder(args.checkpoint, device=device)
+    features = EncoderFeatures(encoder, size=cfg.size, device=device, batch_size=args.batch_size)
+    segment_davis(features, args.davis_root, args.out, args.split, cfg, args.sequences)
+    print(f"masks and tables written to {args.out}")
+    return 0
