@@ -1,0 +1,397 @@
+"""Video datasets: annotation formats -> entries; clip sampling; a map-style Dataset that survives bad files.
+
+Sources (`data.train` / `data.val`), any of:
+- an annotation list, one video per line, space or comma separated (comma when a path holds spaces), no header:
+  - `path`                      unlabeled (pretraining)
+  - `path label [label ...]`    VideoMAE / MMAction lists; several integer columns give a label vector
+  - `path start total`          VideoMAE v2 pretraining lists (`path 0 -1` for a video file); recognised when
+                                the last value is -1 or the path is a frame folder
+  Relative paths are joined to `data.root`, or to the list's own folder when `root` is empty.
+- a folder of class folders (`root/<class>/<video>`): labels from the sorted folder names;
+- a folder of videos, or a glob (`clips/*.mp4`): unlabeled. A "video" is a file or a frame folder
+  (`img_00001.jpg`, ...).
+
+Sampling is a pure function of (frames in the video, T, stride, generator) so tests can work the indices out by
+hand: `dense_indices` (T frames at stride s from a random start) and `segment_indices` (TSN). Every random draw in
+`VideoClipDataset` comes from a generator seeded from (seed, epoch, index), so clips do not depend on the
+number of workers. Call `set_epoch(epoch)` before each epoch's iterator is created (do not use
+`persistent_workers=True`: workers would keep the old epoch).
+
+Items are dicts: "video" uint8 (C, T, H, W) (or (S, C, T, H, W) with `num_samples = S > 1` or test views),
+"label" int64 (L,) (-1 when unlabeled), "index" int (the video actually used), "skipped" int (1 when this
+item's own video failed and another was drawn in its place). `collate` flattens samples/views into the batch
+and sums "skipped", so an engine reports the epoch's sum as "skipped N corrupt videos".
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from motionmae.data import transforms as T
+from motionmae.data.decode import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoDecodeError, VideoReader, is_frame_folder
+from motionmae.errors import UserError
+
+
+@dataclass
+class VideoEntry:
+    path: str
+    label: Tuple[int, ...] = ()
+    start: int = 0  # first frame used (v2 frame-folder lists)
+    total: int = -1  # number of frames used; -1: to the end
+    where: str = ""  # "list.csv:12", for messages
+
+
+# ----------------------------------------------------------------------------------------------
+# sources
+
+
+def _is_glob(s: str) -> bool:
+    return any(ch in s for ch in "*?[")
+
+
+def _is_video(p: Path) -> bool:
+    return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
+
+
+def read_annotation_list(path, root: str = "") -> List[VideoEntry]:
+    """Parse a header-less list (formats in the module docstring). A malformed line is a UserError naming file:line."""
+    path = Path(path)
+    base = Path(root) if root else path.parent
+    entries: List[VideoEntry] = []
+    ncols = None
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text annotation list (expected lines of 'path [label ...]')") from None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        parts = [p.strip() for p in line.split(",")] if "," in line else line.split()
+        vpath, fields = parts[0], parts[1:]
+        try:
+            values = [int(v) for v in fields]
+        except ValueError:
+            raise UserError(f"{where}: expected 'path [label ...]' with integer labels (header-less, space or comma "
+                            f"separated), got {raw.strip()!r}") from None
+        if not vpath:
+            raise UserError(f"{where}: empty video path in {raw.strip()!r}")
+        full = vpath if os.path.isabs(vpath) else str(base / vpath)
+        if ncols is not None and len(values) != ncols:
+            raise UserError(f"{where}: {len(values)} value column(s) after the path, but earlier lines have {ncols}")
+        ncols = len(values)
+        if len(values) == 2 and (values[1] == -1 or os.path.isdir(full)):  # VideoMAE v2 `path start total`
+            if values[0] < 0:
+                raise UserError(f"{where}: start frame must be >= 0, got {values[0]}")
+            entries.append(VideoEntry(full, (), values[0], values[1], where))
+        else:
+            if any(v < 0 for v in values):
+                raise UserError(f"{where}: labels must be >= 0, got {values}")
+            entries.append(VideoEntry(full, tuple(values), 0, -1, where))
+    if not entries:
+        raise UserError(f"{path}: annotation list holds no videos")
+    return entries
+
+
+def scan_folder(path, class_names: Optional[Sequence[str]] = None) -> Tuple[List[VideoEntry], Optional[List[str]]]:
+    """A folder of videos (unlabeled) or of class folders (labels = position in sorted class names)."""
+    path = Path(path)
+    children = sorted(path.iterdir())
+    videos = [c for c in children if _is_video(c)]
+    if videos:
+        return [VideoEntry(str(v), (), where=str(v)) for v in videos], None
+    dirs = [c for c in children if c.is_dir()]
+    names = list(class_names) if class_names is not None else [d.name for d in dirs]
+    lookup = {n: i for i, n in enumerate(names)}
+    entries = []
+    for d in dirs:
+        if d.name not in lookup:
+            raise UserError(f"{d}: class folder '{d.name}' is not among the training classes ({len(names)} classes)")
+        for v in sorted(d.iterdir()):
+            if _is_video(v):
+                entries.append(VideoEntry(str(v), (lookup[d.name],), where=str(v)))
+    if not entries:
+        raise UserError(f"{path}: found no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) in it or in its class folders")
+    return entries, names
+
+
+def resolve_source(spec: str, root: str = "", class_names=None) -> Tuple[List[VideoEntry], Optional[List[str]]]:
+    """Entries and class names (None unless class folders) for a list file, a folder or a glob."""
+    if not spec:
+        raise UserError("no data source given: set data.train / data.val to an annotation list, a folder or a glob")
+    if _is_glob(spec):
+        files = sorted(p for p in globlib.glob(os.path.join(root, spec) if root else spec, recursive=True))
+        files = [f for f in files if _is_video(Path(f))]
+        if not files:
+            raise UserError(f"glob '{spec}' matches no videos")
+        return [VideoEntry(f, (), where=f) for f in files], None
+    p = Path(spec) if (not root or os.path.isabs(spec) or Path(spec).exists()) else Path(root) / spec
+    if not p.exists():
+        raise UserError(f"data source not found: {p}")
+    if p.is_dir() and not is_frame_folder(p):
+        return scan_folder(p, class_names)
+    if p.is_file() and p.suffix.lower() not in VIDEO_EXTENSIONS:
+        return read_annotation_list(p, root), None
+    return [VideoEntry(str(p), (), where=str(p))], None
+
+
+def check_paths(entries: Sequence[VideoEntry], show: int = 5) -> None:
+    """UserError listing missing videos (with the list line) when any path does not exist."""
+    missing = [e for e in entries if not os.path.exists(e.path)]
+    if missing:
+        lines = "; ".join(f"{e.where}: {e.path}" if e.where != e.path else e.path for e in missing[:show])
+        more = f" (and {len(missing) - show} more)" if len(missing) > show else ""
+        raise UserError(f"{len(missing)} of {len(entries)} videos not found: {lines}{more}; check data.root")
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling: pure functions of (frames in the video, T, stride, generator)
+
+
+def dense_indices(num_video_frames: int, num_frames: int, stride: int, generator: Optional[torch.Generator] = None,
+                  short_video: str = "loop") -> np.ndarray:
+    """`num_frames` indices at `stride` from a random start (the centred start when generator is None).
+
+    A video shorter than the span (num_frames - 1) * stride + 1 starts at 0 and either loops
+    (index mod length) or clamps (holds the last frame)."""
+    n, span = num_video_frames, (num_frames - 1) * stride + 1
+    if n <= 0:
+        raise ValueError("video has no frames")
+    offsets = np.arange(num_frames, dtype=np.int64) * stride
+    if n >= span:
+        start = T._randint(0, n - span, generator) if generator is not None else (n - span) // 2
+        return start + offsets
+    if short_video == "loop":
+        return offsets % n
+    if short_video == "clamp":
+        return np.minimum(offsets, n - 1)
+    raise ValueError(f"short_video must be 'loop' or 'clamp', got {short_video!r}")
+
+
+def dense_view_indices(num_video_frames: int, num_frames: int, stride: int, num_views: int,
+                       short_video: str = "loop") -> List[np.ndarray]:
+    """Test-time temporal views: `num_views` dense clips with starts spread evenly from first to last."""
+    n, span = num_video_frames, (num_frames - 1) * stride + 1
+    if n < span or num_views == 1:
+        return [dense_indices(n, num_frames, stride, None, short_video) for _ in range(num_views)]
+    starts = np.round(np.linspace(0, n - span, num_views)).astype(np.int64)
+    return [s + np.arange(num_frames, dtype=np.int64) * stride for s in starts]
+
+
+def segment_indices(num_video_frames: int, num_frames: int, generator: Optional[torch.Generator] = None,
+                    view: int = 0, num_views: int = 1) -> np.ndarray:
+    """TSN sampling: the video is cut into `num_frames` equal segments [i*n/T, (i+1)*n/T); training draws one
+    uniform frame per segment, test (generator None) takes the point (view + 0.5) / num_views of the way
+    through each segment (the centre when num_views == 1)."""
+    n = num_video_frames
+    if n <= 0:
+        raise ValueError("video has no frames")
+    i = np.arange(num_frames, dtype=np.float64)
+    lo = np.floor(i * n / num_frames).astype(np.int64)
+    if generator is None:
+        return np.minimum(np.floor((i + (view + 0.5) / num_views) * n / num_frames).astype(np.int64), n - 1)
+    hi = np.maximum(np.floor((i + 1) * n / num_frames).astype(np.int64) - 1, lo)  # inclusive
+    u = torch.rand(num_frames, generator=generator, dtype=torch.float64).numpy()
+    return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch, index), well mixed so nearby tuples give unrelated streams."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset
+
+
+class VideoClipDataset(Dataset):
+    """Clips from a list of `VideoEntry`.
+
+    mode: 'train' (random temporal sample, multi-scale crop, flip), 'val' (centre clip, short-side resize,
+    centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with "view" ids).
+    """
+
+    def __init__(self, entries: Sequence[VideoEntry], *, num_frames: int = 16, sampling_rate: int = 4,
+                 sampling: str = "dense", mode: str = "train", input_size: int = 224, short_side: int = 0,
+                 scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66), flip: bool = True, num_samples: int = 1,
+                 short_video: str = "loop", test_clips: int = 2, test_crops: int = 3, seed: int = 0,
+                 max_skip_fraction: float = 0.5, class_names: Optional[List[str]] = None, max_attempts: int = 50):
+        if mode not in ("train", "val", "test"):
+            raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
+        if sampling not in ("dense", "segment"):
+            raise UserError(f"data.sampling must be 'dense' or 'segment', got '{sampling}'")
+        if short_video not in ("loop", "clamp"):
+            raise UserError(f"data.short_video must be 'loop' or 'clamp', got '{short_video}'")
+        if test_crops not in (1, 3):
+            raise UserError(f"data.test_crops must be 1 or 3, got {test_crops}")
+        if num_samples < 1 or num_frames < 1 or sampling_rate < 1:
+            raise UserError("data.num_samples, data.num_frames and data.sampling_rate must be >= 1")
+        if not entries:
+            raise UserError("dataset has no videos")
+        widths = {len(e.label) for e in entries}
+        if len(widths) > 1:
+            raise UserError(f"videos carry different numbers of labels {sorted(widths)}")
+        self.entries = list(entries)
+        self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
+        self.input_size, self.scales, self.flip = input_size, tuple(scales), flip
+        self.short_side = short_side or int(round(input_size * 256 / 224))
+        self.num_samples, self.short_video = num_samples, short_video
+        self.test_clips, self.test_crops = test_clips, test_crops
+        self.seed, self.epoch = seed, 0
+        self.max_skip_fraction, self.max_attempts = max_skip_fraction, max_attempts
+        self.class_names = class_names
+        self.num_labels = widths.pop()
+        self._failed: Dict[int, str] = {}  # index -> error, per process (each worker holds its own copy)
+        self._tried: set = set()
+
+    def __len__(self):
+        return len(self.entries)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """int64 (N, L) label matrix ((N, 1) of -1 when unlabeled)."""
+        if self.num_labels == 0:
+            return torch.full((len(self), 1), -1, dtype=torch.int64)
+        return torch.tensor([e.label for e in self.entries], dtype=torch.int64)
+
+    @property
+    def num_classes(self) -> List[int]:
+        """Classes per label column (max label + 1, or the number of class folders)."""
+        if self.num_labels == 0:
+            return []
+        if self.class_names is not None:
+            return [len(self.class_names)]
+        return [int(c) + 1 for c in self.labels.max(0).values]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # -- sampling
+    def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
+        if self.sampling == "segment":
+            return segment_indices(n, self.num_frames, gen)
+        return dense_indices(n, self.num_frames, self.sampling_rate, gen, self.short_video)
+
+    def _eval_indices(self, n: int, k: int) -> List[np.ndarray]:
+        if self.sampling == "segment":
+            return [segment_indices(n, self.num_frames, None, v, k) for v in range(k)]
+        return dense_view_indices(n, self.num_frames, self.sampling_rate, k, self.short_video)
+
+    # -- loading
+    def _load(self, index: int, gen: torch.Generator):
+        e = self.entries[index]
+        with VideoReader(e.path) as reader:
+            n = reader.num_frames - e.start if e.total < 0 else e.total
+            if n <= 0:
+                raise VideoDecodeError(f"{e.path}: no frames (start {e.start}, {reader.num_frames} frames)")
+            if self.mode == "train":
+                groups = [self._train_indices(n, gen) for _ in range(self.num_samples)]
+            else:
+                groups = self._eval_indices(n, self.test_clips if self.mode == "test" else 1)
+            frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
+        clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
+        clips = clip.split([len(g) for g in groups], dim=1)
+        if self.mode == "train":
+            views = [T.train_transform(c, self.input_size, self.scales, self.flip, gen) for c in clips]
+            return torch.stack(views) if self.num_samples > 1 else views[0], None
+        views = [v for c in clips for v in T.eval_views(c, self.input_size, self.short_side,
+                                                         self.test_crops if self.mode == "test" else 1)]
+        if self.mode == "val":
+            return views[0], None
+        return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
+
+    def _record_failure(self, index: int, err: Exception) -> None:
+        self._failed[index] = str(err)
+        warnings.warn(f"skipping unreadable video {self.entries[index].path}: {err}", RuntimeWarning, stacklevel=3)
+        floor = min(len(self), 20)  # judge the fraction only once enough videos were tried
+        if len(self._failed) > self.max_skip_fraction * max(len(self._tried), floor):
+            first = "; ".join(f"{self.entries[i].path} ({msg})" for i, msg in list(self._failed.items())[:3])
+            raise UserError(f"{len(self._failed)} of {len(self._tried)} videos tried failed to decode, more than "
+                            f"data.max_skip_fraction={self.max_skip_fraction}: first failures: {first}")
+
+    def __getitem__(self, index: int) -> dict:
+        gen = item_generator(self.seed, self.epoch, index)
+        idx, skipped = int(index), 0
+        for _ in range(self.max_attempts):
+            if idx not in self._failed:
+                self._tried.add(idx)
+                try:
+                    video, view = self._load(idx, gen)
+                except VideoDecodeError as err:
+                    self._record_failure(idx, err)
+                else:
+                    e = self.entries[idx]
+                    item = {"video": video, "label": torch.tensor(e.label or (-1,), dtype=torch.int64),
+                            "index": idx, "skipped": skipped}
+                    if view is not None:
+                        item["view"] = view
+                    return item
+            skipped = 1 if idx == index else skipped
+            idx = T._randint(0, len(self) - 1, gen)  # a replacement, drawn deterministically from the seed
+        raise UserError(f"no readable video after {self.max_attempts} draws starting at index {index} "
+                        f"({len(self._failed)} of {len(self._tried)} videos tried failed)")
+
+
+def collate(batch: List[dict]) -> dict:
+    """Stack items; samples/views ((S, C, T, H, W) videos) are flattened into the batch item-major, with
+    "label" and "index" repeated per sample. "skipped" becomes the batch's sum (an int)."""
+    videos = [b["video"] for b in batch]
+    reps = [v.shape[0] if v.dim() == 5 else 1 for v in videos]
+    out = {
+        "video": torch.cat([v if v.dim() == 5 else v.unsqueeze(0) for v in videos]),
+        "label": torch.stack([b["label"] for b in batch]).repeat_interleave(torch.tensor(reps), dim=0),
+        "index": torch.tensor([b["index"] for b in batch], dtype=torch.int64).repeat_interleave(torch.tensor(reps)),
+        "skipped": int(sum(b.get("skipped", 0) for b in batch)),
+    }
+    if "view" in batch[0]:
+        out["view"] = torch.cat([b["view"] for b in batch])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+
+
+def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
+                  num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True) -> VideoClipDataset:
+    """The dataset for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test').
+
+    train split: random clips and crops (pretrain, finetune); val split: the centre clip and crop; mode 'test':
+    K temporal x 3 spatial views (data.test_clips, data.test_crops). `num_frames` overrides data.num_frames and
+    `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels.
+    """
+    if split not in ("train", "val"):
+        raise UserError(f"split must be 'train' or 'val', got '{split}'")
+    if mode not in ("pretrain", "finetune", "test"):
+        raise UserError(f"mode must be 'pretrain', 'finetune' or 'test', got '{mode}'")
+    spec = data_cfg.train if split == "train" else data_cfg.val
+    if not spec:
+        raise UserError(f"data.{split} is empty: set it to an annotation list, a folder of videos or class folders, or a glob")
+    class_names = None
+    if split == "val" and data_cfg.train and not _is_glob(data_cfg.train) and Path(data_cfg.train).is_dir():
+        class_names = resolve_source(data_cfg.train, data_cfg.root)[1]  # val labels must follow train's classes
+    entries, names = resolve_source(spec, data_cfg.root, class_names)
+    if check_files:
+        check_paths(entries)
+    if mode in ("finetune", "test") and not entries[0].label:
+        raise UserError(f"data.{split}={spec} has no labels, but mode '{mode}' needs them "
+                        "(use 'path label' lines or class folders)")
+    ds_mode = "test" if mode == "test" else ("train" if split == "train" else "val")
+    return VideoClipDataset(
+        entries, num_frames=(num_frames or data_cfg.num_frames) + extra_frames, sampling_rate=data_cfg.sampling_rate,
+        sampling=data_cfg.sampling, mode=ds_mode, input_size=data_cfg.input_size, short_side=data_cfg.short_side,
+        scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
+        short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
+        seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names)
