@@ -1,8 +1,8 @@
 """Multi-view testing: each video is seen as K temporal clips x 3 spatial crops, softmax scores averaged.
 
-The views are cut by the dataset in mode 'test' (`data/datasets.py`): an item's "video" is uint8
-(V, C, T, H, W) with V = K * 3, so one batch is (B, V, C, T, H, W). Under DDP every rank scores its
-shard and the (index, scores) pairs are gathered, so each video is counted once whatever the padding.
+The views are cut by the dataset in mode 'test' (`data/datasets.py`, data.test_clips x data.test_crops)
+and flattened into the batch by its `collate`, each row carrying its video's index. Under DDP every rank
+scores its shard and the per-video sums are gathered.
 """
 
 from __future__ import annotations
@@ -35,38 +35,38 @@ def predict_multiview(model: torch.nn.Module, loader, device: torch.device, mean
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score every video of `loader`: (scores (N, C) view-averaged probabilities, labels (N, L), indices (N,)).
 
-    Results are gathered over ranks and sorted by dataset index; duplicates (sampler padding) are dropped.
+    A batch is `data.datasets.collate`'s: views flattened into the batch, "index" naming each row's video. The
+    per-view softmax is summed per video index and divided by its view count, so a video padded in twice by a
+    sampler (or split across batches) still gets the plain mean. Results are gathered over ranks, sorted by index.
     `progress(i, n)` is called after each batch when given; `max_videos` > 0 stops early.
     """
     was_training = model.training
     model.eval()
-    scores, labels, index = [], [], []
-    seen = 0
+    sums: dict = {}  # index -> [sum of view probabilities (C,), views, label (L,)]
     for i, batch in enumerate(loader):
-        video = batch["video"]
-        if video.dim() == 5:  # a single view per video
-            video = video[:, None]
-        b, v = video.shape[:2]
-        x = to_model_input(video.flatten(0, 1), mean, std, device)
+        x = to_model_input(batch["video"], mean, std, device)
         with autocast(device, amp_dtype):
             logits = model(x)
-        scores.append(average_view_scores(logits.view(b, v, -1)).cpu())
-        labels.append(batch["label"].view(b, -1).cpu())
-        index.append(torch.as_tensor(batch["index"]).view(b).cpu())
-        seen += b
+        probs = logits.float().softmax(-1).cpu()
+        labels = batch["label"].view(probs.shape[0], -1)
+        for row, idx in enumerate(torch.as_tensor(batch["index"]).view(-1).tolist()):
+            entry = sums.setdefault(idx, [0.0, 0, labels[row]])
+            entry[0] = entry[0] + probs[row]
+            entry[1] += 1
         if progress is not None:
             progress(i + 1, len(loader))
-        if max_videos and seen * get_world_size() >= max_videos:
+        if max_videos and len(sums) * get_world_size() >= max_videos:
             break
     model.train(was_training)
-    out = torch.cat(scores), torch.cat(labels), torch.cat(index)
     if is_dist():
         gathered = [None] * get_world_size()
-        dist.all_gather_object(gathered, out)
-        out = tuple(torch.cat([g[k] for g in gathered]) for k in range(3))
-    s, lab, idx = out
-    order = torch.argsort(idx, stable=True)
-    s, lab, idx = s[order], lab[order], idx[order]
-    first = torch.ones_like(idx, dtype=torch.bool)
-    first[1:] = idx[1:] != idx[:-1]
-    return s[first], lab[first], idx[first]
+        dist.all_gather_object(gathered, sums)
+        sums = {}
+        for part in gathered:
+            for idx, (s, n, lab) in part.items():
+                entry = sums.setdefault(idx, [0.0, 0, lab])
+                entry[0], entry[1] = entry[0] + s, entry[1] + n
+    index = sorted(sums)
+    scores = torch.stack([sums[i][0] / sums[i][1] for i in index])
+    labels = torch.stack([sums[i][2] for i in index])
+    return scores, labels, torch.tensor(index, dtype=torch.int64)
