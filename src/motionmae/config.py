@@ -47,6 +47,7 @@ class ModelConfig:
     pooling: str = "mean"  # classifier: mean (tokens -> mean -> fc_norm, encoder norm off) | first (norm -> first token, transformers w/o mean pooling)
     drop_path: float = 0.0
     norm_eps: float = 1e-6
+    head_norm_eps: Optional[float] = None  # eps of fc_norm and decoder.norm; None: norm_eps (interop: transformers' VideoMAE fixes these at 1e-5)
     grad_checkpointing: bool = False  # activation checkpointing of encoder/decoder blocks
     # decoder(s), used only in pretraining
     decoder: str = "sha"  # sha: shared trunk, two heads | ind: two decoders | none: appearance only (VideoMAE)
