@@ -1,0 +1,100 @@
+"""Fine-tuning / feature-extraction model: the encoder `VisionTransformer` with a pooling head.
+
+The classifier's keys are the original VideoMAE fine-tune layout (`patch_embed.proj`, `blocks.N.*`,
+`fc_norm`, `head` with mean pooling; `norm`, `head` with first-token pooling). `forward_grid(x)` returns
+the token grid (B, T', H', W', D) for dense tasks; `forward_head(tokens, pre_logits=True)` the pooled feature.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Tuple
+
+import torch
+
+from motionmae.config import ModelConfig
+from motionmae.errors import UserError
+from motionmae.models.vit import VisionTransformer, resize_pos_embed
+
+# keys a freshly initialised classifier may lack in a pretraining checkpoint
+_NEW_KEYS = ("fc_norm.", "head.")
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int) -> VisionTransformer:
+    return VisionTransformer(cfg, num_classes=num_classes)
+
+
+def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Unwrap {'model': ...} / {'module': ...} and drop `module.` / `_orig_mod.` prefixes."""
+    for top in ("model", "module", "state_dict"):
+        if top in state_dict and isinstance(state_dict[top], Mapping):
+            state_dict = state_dict[top]
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def encoder_state_dict(model: VisionTransformer, pretrain_state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map a pretraining state dict (`encoder.*` keys) onto `model`'s keys.
+
+    Decoder keys are dropped; the encoder `norm` is dropped when `model.norm` is Identity (mean pooling,
+    as VideoMAE fine-tuning does); a learnable `pos_embed` is resized to the model's grid. A state dict
+    without `encoder.` keys is taken as already in encoder layout. Returns (state dict, dropped keys).
+    """
+    sd = _strip(pretrain_state_dict)
+    if any(k.startswith("encoder.") for k in sd):
+        dropped = [k for k in sd if not k.startswith("encoder.")]
+        sd = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
+    else:
+        dropped = []
+    own = model.state_dict()
+    for k in list(sd):
+        if k not in own and k.startswith("norm.") and isinstance(model.norm, torch.nn.Identity):
+            dropped.append("encoder." + k)
+            del sd[k]
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        src = sd["pos_embed"]
+        n, grid = src.shape[1], model.grid
+        old = _guess_grid(n, grid)
+        sd["pos_embed"] = resize_pos_embed(src, old, grid)
+    return sd, dropped
+
+
+def _guess_grid(n: int, grid):
+    """Token grid of a table with n tokens: same T' as `grid` and a square H'=W', else same H'=W'."""
+    for tt in (grid[0],) + tuple(range(1, n + 1)):
+        s = (n // tt) ** 0.5 if n % tt == 0 else 0
+        if s and int(s) == s:
+            return tt, int(s), int(s)
+    raise UserError(f"pos_embed with {n} tokens does not fit any T' x S x S token grid")
+
+
+def load_pretrained_encoder(
+    model: VisionTransformer, pretrain_state_dict: Mapping[str, torch.Tensor], strict: bool = True
+) -> Dict[str, List[str]]:
+    """Load a pretraining checkpoint's encoder into a classifier (or a bare encoder).
+
+    Strict: any model key other than the new `fc_norm.*` / `head.*` that the checkpoint lacks, any encoder
+    key the model does not have, or any shape mismatch is a `UserError` naming the keys.
+    Returns {'missing': [...], 'unexpected': [...], 'dropped': [...]} (dropped = decoder keys etc. left out on purpose).
+    """
+    sd, dropped = encoder_state_dict(model, pretrain_state_dict)
+    own = model.state_dict()
+    bad_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if bad_shape:
+        raise UserError("checkpoint shapes do not match the model: " + "; ".join(bad_shape))
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    bad_missing = [k for k in missing if not k.startswith(_NEW_KEYS)]
+    if strict and (bad_missing or unexpected):
+        raise UserError(
+            "checkpoint does not match the encoder: "
+            + (f"missing keys {bad_missing}" if bad_missing else "")
+            + ("; " if bad_missing and unexpected else "")
+            + (f"unexpected keys {unexpected}" if unexpected else "")
+        )
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return {"missing": missing, "unexpected": unexpected, "dropped": dropped}

@@ -1,0 +1,321 @@
+"""Video Vision Transformer: tubelet embedding, positional embeddings, pre-norm blocks, pooling head.
+
+One class serves as the pretraining encoder (`num_classes=0`) and as the fine-tuning classifier, with
+the key layout of the original VideoMAE (`patch_embed.proj`, `blocks.N.*`, `norm` / `fc_norm`, `head`),
+so checkpoints from either side map one to one. Tokens are ordered t-major, then h, then w: the order in
+which the Conv3d output is flattened.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from motionmae.config import ModelConfig
+from motionmae.errors import UserError
+
+Grid = Tuple[int, int, int]
+
+POS_EMBED_KINDS = ("sincos3d", "sincos1d", "learnable")
+
+
+# ----------------------------------------------------------------------------------------------
+# positional embeddings
+
+
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """VideoMAE's / transformers' `get_sinusoid_encoding_table(n, dim)`, over the flattened token index.
+
+    angle[pos, i] = pos / 10000 ** (2 * (i // 2) / dim); sin on even dims, cos on odd dims. (n, dim) float32.
+    """
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(dim, dtype=torch.float64)[None, :]
+    angle = pos / torch.pow(10000.0, 2 * torch.div(i, 2, rounding_mode="floor") / dim)
+    table = torch.empty(n, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float()
+
+
+def _sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """MAE's 1D sin-cos embedding: (len(pos), dim), first half sin, second half cos."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = pos.double()[:, None] * omega[None, :]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos3d_table(grid: Grid, dim: int) -> torch.Tensor:
+    """Fixed factorised 3D sin-cos embedding, (T'*H'*W', dim) in t-major token order.
+
+    `dim` is split into a temporal part (about dim/4, as MAE-ST) and two equal-ish spatial parts; each part
+    is an MAE 1D sin-cos embedding of its integer coordinate, concatenated [t | h | w].
+    """
+    if dim % 2:
+        raise UserError(f"model.embed_dim={dim}: the 3D sin-cos positional embedding needs an even width")
+    dt = 2 * (dim // 8)
+    dh = 2 * ((dim - dt) // 4)
+    dw = dim - dt - dh
+    t, h, w = grid
+    gt, gh, gw = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    parts = [_sincos_1d(g.reshape(-1), d) for g, d in ((gt, dt), (gh, dh), (gw, dw)) if d > 0]
+    return torch.cat(parts, dim=1).float()
+
+
+def resize_pos_embed(pos: torch.Tensor, old: Grid, new: Grid) -> torch.Tensor:
+    """(1, N_old, D) table laid out on grid `old` -> (1, N_new, D) on grid `new`, trilinear."""
+    if tuple(old) == tuple(new):
+        return pos
+    d = pos.shape[-1]
+    x = pos.reshape(1, *old, d).permute(0, 4, 1, 2, 3)
+    x = F.interpolate(x.float(), size=tuple(new), mode="trilinear", align_corners=False)
+    return x.permute(0, 2, 3, 4, 1).reshape(1, -1, d).to(pos.dtype)
+
+
+class PosEmbedMixin:
+    """`pos_embed` (1, N, D) built for `self.grid`, and its version for any other grid.
+
+    sincos3d is recomputed exactly for the new grid (integer coordinates); sincos1d and learnable tables
+    are laid out on the configured grid and resized trilinearly (the 1D table indexes flattened tokens, so
+    recomputing it for another W would move every position).
+    """
+
+    def _init_pos_embed(self, kind: str, grid: Grid, dim: int) -> None:
+        if kind not in POS_EMBED_KINDS:
+            raise UserError(f"unknown model.pos_embed '{kind}'; valid: {', '.join(POS_EMBED_KINDS)}")
+        self.pos_kind, self.grid = kind, tuple(grid)
+        n = grid[0] * grid[1] * grid[2]
+        if kind == "learnable":
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            table = sincos3d_table(grid, dim) if kind == "sincos3d" else sinusoid_table(n, dim)
+            # not persistent: fixed tables are not stored in checkpoints (as in the original VideoMAE)
+            self.register_buffer("pos_embed", table[None], persistent=False)
+
+    def pos_embed_for(self, grid: Grid) -> torch.Tensor:
+        grid = tuple(grid)
+        if grid == self.grid:
+            return self.pos_embed
+        if self.pos_kind == "sincos3d":
+            return sincos3d_table(grid, self.pos_embed.shape[-1])[None].to(self.pos_embed)
+        return resize_pos_embed(self.pos_embed, self.grid, grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample, rescale the kept ones."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet embedding: Conv3d with kernel = stride = (tubelet, p, p); (B, C, T, H, W) -> (B, N, D)."""
+
+    def __init__(self, in_chans: int, dim: int, tubelet: int, patch: int):
+        super().__init__()
+        self.tubelet, self.patch = tubelet, patch
+        self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+
+    def grid(self, x: torch.Tensor) -> Grid:
+        _, _, t, h, w = x.shape
+        if t % self.tubelet or h % self.patch or w % self.patch:
+            raise UserError(
+                f"input of {t} frames x {h}x{w} px is not divisible by the tubelet {self.tubelet} x {self.patch}x{self.patch}"
+            )
+        return t // self.tubelet, h // self.patch, w // self.patch
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. One bias-free `qkv` Linear plus separate `q_bias` / `v_bias` (k bias fixed
+    at zero), the original VideoMAE convention, so its and transformers' checkpoints map exactly."""
+
+    fused_attn = True  # False: hand-written softmax path (tests compare the two)
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    for blk in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
+
+
+def init_weights(module: nn.Module) -> None:
+    """The one weight-init routine (MAE): xavier-uniform Linear / tubelet embedding, zero biases, LayerNorm 1/0.
+    Positional embeddings, mask tokens and classifier heads are initialised where they are created."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, PatchEmbed):
+            w = m.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like a Linear over the flattened cube
+            nn.init.zeros_(m.proj.bias)
+
+
+def visible_and_masked_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """bool (B, N) True = masked -> (ids_visible (B, N_vis), ids_masked (B, N_mask)), each ascending.
+
+    Same order as VideoMAE's `x[~mask]` / `x[mask]`; every row must mask the same count.
+    """
+    b, n = mask.shape
+    n_mask = int(mask[0].sum())
+    ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, then masked
+    return ids[:, : n - n_mask], ids[:, n - n_mask :]
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), ids (B, M) -> (B, M, D)."""
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+class VisionTransformer(PosEmbedMixin, nn.Module):
+    """Video ViT. `num_classes=0`: encoder (final `norm`, no head). `num_classes>0`: classifier with
+    pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
+    'first' (`norm` -> first token -> `head`, transformers' VideoMAEForVideoClassification without mean pooling).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int = 0):
+        super().__init__()
+        dim, depth, heads = cfg.dims()
+        if cfg.pooling not in ("mean", "first"):
+            raise UserError(f"unknown model.pooling '{cfg.pooling}'; valid: mean, first")
+        self.cfg, self.num_classes, self.embed_dim = cfg, num_classes, dim
+        self.grad_checkpointing = cfg.grad_checkpointing
+        self.patch_embed = PatchEmbed(cfg.in_chans, dim, cfg.tubelet_size, cfg.patch_size)
+        dpr = [cfg.drop_path * i / max(depth - 1, 1) for i in range(depth)]  # linearly increasing
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, dpr[i], cfg.norm_eps) for i in range(depth)
+        )
+        mean_pool = num_classes > 0 and cfg.pooling == "mean"
+        self.norm = nn.Identity() if mean_pool else nn.LayerNorm(dim, eps=cfg.norm_eps)
+        # interop: transformers' fc_norm uses eps 1e-5 whatever layer_norm_eps says, hence head_norm_eps
+        head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
+        self.fc_norm = nn.LayerNorm(dim, eps=head_eps) if mean_pool else nn.Identity()
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        init_weights(self)
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        self._init_pos_embed(cfg.pos_embed, cfg.grid(), dim)
+
+    def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
+        """(B, C, T, H, W) -> tokens plus positional embedding (B, N, D), and the token grid."""
+        grid = self.patch_embed.grid(x)
+        x = self.patch_embed(x)
+        return x + self.pos_embed_for(grid).to(x.dtype), grid
+
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D)."""
+        x, _ = self.embed(x)
+        if mask is not None:
+            x = gather_tokens(x, visible_and_masked_index(mask)[0])
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
+        return self.norm(x)
+
+    def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens as a grid (B, T', H', W', D), for dense tasks (after `norm`, which is Identity for a
+        mean-pooling classifier)."""
+        grid = self.patch_embed.grid(x)
+        tokens = self.forward_features(x)
+        return tokens.reshape(x.shape[0], *grid, tokens.shape[-1])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.fc_norm(x.mean(dim=1)) if self.cfg.pooling == "mean" else x[:, 0]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def build_encoder(cfg: ModelConfig) -> VisionTransformer:
+    return VisionTransformer(cfg, num_classes=0)
