@@ -50,7 +50,7 @@ class Decoder(PosEmbedMixin, nn.Module):
             Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.qkv_bias, 0.0, cfg.norm_eps)
             for _ in range(cfg.decoder_depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=cfg.head_norm_eps if cfg.head_norm_eps is not None else cfg.norm_eps)
         self.head = nn.Linear(dim, out_dim)
         self.motion_head = nn.Linear(dim, motion_dim) if motion_dim else None
         init_weights(self)
