@@ -29,44 +29,65 @@ def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+class PerVideoMean:
+    """Accumulates per-row values (one row per view) into a per-video mean, keyed by dataset index.
+
+    A video padded in twice by a sampler, or split across batches, still gets the plain mean of its views.
+    `result()` gathers over ranks and returns (means (N, ...), labels (N, L), indices (N,)) sorted by index.
+    """
+
+    def __init__(self):
+        self.sums: dict = {}  # index -> [sum, count, label]
+
+    def add(self, index, values: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = labels.view(values.shape[0], -1)
+        for row, idx in enumerate(torch.as_tensor(index).view(-1).tolist()):
+            entry = self.sums.setdefault(idx, [0.0, 0, labels[row]])
+            entry[0] = entry[0] + values[row]
+            entry[1] += 1
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+    def result(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sums = self.sums
+        if is_dist():
+            gathered = [None] * get_world_size()
+            dist.all_gather_object(gathered, sums)
+            sums = {}
+            for part in gathered:
+                for idx, (s, n, lab) in part.items():
+                    entry = sums.setdefault(idx, [0.0, 0, lab])
+                    entry[0], entry[1] = entry[0] + s, entry[1] + n
+        if not sums:
+            raise ValueError("no videos were seen")
+        index = sorted(sums)
+        means = torch.stack([sums[i][0] / sums[i][1] for i in index])
+        labels = torch.stack([sums[i][2] for i in index])
+        return means, labels, torch.tensor(index, dtype=torch.int64)
+
+
 @torch.no_grad()
 def predict_multiview(model: torch.nn.Module, loader, device: torch.device, mean: Sequence[float], std: Sequence[float],
                       amp_dtype: Optional[torch.dtype] = None, progress=None, max_videos: int = 0
                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score every video of `loader`: (scores (N, C) view-averaged probabilities, labels (N, L), indices (N,)).
 
-    A batch is `data.datasets.collate`'s: views flattened into the batch, "index" naming each row's video. The
-    per-view softmax is summed per video index and divided by its view count, so a video padded in twice by a
-    sampler (or split across batches) still gets the plain mean. Results are gathered over ranks, sorted by index.
-    `progress(i, n)` is called after each batch when given; `max_videos` > 0 stops early.
+    A batch is `data.datasets.collate`'s: views flattened into the batch, "index" naming each row's video; the
+    per-view softmax is averaged per video (`PerVideoMean`). `progress(i, n)` is called after each batch when
+    given; `max_videos` > 0 stops early.
     """
     was_training = model.training
     model.eval()
-    sums: dict = {}  # index -> [sum of view probabilities (C,), views, label (L,)]
+    acc = PerVideoMean()
     for i, batch in enumerate(loader):
         x = to_model_input(batch["video"], mean, std, device)
         with autocast(device, amp_dtype):
             logits = model(x)
-        probs = logits.float().softmax(-1).cpu()
-        labels = batch["label"].view(probs.shape[0], -1)
-        for row, idx in enumerate(torch.as_tensor(batch["index"]).view(-1).tolist()):
-            entry = sums.setdefault(idx, [0.0, 0, labels[row]])
-            entry[0] = entry[0] + probs[row]
-            entry[1] += 1
+        acc.add(batch["index"], logits.float().softmax(-1).cpu(), batch["label"])
         if progress is not None:
             progress(i + 1, len(loader))
-        if max_videos and len(sums) * get_world_size() >= max_videos:
+        if max_videos and len(acc) * get_world_size() >= max_videos:
             break
     model.train(was_training)
-    if is_dist():
-        gathered = [None] * get_world_size()
-        dist.all_gather_object(gathered, sums)
-        sums = {}
-        for part in gathered:
-            for idx, (s, n, lab) in part.items():
-                entry = sums.setdefault(idx, [0.0, 0, lab])
-                entry[0], entry[1] = entry[0] + s, entry[1] + n
-    index = sorted(sums)
-    scores = torch.stack([sums[i][0] / sums[i][1] for i in index])
-    labels = torch.stack([sums[i][2] for i in index])
-    return scores, labels, torch.tensor(index, dtype=torch.int64)
+    return acc.result()

@@ -1,0 +1,206 @@
+"""Frozen features: `load_encoder` (Python API) and `motionmae extract` (pooled or token-grid features to a file).
+
+    from motionmae import load_encoder
+    enc = load_encoder("runs/pretrain")            # a run dir or a .safetensors checkpoint; eval mode, on cpu
+    tokens = enc.forward_features(x)               # x: (B, C, T, H, W) normalised with ImageNet mean/std
+    grid = enc.forward_grid(x)                     # (B, T', H', W', D)
+    pooled = pooled_features(enc, x)               # (B, D)
+
+Pooled features are the mean of the encoder's output tokens (after its final LayerNorm), or for a fine-tuned
+classifier what its head sees (mean -> fc_norm). Clips are taken deterministically: the centre crop of
+`views` temporal clips spread over the video (1 = the centre clip), their features averaged per video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from motionmae.config import DataConfig, ModelConfig, from_dict
+from motionmae.errors import UserError
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+# ----------------------------------------------------------------------------------------------
+# encoders
+
+
+def model_config_from_dict(config_dict: Optional[dict], where: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig saved in a checkpoint's config (keys unknown to this version are ignored)."""
+    model = dict((config_dict or {}).get("model") or {})
+    if not model:
+        raise UserError(f"{where}: carries no model config; it was not written by motionmae "
+                        "(convert foreign weights with `motionmae convert` first)")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return from_dict(ModelConfig, {k: v for k, v in model.items() if k in known}, "model")
+
+
+def encoder_from_state(state_dict: dict, config_dict: Optional[dict], where: str = "checkpoint"):
+    """A VisionTransformer holding the encoder of a pretraining checkpoint (`encoder.*` keys; no head), or the
+    whole classifier of a fine-tuning checkpoint (`head.*` present; `forward` gives logits)."""
+    from motionmae.models.vit import VisionTransformer
+
+    sd = dict(state_dict)
+    for prefix in _WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if any(k.startswith("encoder.") for k in sd):
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    cfg = model_config_from_dict(config_dict, where)
+    num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
+    model = VisionTransformer(dataclasses.replace(cfg, drop_path=0.0, grad_checkpointing=False), num_classes)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{where}: weights do not match a {cfg.size} ViT (dims {cfg.dims()}): missing keys "
+                        f"{list(missing)[:6]}, unexpected keys {list(unexpected)[:6]}")
+    return model
+
+
+def load_encoder(path, device="cpu"):
+    """Load the encoder of a motionmae pretraining or fine-tuning checkpoint (file or run directory), or of weights
+    converted by `motionmae convert`: a `VisionTransformer` in eval mode with `forward_features`."""
+    from motionmae.engine.checkpoint import load_model_state
+
+    sd, config_dict = load_model_state(path)
+    return encoder_from_state(sd, config_dict, str(path)).to(device).eval()
+
+
+def pooled_features(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, D): token mean for an encoder, the head's input (mean -> fc_norm) for a classifier."""
+    tokens = model.forward_features(x)
+    if getattr(model, "num_classes", 0) > 0:
+        return model.forward_head(tokens, pre_logits=True)
+    return tokens.mean(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# data -> features
+
+
+def eval_dataset(data_cfg: DataConfig, source: str, views: int = 1, class_source: str = ""):
+    """A deterministic dataset over `source`: `views` temporal clips x 1 centre crop per video (labels optional).
+
+    `class_source`: the training folder whose class folders fix the label order when `source` is a folder.
+    """
+    from motionmae.data.datasets import build_dataset
+
+    if views < 1:
+        raise UserError(f"views must be >= 1, got {views}")
+    dc = dataclasses.replace(data_cfg, train=class_source or source, val=source, test_clips=views, test_crops=1)
+    # mode 'pretrain' on the val split is the centre clip and crop and does not require labels
+    return build_dataset(dc, "val", mode="test" if views > 1 else "pretrain")
+
+
+@torch.no_grad()
+def extract_features(model, loader, device, mean: Sequence[float], std: Sequence[float], grid: bool = False,
+                     amp_dtype: Optional[torch.dtype] = None, progress=None) -> dict:
+    """Features of every video of `loader`, averaged over its views: {"features": (N, D) or (N, T', H', W', D)
+    float32, "labels": (N, L) int64, "index": (N,) int64}, sorted by dataset index."""
+    from motionmae.data.transforms import to_model_input
+    from motionmae.eval.multiview import PerVideoMean, autocast
+
+    acc = PerVideoMean()
+    for i, batch in enumerate(loader):
+        x = to_model_input(batch["video"], mean, std, device)
+        with autocast(device, amp_dtype):
+            f = model.forward_grid(x) if grid else pooled_features(model, x)
+        acc.add(batch["index"], f.float().cpu(), batch["label"])
+        if progress is not None:
+            progress(i + 1, len(loader))
+    feats, labels, index = acc.result()
+    return {"features": feats, "labels": labels, "index": index}
+
+
+def make_loader(dataset, batch_size: int, num_workers: int):
+    from torch.utils.data import DataLoader
+
+    from motionmae.data.datasets import collate
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+
+
+def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -> Path:
+    """Write {"features", "labels", "index"} to .npy (features only; labels/index beside it as
+    <stem>.labels.npy / <stem>.index.npy) or .safetensors (all three; `meta` in the header)."""
+    import json
+
+    import numpy as np
+
+    path = Path(path)
+    fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in out.items()}, str(path),
+                  metadata={"motionmae": json.dumps(meta or {})})
+    elif fmt == "npy":
+        np.save(path, out["features"].numpy())
+        stem = path.with_suffix("") if path.suffix == ".npy" else path
+        np.save(f"{stem}.labels.npy", out["labels"].numpy())
+        np.save(f"{stem}.index.npy", out["index"].numpy())
+    else:
+        raise UserError(f"--format must be npy or safetensors, got '{fmt}'")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: motionmae extract
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a motionmae checkpoint (.safetensors) or run directory")
+    parser.add_argument("--data", required=True, metavar="LIST_OR_DIR", help="annotation list, folder of videos / class folders, or glob")
+    parser.add_argument("--out", required=True, help="output file (.npy or .safetensors)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--pooled", action="store_true", help="one D-vector per video (default)")
+    kind.add_argument("--grid", action="store_true", help="the token grid (T', H', W', D) per video")
+    parser.add_argument("--format", choices=("npy", "safetensors"), default=None, help="default: from --out's suffix (npy otherwise)")
+    parser.add_argument("--views", type=int, default=1, help="temporal clips per video, features averaged (default 1: the centre clip)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--root", default="", help="prefix for relative paths in the list")
+    parser.add_argument("--num-workers", type=int, default=2)
+
+
+def run(args) -> int:
+    from motionmae.engine.checkpoint import load_model_state
+    from motionmae.engine.distributed import resolve_device
+    from motionmae.engine.pretrain import resolve_amp
+
+    device = resolve_device(args.device)
+    sd, config_dict = load_model_state(args.checkpoint)
+    model = encoder_from_state(sd, config_dict, args.checkpoint).to(device).eval()
+    data_cfg = clip_data_config(config_dict, root=args.root, num_workers=args.num_workers)
+    dataset = eval_dataset(data_cfg, args.data, args.views)
+    loader = make_loader(dataset, args.batch_size, data_cfg.num_workers)
+    from motionmae.engine.logger import ProgressBar
+
+    bar = ProgressBar(len(loader), "extract")
+    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, grid=args.grid,
+                           amp_dtype=resolve_amp("auto", device), progress=lambda i, n: bar.update(i))
+    bar.close()
+    meta = {"checkpoint": str(args.checkpoint), "data": args.data, "kind": "grid" if args.grid else "pooled",
+            "views": args.views, "num_frames": data_cfg.num_frames, "input_size": data_cfg.input_size}
+    path = save_features(args.out, out, args.format or "", meta)
+    print(f"wrote {tuple(out['features'].shape)} {'grid' if args.grid else 'pooled'} features of "
+          f"{out['features'].shape[0]} videos to {path}")
+    return 0
+
+
+def clip_data_config(config_dict: Optional[dict], **overrides) -> DataConfig:
+    """The clip format a checkpoint was trained with (frames, stride, size, mean/std), as a DataConfig."""
+    from motionmae.engine.finetune_config import CLIP_KEYS
+
+    saved = (config_dict or {}).get("data") or {}
+    model = (config_dict or {}).get("model") or {}
+    d = {k: v for k, v in saved.items() if k in CLIP_KEYS}
+    if "num_frames" in model:
+        d["num_frames"] = model["num_frames"]
+    if "img_size" in model:
+        d["input_size"] = model["img_size"]
+    return dataclasses.replace(from_dict(DataConfig, d, "data"), **overrides)
