@@ -1,0 +1,337 @@
+"""`motionmae pretrain`: the MotionMAE / VideoMAE pretraining loop.
+
+One optimiser step = `accum_steps` micro-batches of `batch_size` videos (x `num_samples` clips each) on
+every rank; the lr follows the linear scaling rule on that global batch, with warm-up + cosine per step.
+Everything random is a function of the config seed: the data (the dataset seeds each clip from
+(seed, epoch, index)), the sampler order ((seed, epoch)), and the masks (seeded per clip from
+(seed, epoch, index, repeat)). Masks are tied to the clip, not to the rank or the batch slot, so
+2 ranks x batch b follow the same trajectory as 1 rank x batch 2b, and a resumed run repeats the
+uninterrupted one exactly.
+
+Run directory (`train.output_dir`): `config.yaml`, `metrics.jsonl`, `tb/`, `checkpoints/`, `pictures/`.
+A run restarted in the same directory continues from `checkpoints/last.safetensors` (`--resume auto`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob as globlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from motionmae import config as C
+from motionmae.engine import checkpoint as ck
+from motionmae.engine import distributed as D
+from motionmae.engine.logger import MetricLogger, ProgressBar
+from motionmae.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from motionmae.errors import UserError
+
+
+class NonFiniteLossError(UserError):
+    """The loss (or gradient) became NaN/inf; the run stops and its checkpoints are left untouched."""
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", default="", metavar="PRESET_OR_YAML",
+                        help="a preset name (e.g. motionmae-sha-base, ssv2, demo) or a YAML file; default: the built-in defaults")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+                        help="config overrides, e.g. data.train=lists/train.csv train.batch_size=16 model.size=small")
+    parser.add_argument("--resume", default="auto", metavar="PATH|auto|none",
+                        help="continue from a checkpoint file or run directory; auto (default): from OUTPUT_DIR's last checkpoint if there is one")
+
+
+def run(args) -> int:
+    cfg = C.load_config(args.config, args.overrides)
+    pretrain(cfg, resume=args.resume)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces
+
+
+def build_model(cfg: C.PretrainConfig) -> torch.nn.Module:
+    from motionmae.models.pretrain import PretrainModel
+
+    return PretrainModel(cfg)
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for `train.amp`: 'none' -> None (fp32); 'bf16' -> bfloat16;
+    'auto' -> bfloat16 on CUDA GPUs that support it and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp != "auto":
+        raise UserError(f"train.amp='{amp}' is not one of auto, bf16, none")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if _cpu_has_native_bf16() else None
+    return None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_data_source(data_cfg: C.DataConfig) -> None:
+    """Fail early, with the key named, when data.train is unset or points at nothing."""
+    spec = data_cfg.train
+    if not spec:
+        raise UserError("data.train is not set: pass data.train=PATH (an annotation list, a folder of videos or class folders, or a glob)")
+    if any(ch in spec for ch in "*?["):
+        if not globlib.glob(spec, recursive=True):
+            raise UserError(f"data.train={spec}: the glob matches no files")
+        return
+    p = Path(spec)
+    if not p.is_absolute() and data_cfg.root and not p.exists():
+        p = Path(data_cfg.root) / spec
+    if not p.exists():
+        raise UserError(f"data.train={spec}: no such file or directory")
+
+
+def clip_masks(cfg: C.PretrainConfig, index: torch.Tensor, epoch: int, device) -> torch.Tensor:
+    """Boolean (B, N) masks, True = masked; clip b's mask is drawn from a generator seeded by
+    (seed, epoch, index[b], r), r counting earlier clips of the same video in this batch (repeated sampling)."""
+    from motionmae.objective.masking import make_mask
+
+    grid = cfg.model.grid()
+    seen: dict = {}
+    rows = []
+    for i in index.tolist():
+        r = seen.get(i, 0)
+        seen[i] = r + 1
+        g = torch.Generator().manual_seed(D.derive_seed(cfg.train.seed, epoch, i, r))
+        rows.append(make_mask(cfg.mask.kind, 1, grid, cfg.mask.ratio, g))
+    return torch.cat(rows).to(device, non_blocking=True)
+
+
+@dataclass
+class Plan:
+    """The numbers that follow from the config and the world size (printed at start)."""
+
+    global_batch: int
+    lr: float  # peak; min_lr and warmup_lr are scaled by the same global_batch / 256 (as VideoMAE does)
+    min_lr: float
+    warmup_lr: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def make_plan(cfg: C.PretrainConfig, num_videos: int, world: int) -> Plan:
+    t = cfg.train
+    if t.batch_size < 1 or t.accum_steps < 1:
+        raise UserError(f"train.batch_size={t.batch_size} and train.accum_steps={t.accum_steps} must be >= 1")
+    videos_per_step = t.batch_size * t.accum_steps * world
+    steps_per_epoch = (num_videos // world) // (t.batch_size * t.accum_steps)
+    if steps_per_epoch == 0:
+        raise UserError(f"data.train has {num_videos} videos, fewer than one optimiser step needs "
+                        f"(train.batch_size={t.batch_size} x train.accum_steps={t.accum_steps} x {world} ranks = {videos_per_step}); "
+                        "lower train.batch_size or add videos")
+    global_batch = videos_per_step * cfg.data.num_samples
+    total = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
+    warmup = t.warmup_steps if t.warmup_steps > 0 else int(round(t.warmup_epochs * steps_per_epoch))
+    return Plan(global_batch, scaled_lr(t.base_lr, global_batch), scaled_lr(t.min_lr, global_batch), scaled_lr(t.warmup_lr, global_batch),
+                steps_per_epoch, total, min(warmup, total))
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+
+def pretrain(cfg: C.PretrainConfig, resume: str = "auto") -> dict:
+    """Train per `cfg`; returns a summary dict (final step, last loss, run dir, checkpoint path, clips/s)."""
+    info = D.init_distributed(cfg.train.device)
+    try:
+        return _pretrain(cfg, info, resume)
+    finally:
+        D.cleanup()
+
+
+def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
+    from motionmae.data.datasets import build_dataset, collate
+    from motionmae.data.transforms import to_model_input
+
+    t, device, main = cfg.train, info.device, info.is_main
+    run_dir = Path(t.output_dir)
+    say = print if main else (lambda *a, **k: None)
+
+    if (cfg.model.num_frames, cfg.model.img_size) != (cfg.data.num_frames, cfg.data.input_size):
+        raise UserError(f"model.num_frames={cfg.model.num_frames} / model.img_size={cfg.model.img_size} must equal "
+                        f"data.num_frames={cfg.data.num_frames} / data.input_size={cfg.data.input_size}")
+    check_data_source(cfg.data)
+    extra = cfg.objective.motion_gap if cfg.objective.motion_pad == "extra_frame" else 0
+    dataset = build_dataset(cfg.data, "train", "pretrain", seed=t.seed, extra_frames=extra)
+    plan = make_plan(cfg, len(dataset), info.world_size)
+    amp_dtype = resolve_amp(t.amp, device)
+
+    # ---- model and optimiser: identical init on every rank (DDP also broadcasts rank 0's weights)
+    torch.manual_seed(t.seed)
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas)
+    torch.manual_seed(D.derive_seed(t.seed, info.rank))  # any global-RNG use (drop path) differs per rank
+
+    # ---- resume
+    step, epoch, pos = 0, 0, 0  # pos: micro-batches of `epoch` already consumed
+    ckpt_path = _resume_path(resume, run_dir)
+    if ckpt_path is not None:
+        state = ck.load_checkpoint(ckpt_path, model, optimizer, restore_rng=info.world_size == 1)
+        step, epoch, pos = state["step"], state["epoch"], state["epoch_pos"]
+        _warn_config_changes(state.get("config", {}), cfg, say)
+        say(f"resumed from {ckpt_path} at step {step} (epoch {epoch}, batch {pos})")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        C.save_config(cfg, run_dir / "config.yaml")
+    D.barrier()
+
+    ddp = info.world_size > 1
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) if ddp else model
+
+    sampler = D.ShardedSampler(len(dataset), info.world_size, info.rank, shuffle=True, seed=t.seed, drop_last=True)
+    micro_per_epoch = plan.steps_per_epoch * t.accum_steps
+    loader_gen = torch.Generator().manual_seed(D.derive_seed(t.seed, info.rank, 1))  # keeps DataLoader off the global RNG
+
+    logger = MetricLogger(run_dir, enabled=main, resume_step=step if ckpt_path is not None else None)
+    say(f"pretraining {_describe(cfg)} on {device} x {info.world_size} rank(s), amp={amp_dtype or 'fp32'}")
+    say(f"  {len(dataset)} videos; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
+        f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.global_batch}/256 = {plan.lr:.3e} "
+        f"(min {plan.min_lr:.2e}, warm-up from {plan.warmup_lr:.2e})")
+    say(f"  {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), warm-up {plan.warmup_steps}; run dir {run_dir}")
+    bar = ProgressBar(plan.total_steps, "pretrain", enabled=main, initial=step)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    last_ckpt = ckpt_path
+    skipped_epoch = 0
+    clips_done, t_start = 0, time.perf_counter()
+    summary: dict = {"run_dir": str(run_dir)}
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    net.train()
+
+    while step < plan.total_steps:
+        if pos >= micro_per_epoch:
+            epoch, pos = epoch + 1, 0
+        if pos == 0:
+            skipped_epoch = 0
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=pos * t.batch_size)
+        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                            collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda", generator=loader_gen,
+                            persistent_workers=False)
+        batches = iter(loader)
+        while pos < micro_per_epoch and step < plan.total_steps:
+            t0 = time.perf_counter()
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, appearance, motion, clips
+            for micro in range(t.accum_steps):
+                batch = next(batches)
+                x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
+                mask = clip_masks(cfg, batch["index"], epoch, device)
+                sync = micro == t.accum_steps - 1 or not ddp
+                with (contextlib.nullcontext() if sync else net.no_sync()):
+                    with autocast():
+                        out = net(x, mask)
+                    (out["loss"] / t.accum_steps).backward()
+                sums += torch.tensor([out["loss"].item(), _item(out, "loss_appearance"), _item(out, "loss_motion"), 0.0], dtype=torch.float64)
+                skipped_epoch += int(batch.get("skipped", 0))
+                clips_done += x.shape[0]
+                pos += 1
+            norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
+            sums[3] = float(norm)
+            # one small collective: mean losses over ranks, and every rank sees the same finiteness verdict
+            red = D.all_reduce_mean(sums) if ddp else sums
+            loss, loss_a, loss_m = (red[:3] / t.accum_steps).tolist()
+            if not (math.isfinite(loss) and math.isfinite(float(red[3]))):
+                bar.close()
+                logger.close()
+                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
+                                         f"(epoch {epoch}); stopping, {where}. Lower train.base_lr, set train.clip_grad, or try train.amp=none")
+            lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, plan.min_lr, plan.warmup_lr)
+            set_lr(optimizer, lr)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+
+            if step % t.log_every == 0 or step == plan.total_steps:
+                rate = clips_done * info.world_size / (time.perf_counter() - t_start)
+                row = {"loss": loss, "loss_appearance": loss_a, "loss_motion": loss_m, "lr": lr, "grad_norm": float(red[3]),
+                       "epoch": epoch, "clips_per_s": rate, "step_time": dt, "skipped_videos_epoch": skipped_epoch}
+                logger.log(step, row)
+                bar.update(step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+                summary.update(loss=loss, clips_per_s=rate)
+            epoch_done = pos >= micro_per_epoch
+            if epoch_done and main and skipped_epoch:
+                bar.write(f"epoch {epoch}: skipped {skipped_epoch} unreadable video(s) (see warnings above)")
+            if step % t.save_every == 0 or step == plan.total_steps:
+                state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": C.to_dict(cfg), "world_size": info.world_size}
+                if main:
+                    last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
+                                                       numbered=step % t.save_every == 0, keep_last=t.keep_last)
+                D.barrier()
+            if main and (step == plan.total_steps or (t.viz_every > 0 and step % t.viz_every == 0)):
+                _pictures(cfg, model, dataset, run_dir, step, device, amp_dtype, bar)
+        del batches, loader
+
+    bar.close()
+    logger.close()
+    summary.update(step=step, checkpoint=str(last_ckpt) if last_ckpt else None, epoch=epoch)
+    if main:
+        print(f"done: {step} steps; checkpoint {last_ckpt}; metrics {run_dir / 'metrics.jsonl'}; pictures {run_dir / 'pictures'}")
+    return summary
+
+
+def _item(out: dict, key: str) -> float:
+    v = out.get(key)
+    return float(v.detach().float()) if torch.is_tensor(v) else float(v or 0.0)
+
+
+def _resume_path(resume: str, run_dir: Path) -> Optional[Path]:
+    if resume in ("", "none", "no", "false"):
+        return None
+    if resume == "auto":
+        return ck.find_last(run_dir)
+    return ck.resolve_checkpoint(resume)
+
+
+def _warn_config_changes(saved: dict, cfg: C.PretrainConfig, say) -> None:
+    """A resumed run with a different model/data/batch setup is not a continuation; say which keys changed."""
+    now = C.to_dict(cfg)
+    changed = [f"{sec}.{k}" for sec in ("model", "mask", "objective", "data", "train") for k in now.get(sec, {})
+               if sec in saved and k in saved[sec] and saved[sec][k] != now[sec][k]]
+    if changed:
+        say(f"note: resuming with changed config keys: {', '.join(changed)}")
+
+
+def _describe(cfg: C.PretrainConfig) -> str:
+    d, n, h = cfg.model.dims()
+    return (f"ViT (dim {d}, depth {n}) {cfg.model.num_frames}x{cfg.model.img_size}, decoder={cfg.model.decoder}, "
+            f"mask={cfg.mask.kind}@{cfg.mask.ratio}")
+
+
+def _pictures(cfg, model, dataset, run_dir: Path, step: int, device, amp_dtype, bar) -> None:
+    """Reconstruction pictures of the first training video (a fixed clip, so pictures are comparable across steps)."""
+    from motionmae import viz
+
+    try:
+        paths = viz.reconstruction_pictures_from_dataset(model, cfg, dataset, run_dir / "pictures", f"step_{step:08d}", device, amp_dtype)
+    except UserError as e:  # pictures must never stop a run
+        bar.write(f"pictures skipped: {e}")
+        return
+    bar.write(f"pictures: {paths[0]}")
