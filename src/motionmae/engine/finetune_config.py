@@ -2,12 +2,14 @@
 
 A fine-tuning config is composed as: fine-tuning defaults (VideoMAE's recipe, SPEC.md) -> the clip format
 stored in the pretrained checkpoint -> a preset or YAML file (`--config`) -> the encoder architecture stored
-in the checkpoint (the weights decide it) -> `section.key=value` overrides. Pretraining-only sections of a preset (mask, objective) are ignored,
+in the checkpoint (the weights decide it) -> `section.key=value` overrides. data.num_frames / data.input_size
+always follow model.num_frames / model.img_size. Pretraining-only sections of a preset (mask, objective) are ignored,
 so `--config motionmae-sha-small` works for both commands.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -109,13 +111,19 @@ def load_finetune_config(spec: str = "", overrides: Sequence[str] = (), checkpoi
                          cls=FinetuneConfig):
     """Defaults -> checkpoint architecture -> preset/YAML `spec` -> overrides; returns a `cls` instance."""
     base = checkpoint_base(checkpoint_config)
-    d = _merge({"data": base.get("data", {})}, _spec_dict(spec))
+    cli = parse_overrides(overrides)
+    user = _merge(_spec_dict(spec), cli)
+    d = _merge({"data": base.get("data", {})}, user)
     d = _merge(d, {"model": base.get("model", {})})  # the weights define the architecture, whatever the preset says
+    d = _merge(d, {"model": cli.get("model", {})})  # ... unless overridden explicitly (e.g. another num_frames)
     for section in PRETRAIN_ONLY:
         d.pop(section, None)
-    cfg = from_dict(cls, _merge(d, parse_overrides(overrides)))
-    if cfg.data.num_frames != cfg.model.num_frames or cfg.data.input_size != cfg.model.img_size:
-        raise UserError(f"clip shape data.num_frames={cfg.data.num_frames}, data.input_size={cfg.data.input_size} does not "
-                        f"match the encoder's model.num_frames={cfg.model.num_frames}, model.img_size={cfg.model.img_size}; "
-                        "override both (e.g. data.num_frames=16 model.num_frames=16)")
+    cfg = from_dict(cls, d)
+    # the encoder defines the clip shape: data follows it unless the user set a conflicting value
+    for dkey, mkey in (("num_frames", "num_frames"), ("input_size", "img_size")):
+        given = (user.get("data") or {}).get(dkey)
+        if given is not None and given != getattr(cfg.model, mkey):
+            raise UserError(f"data.{dkey}={given} does not match the encoder's model.{mkey}={getattr(cfg.model, mkey)}; "
+                            f"set model.{mkey} (the positional embedding is interpolated) and data.{dkey} follows")
+    cfg.data = dataclasses.replace(cfg.data, num_frames=cfg.model.num_frames, input_size=cfg.model.img_size)
     return cfg

@@ -22,9 +22,6 @@ import torch
 from motionmae.config import DataConfig, ModelConfig, from_dict
 from motionmae.errors import UserError
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
 # ----------------------------------------------------------------------------------------------
 # encoders
 
@@ -42,21 +39,16 @@ def model_config_from_dict(config_dict: Optional[dict], where: str = "checkpoint
 def encoder_from_state(state_dict: dict, config_dict: Optional[dict], where: str = "checkpoint"):
     """A VisionTransformer holding the encoder of a pretraining checkpoint (`encoder.*` keys; no head), or the
     whole classifier of a fine-tuning checkpoint (`head.*` present; `forward` gives logits)."""
-    from motionmae.models.vit import VisionTransformer
+    from motionmae.models.classifier import _strip, build_classifier, load_pretrained_encoder
 
-    sd = dict(state_dict)
-    for prefix in _WRAPPER_PREFIXES:
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    if any(k.startswith("encoder.") for k in sd):
-        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    sd = _strip(state_dict)
     cfg = model_config_from_dict(config_dict, where)
     num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-    model = VisionTransformer(dataclasses.replace(cfg, drop_path=0.0, grad_checkpointing=False), num_classes)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{where}: weights do not match a {cfg.size} ViT (dims {cfg.dims()}): missing keys "
-                        f"{list(missing)[:6]}, unexpected keys {list(unexpected)[:6]}")
+    model = build_classifier(dataclasses.replace(cfg, drop_path=0.0, grad_checkpointing=False), num_classes)
+    try:
+        load_pretrained_encoder(model, sd, strict=True)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
     return model
 
 
