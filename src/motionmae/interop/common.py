@@ -1,0 +1,129 @@
+"""Shared pieces of the checkpoint converters: safe reading, prefix stripping, strict loading.
+
+Every converter maps a foreign state dict to our names (`models/vit.py`, `models/pretrain.py`), then
+`load_strict` puts it into a freshly built model: a key we did not map, a key our model expects but
+the file lacks, or a shape that disagrees is a `UserError` naming the key. Nothing is silently left
+at its initial value except what the caller names as fresh (the motion head of an imported VideoMAE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+import torch
+
+from motionmae.errors import UserError
+
+StateDict = Dict[str, torch.Tensor]
+
+# Prefixes that wrappers put in front of every key: torch.compile, DDP / DataParallel.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+@dataclass
+class Converted:
+    """A converted model and what it is: `kind` is 'encoder', 'classifier' or 'pretrain'."""
+
+    model: torch.nn.Module
+    cfg: object  # motionmae.config.PretrainConfig
+    kind: str
+    num_classes: int = 0
+    notes: List[str] = field(default_factory=list)
+    fresh: List[str] = field(default_factory=list)  # our keys left at their initial value (not in the source)
+
+
+def torch_load_weights_only(path) -> object:
+    """`torch.load(weights_only=True)`: tensors and plain containers only; an embedded object is refused.
+
+    `argparse.Namespace` is allowed because the research code bases save their command-line `args` in every
+    checkpoint; it is rebuilt attribute by attribute, nothing of it is called.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; 2.4 has only add_safe_globals
+    if safe is not None:
+        ctx = safe([argparse.Namespace])
+    else:
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        ctx = contextlib.nullcontext()
+    try:
+        with ctx:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "GLOBAL" in ln), lines[-1] if lines else type(e).__name__)
+        raise UserError(
+            f"{path}: refused to unpickle: the file embeds Python objects, not only tensors ({first}). "
+            "Loading it would run code from the file. If you trust it, re-save just its state dict "
+            "(torch.save(torch.load(p, weights_only=False)['model'], 'clean.pth')) in a sandbox and convert that."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+
+
+def strip_prefixes(sd: StateDict, prefixes: Iterable[str] = WRAPPER_PREFIXES) -> StateDict:
+    """Drop wrapper prefixes (repeatedly, in any order) from every key."""
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p) :], True
+        out[k] = v
+    return out
+
+
+def block_count(sd: StateDict, prefix: str) -> int:
+    """Number of `prefix{i}.` blocks; they must be numbered 0..n-1."""
+    idx = {int(k[len(prefix) :].split(".")[0]) for k in sd if k.startswith(prefix) and k[len(prefix) :].split(".")[0].isdigit()}
+    if idx and idx != set(range(len(idx))):
+        raise UserError(f"blocks under '{prefix}' are not numbered 0..{len(idx) - 1}: found {sorted(idx)}")
+    return len(idx)
+
+
+def take(src: StateDict, key: str, where: str) -> torch.Tensor:
+    """Remove and return `src[key]`; a missing key is a UserError."""
+    if key not in src:
+        raise UserError(f"{where}: missing key '{key}'")
+    return src.pop(key)
+
+
+def refuse_leftovers(src: StateDict, where: str) -> None:
+    if src:
+        keys = sorted(src)
+        more = f" (and {len(keys) - 8} more)" if len(keys) > 8 else ""
+        raise UserError(f"{where}: {len(keys)} key(s) have no counterpart in our model: {', '.join(keys[:8])}{more}")
+
+
+def load_strict(model: torch.nn.Module, sd: StateDict, where: str, fresh_prefixes: Iterable[str] = ()) -> List[str]:
+    """Load `sd` (our names) into `model`; every model key must be covered, except fixed buffers and `fresh_prefixes`.
+
+    Returns the keys left at their initial value.
+    """
+    own = model.state_dict()
+    persistent_buffers = {n for n, _ in model.named_buffers() if n in own}
+    unexpected = sorted(set(sd) - set(own))
+    if unexpected:
+        raise UserError(f"{where}: converted keys not in our model: {', '.join(unexpected[:8])}")
+    fresh = []
+    for k in own:
+        if k in sd:
+            if tuple(sd[k].shape) != tuple(own[k].shape):
+                raise UserError(f"{where}: '{k}' has shape {tuple(sd[k].shape)}, our model expects {tuple(own[k].shape)}")
+        elif k in persistent_buffers:
+            pass  # fixed sin-cos tables: the model rebuilds them; parity checks prove they agree
+        elif any(k.startswith(p) for p in fresh_prefixes):
+            fresh.append(k)
+        else:
+            raise UserError(f"{where}: no weights for '{k}' in the source")
+    merged = {k: (sd[k].to(own[k].dtype) if k in sd else own[k]) for k in own}
+    model.load_state_dict(merged, strict=True)
+    return fresh

@@ -1,0 +1,121 @@
+"""`motionmae convert`: checkpoints between transformers' VideoMAE, original VideoMAE `.pth` and motionmae.
+
+    motionmae convert --from hf --to motionmae  hf_dir/           out.safetensors
+    motionmae convert --from videomae --to hf   checkpoint.pth    hf_dir/  [--num-frames 16 --img-size 224]
+    motionmae convert --from motionmae --to hf  runs/finetune/    hf_dir/
+
+Every conversion that involves transformers is checked against transformers itself (same random clip, max
+abs difference of the outputs must be < --atol) unless --no-verify; see docs/INTEROP.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from motionmae.errors import UserError
+from motionmae.interop.common import Converted, load_strict
+
+FORMATS_IN = ("hf", "videomae", "motionmae")
+FORMATS_OUT = ("hf", "motionmae")
+
+
+# ----------------------------------------------------------------------------------------------
+# motionmae checkpoints (engine/checkpoint.py's format: safetensors `model.*` + JSON state with `config`)
+
+
+def save_motionmae(conv: Converted, dst) -> Path:
+    """Write a weights-only motionmae checkpoint; a path without `.safetensors` is a run directory
+    (written as `DST/checkpoints/last.safetensors`, which every command accepts as `DST`)."""
+    from motionmae.config import to_dict
+    from motionmae.engine.checkpoint import CKPT_DIR, LAST, save_checkpoint
+
+    dst = Path(dst)
+    path = dst if dst.suffix == ".safetensors" else dst / CKPT_DIR / LAST
+    state = {"config": to_dict(conv.cfg), "step": 0, "kind": conv.kind, "num_classes": conv.num_classes, "converted_notes": conv.notes}
+    return save_checkpoint(path, conv.model, state=state, rng=False)
+
+
+def load_motionmae(src, decoder: str = "") -> Converted:
+    """A motionmae checkpoint (file or run directory) -> our model, kind taken from its keys."""
+    from motionmae.config import ModelConfig, ObjectiveConfig, PretrainConfig, from_dict
+    from motionmae.engine.checkpoint import load_model_state, read_state
+    from motionmae.interop.hf import build_model
+
+    sd, cfg_dict = load_model_state(src)
+    state = read_state(src)
+    if not isinstance(cfg_dict, dict) or "model" not in cfg_dict:
+        raise UserError(f"{src}: the checkpoint stores no model config (state.config.model)")
+    m = from_dict(ModelConfig, cfg_dict["model"], "model")
+    if decoder:
+        m.decoder = decoder
+    obj = cfg_dict.get("objective")
+    cfg = PretrainConfig(model=m, objective=from_dict(ObjectiveConfig, obj, "objective") if isinstance(obj, dict) else ObjectiveConfig())
+    if "encoder_to_decoder.weight" in sd:
+        kind, num_classes = "pretrain", 0
+    elif "head.weight" in sd:
+        kind, num_classes = "classifier", int(sd["head.weight"].shape[0])
+    else:
+        kind, num_classes = "encoder", 0
+    model = build_model(cfg, kind, num_classes)
+    fresh = load_strict(model, sd, str(src), fresh_prefixes=("motion_",) if decoder else ())
+    notes = list(state.get("converted_notes", []))
+    return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--from", dest="src_format", required=True, choices=FORMATS_IN, help="format of SRC")
+    p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS_OUT, help="format of DST")
+    p.add_argument("src", metavar="SRC", help="hf: model directory; videomae: .pth file; motionmae: checkpoint file or run directory")
+    p.add_argument("dst", metavar="DST", help="hf: output directory; motionmae: .safetensors file or run directory")
+    p.add_argument("--num-frames", type=int, default=None, help="videomae: clip length the model was trained on (default 16)")
+    p.add_argument("--img-size", type=int, default=None, help="videomae: frame size the model was trained on (default 224)")
+    p.add_argument("--num-heads", type=int, default=None, help="videomae: encoder heads (default: from the width, VideoMAE sizes)")
+    p.add_argument("--decoder-num-heads", type=int, default=None, help="videomae: decoder heads (default: from the width)")
+    p.add_argument("--decoder", choices=("sha", "ind", "none"), default="sha",
+                   help="pretraining checkpoints into motionmae: motion branch to add fresh (none = plain VideoMAE)")
+    p.add_argument("--no-verify", action="store_true", help="skip the output comparison with transformers")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ours - transformers| (fp32)")
+
+
+def run(args) -> int:
+    from motionmae.interop import hf, videomae
+
+    vm_only = {"--num-frames": args.num_frames, "--img-size": args.img_size, "--num-heads": args.num_heads,
+               "--decoder-num-heads": args.decoder_num_heads}  # fmt: skip
+    given = [k for k, v in vm_only.items() if v is not None]
+    if given and args.src_format != "videomae":
+        raise UserError(f"{', '.join(given)}: only for --from videomae (the other formats store their config)")
+    decoder = args.decoder if args.dst_format == "motionmae" else "none"
+    if args.src_format == "hf":
+        conv = hf.load_hf(args.src, decoder=decoder)
+    elif args.src_format == "videomae":
+        conv = videomae.load_videomae(args.src, args.num_frames, args.img_size, args.num_heads, args.decoder_num_heads, decoder)
+    else:
+        conv = load_motionmae(args.src)
+        if args.dst_format == "motionmae":
+            raise UserError("--from motionmae --to motionmae: nothing to convert")
+    m = conv.cfg.model
+    d, n, h = m.dims()
+    print(f"read {args.src}: {conv.kind}, embed {d}, depth {n}, heads {h}, tubelet {m.tubelet_size}x{m.patch_size}x{m.patch_size}, "
+          f"{m.num_frames} frames x {m.img_size} px, pos_embed {m.pos_embed}, pooling {m.pooling}"
+          + (f", {conv.num_classes} classes" if conv.num_classes else ""))
+    for note in conv.notes:
+        print(f"  note: {note}")
+    if args.src_format == "hf" and not args.no_verify:
+        diff = hf.check_parity(conv.model, hf.load_transformers(args.src, conv.kind), conv.kind, conv.cfg, args.atol, args.src)
+        print(f"  checked against transformers: max |diff| = {diff:.3g}")
+    if args.dst_format == "hf":
+        report = hf.export_hf(conv.model, conv.cfg, args.dst, verify=not args.no_verify, atol=args.atol)
+        if report["dropped"]:
+            print(f"  dropped {len(report['dropped'])} motion-branch tensors: transformers' VideoMAE has no motion head")
+        print(f"wrote {args.dst} ({hf.ARCH[report['kind']]})")
+        if report["max_abs_diff"] is not None:
+            print(f"  checked against transformers: max |diff| = {report['max_abs_diff']:.3g}")
+    else:
+        path = save_motionmae(conv, args.dst)
+        print(f"wrote {path}")
+    return 0

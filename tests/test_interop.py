@@ -1,0 +1,220 @@
+"""Interop with transformers' VideoMAE and original VideoMAE checkpoints: numbers agree, keys are strict,
+round trips are bit-identical, pickles with embedded objects are refused. Tiny random models, no downloads."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from motionmae.config import ModelConfig, PretrainConfig
+from motionmae.errors import UserError
+from motionmae.interop import export_hf, load_hf, load_videomae
+from motionmae.interop.hf import hf_outputs, our_outputs, parity_mask
+from motionmae.models.vit import VisionTransformer
+
+transformers = pytest.importorskip("transformers")
+from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel  # noqa: E402
+
+ATOL = 1e-4
+
+
+def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter random, LayerNorms included (weight around 1, bias around 0), so nothing is trivially 1/0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            is_ln_weight = p.ndim == 1 and any(s in name for s in ("norm", "layernorm")) and name.endswith("weight")
+            p.copy_(1 + 0.2 * r if is_ln_weight else 0.1 * r)
+    return module.eval()
+
+
+def hf_config(hidden=32, layers=2, heads=2, tubelet=2, patch=16, img=32, frames=4, mean_pool=True, qkv_bias=True, eps=1e-12, **kw):
+    return VideoMAEConfig(
+        image_size=img, patch_size=patch, num_frames=frames, tubelet_size=tubelet, hidden_size=hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden, qkv_bias=qkv_bias,
+        use_mean_pooling=mean_pool, layer_norm_eps=eps, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2, decoder_intermediate_size=128, num_labels=5, attn_implementation="eager", **kw,
+    )  # fmt: skip
+
+
+def clip(cfg_or_model, seed=1, batch=2):
+    m = cfg_or_model
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, m.num_frames, m.img_size, m.img_size, generator=g)
+
+
+CASES = {  # name: hf_config kwargs
+    "tiny-t2-mean-qkvbias": dict(),
+    "tiny-t1-first-noqkvbias": dict(tubelet=1, mean_pool=False, qkv_bias=False),
+    "small-t1-mean": dict(hidden=64, heads=4, tubelet=1, patch=8, eps=1e-6),
+    "small-t2-first": dict(hidden=64, heads=4, tubelet=2, patch=8, mean_pool=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hf_classifier_import_matches_transformers(tmp_path, case):
+    hf = randomize(VideoMAEForVideoClassification(hf_config(**CASES[case])), seed=len(case))
+    hf.save_pretrained(tmp_path)
+    conv = load_hf(tmp_path)
+    assert conv.kind == "classifier" and conv.num_classes == 5 and not conv.fresh
+    m = conv.cfg.model
+    assert (m.pos_embed, m.norm_eps, m.head_norm_eps) == ("sincos1d", hf.config.layer_norm_eps, 1e-5)
+    x = clip(m)
+    with torch.no_grad():
+        ref_tokens = hf.videomae(x.permute(0, 2, 1, 3, 4)).last_hidden_state
+        ours_tokens = conv.model.forward_features(x)
+        if m.pooling == "mean":  # our mean-pooling classifier's `norm` is Identity, like transformers'
+            assert isinstance(conv.model.norm, torch.nn.Identity)
+        ref_logits = hf(pixel_values=x.permute(0, 2, 1, 3, 4)).logits
+        ours_logits = conv.model(x)
+    assert (ours_tokens - ref_tokens).abs().max() < ATOL
+    assert (ours_logits - ref_logits).abs().max() < ATOL
+    assert ref_logits.abs().max() > 0.1  # not trivially zero
+
+
+def test_hf_encoder_import_matches_transformers(tmp_path):
+    hf = randomize(VideoMAEModel(hf_config(mean_pool=False, tubelet=1)), seed=3)
+    hf.save_pretrained(tmp_path)
+    conv = load_hf(tmp_path)
+    assert conv.kind == "encoder" and isinstance(conv.model.head, torch.nn.Identity)
+    x = clip(conv.cfg.model)
+    assert (our_outputs(conv.model, "encoder", x) - hf_outputs(hf, "encoder", x)).abs().max() < ATOL
+    # visible-token path: transformers' bool_masked_pos == our mask
+    mask = parity_mask(conv.cfg, batch=2, ratio=0.5, seed=4)
+    with torch.no_grad():
+        ref = hf(pixel_values=x.permute(0, 2, 1, 3, 4), bool_masked_pos=mask).last_hidden_state
+        ours = conv.model.forward_features(x, mask)
+    assert (ours - ref).abs().max() < ATOL
+
+
+def test_hf_encoder_without_final_norm_is_refused(tmp_path):
+    VideoMAEModel(hf_config(mean_pool=True)).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="use_mean_pooling=true has no final LayerNorm"):
+        load_hf(tmp_path)
+
+
+def test_hf_unmapped_and_missing_keys_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    VideoMAEForVideoClassification(hf_config()).save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    sd = load_file(str(f))
+    save_file({**sd, "videomae.extra.weight": torch.zeros(2)}, str(f))
+    with pytest.raises(UserError, match="no counterpart in our model: videomae.extra.weight"):
+        load_hf(tmp_path)
+    sd.pop("videomae.encoder.layer.1.attention.attention.value.bias", None)
+    sd.pop("videomae.encoder.layer.1.attention.attention.v_bias", None)
+    save_file(sd, str(f))
+    with pytest.raises(UserError, match="layer.1.attention.attention.v_bias"):
+        load_hf(tmp_path)
+
+
+def our_classifier(pooling="mean", tubelet=2, qkv_bias=True, seed=0):
+    cfg = ModelConfig(size="tiny", embed_dim=32, depth=2, num_heads=2, patch_size=16, tubelet_size=tubelet, num_frames=4,
+                      img_size=32, pos_embed="sincos1d", pooling=pooling, qkv_bias=qkv_bias, head_norm_eps=1e-5)  # fmt: skip
+    return randomize(VisionTransformer(cfg, num_classes=7), seed), PretrainConfig(model=cfg)
+
+
+@pytest.mark.parametrize("pooling,tubelet,qkv_bias", [("mean", 2, True), ("first", 1, False)])
+def test_export_loads_in_transformers_and_round_trips_bit_identical(tmp_path, pooling, tubelet, qkv_bias):
+    model, cfg = our_classifier(pooling, tubelet, qkv_bias)
+    report = export_hf(model, cfg, tmp_path)  # verifies against transformers itself
+    assert report["kind"] == "classifier" and report["max_abs_diff"] < ATOL
+    hf, info = VideoMAEForVideoClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    x = clip(cfg.model, seed=5)
+    with torch.no_grad():
+        assert (model(x) - hf.eval()(pixel_values=x.permute(0, 2, 1, 3, 4)).logits).abs().max() < ATOL
+    back = load_hf(tmp_path)
+    a, b = model.state_dict(), back.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert dataclasses.replace(back.cfg.model, size=cfg.model.size) == cfg.model  # `size` is only a label here
+
+
+def test_export_refuses_sincos3d_and_other_head_eps(tmp_path):
+    model, cfg = our_classifier()
+    cfg3 = PretrainConfig(model=dataclasses.replace(cfg.model, pos_embed="sincos3d"))
+    with pytest.raises(UserError, match="pos_embed='sincos3d' cannot be exported"):
+        export_hf(VisionTransformer(cfg3.model, num_classes=7), cfg3, tmp_path / "a")
+    cfg6 = PretrainConfig(model=dataclasses.replace(cfg.model, head_norm_eps=1e-6))
+    with pytest.raises(UserError, match="head_norm_eps=1e-06"):
+        export_hf(VisionTransformer(cfg6.model, num_classes=7), cfg6, tmp_path / "b")
+
+
+def test_export_verification_catches_a_wrong_number(tmp_path):
+    """Export compares outputs, not only key names: a model transformers cannot reproduce (here its fixed
+    positional table was altered, which no key carries) is refused."""
+    model, cfg = our_classifier()
+    model.pos_embed.mul_(0.9)  # a different table than transformers' fixed sinusoid (a constant shift would cancel in LayerNorm)
+    with pytest.raises(UserError, match="outputs differ from transformers'"):
+        export_hf(model, cfg, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# original VideoMAE .pth
+
+
+def hf_to_original_layout(sd: dict) -> dict:
+    """transformers VideoMAEForVideoClassification keys -> original VideoMAE fine-tuned keys, written out
+    independently of the converter under test (so the test checks the mapping, not itself)."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("videomae.embeddings.patch_embeddings.projection", "patch_embed.proj")
+        k = k.replace("videomae.encoder.layer.", "blocks.").replace("videomae.layernorm", "norm")
+        k = k.replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
+        k = k.replace("attention.output.dense", "attn.proj").replace("intermediate.dense", "mlp.fc1")
+        k = k.replace("output.dense", "mlp.fc2").replace("classifier", "head")
+        k = k.replace("attention.attention.query.bias", "attn.q_bias").replace("attention.attention.value.bias", "attn.v_bias")
+        k = k.replace("attention.attention.q_bias", "attn.q_bias").replace("attention.attention.v_bias", "attn.v_bias")
+        out[k] = v
+    for i in {int(k.split(".")[1]) for k in out if k.startswith("blocks.")}:
+        p = f"blocks.{i}.attention.attention."
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([out.pop(p + n + ".weight") for n in ("query", "key", "value")])
+    return out
+
+
+def test_original_videomae_pth_matches_transformers(tmp_path):
+    # original VideoMAE uses eps 1e-6 everywhere; with use_mean_pooling=False, transformers then computes the same function
+    hf = randomize(VideoMAEForVideoClassification(hf_config(mean_pool=False, eps=1e-6, frames=8)), seed=7)
+    sd = hf_to_original_layout(hf.state_dict())
+    sd = {"_orig_mod.module." + k: v for k, v in sd.items()}  # torch.compile + DDP prefixes
+    ckpt = {"model": sd, "epoch": 3, "args": argparse.Namespace(model="vit_tiny", lr=1e-3)}  # as the research code saves
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    conv = load_videomae(tmp_path / "checkpoint.pth", num_frames=8, img_size=32, num_heads=2)
+    assert conv.kind == "classifier" and conv.cfg.model.pooling == "first" and conv.cfg.model.tubelet_size == 2
+    x = clip(conv.cfg.model, seed=9)
+    assert (our_outputs(conv.model, "classifier", x) - hf_outputs(hf, "classifier", x)).abs().max() < ATOL
+
+
+def test_original_videomae_pretrain_layout_imports_with_fresh_motion_head(tmp_path):
+    from motionmae.models.pretrain import PretrainModel
+
+    cfg = ModelConfig(size="tiny", embed_dim=192, depth=1, num_heads=3, patch_size=16, num_frames=4, img_size=32,
+                      pos_embed="sincos1d", decoder="none", decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
+    src = randomize(PretrainModel(cfg), seed=11)
+    torch.save({"module": src.state_dict()}, tmp_path / "pretrain.pth")
+    conv = load_videomae(tmp_path / "pretrain.pth", num_frames=4, img_size=32, decoder_num_heads=2, decoder="sha")
+    assert conv.kind == "pretrain" and conv.cfg.model.num_heads == 3  # 192 wide -> 3 heads (VideoMAE ViT-S/T table)
+    assert conv.fresh and all(k.startswith("motion_") for k in conv.fresh)
+    got = conv.model.state_dict()
+    for k, v in src.state_dict().items():
+        assert torch.equal(got[k], v), k
+
+
+def test_pickle_with_embedded_object_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": {"patch_embed.proj.weight": torch.zeros(1)}, "x": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match=r"refused to unpickle.*(system|GLOBAL)"):
+        load_videomae(tmp_path / "evil.pth")
+    assert not marker.exists()
