@@ -119,13 +119,13 @@ class EncoderFeatures:
     """`features(frames)` from a frozen `VisionTransformer`: each frame alone, as a clip of `tubelet` copies.
 
     The frame is resized so both sides are multiples of the patch size (short side `size`), normalised
-    with ImageNet mean/std; the encoder interpolates its positional embedding to the frame's grid.
+    with ImageNet mean/std; the encoder adapts its positional embedding to the frame's (1, h, w) grid.
     """
 
     def __init__(self, encoder: torch.nn.Module, size: int = 0, device="cpu", batch_size: int = 8,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.encoder = encoder.eval()
-        self.tubelet, self.patch, _ = encoder.patch_embed.proj.kernel_size
+        self.tubelet, self.patch = encoder.patch_embed.tubelet, encoder.patch_embed.patch
         self.size, self.device, self.batch_size = size, torch.device(device), batch_size
         self.mean, self.std = mean, std
 
@@ -141,8 +141,7 @@ class EncoderFeatures:
             x = resize(x, (h * self.patch, w * self.patch)).permute(1, 0, 2, 3)  # (B, C, H', W') uint8
             clip = x.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1)  # (B, C, tubelet, H', W')
             x = to_model_input(clip, self.mean, self.std, device=self.device)
-            tokens = self.encoder.forward_features(x)  # (B, h*w, D): one temporal slice
-            out.append(tokens.float().reshape(tokens.shape[0], h, w, -1))
+            out.append(self.encoder.forward_grid(x)[:, 0].float())  # (B, 1, h, w, D): one temporal slice
         return torch.cat(out)
 
 

@@ -1,0 +1,179 @@
+"""Label propagation (oracle / random / hand-made features), the encoder feature extractor, the synthetic
+DAVIS-format set and the `vos` pipeline end to end."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from motionmae.config import ModelConfig
+from motionmae.data.synthetic_vos import make_vos_dataset
+from motionmae.eval import davis, vos
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_vos_dataset(tmp_path_factory.mktemp("vos"), num_sequences=3, num_frames=8, height=96, width=128, seed=0)
+
+
+def tiny_encoder(**kw):
+    from motionmae.models.vit import build_encoder
+
+    torch.manual_seed(0)
+    cfg = dict(embed_dim=32, depth=1, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4, img_size=32)
+    cfg.update(kw)
+    return build_encoder(ModelConfig(**cfg)).eval()
+
+
+def ground_truth(seq):
+    return np.stack([davis.read_mask(a)[0] for a in seq.annotations])
+
+
+def run_sequences(root, make_features, cfg=vos.VOSConfig()):
+    """J&F of propagate() on every sequence, with features from make_features(gt masks)."""
+    per_object = {}
+    for seq in davis.list_sequences(root):
+        gt = ground_truth(seq)
+        n = davis.num_objects(gt[0])
+        pred = vos.propagate(make_features(gt), gt[0], n, cfg)
+        j, f = davis.evaluate_sequence(gt, pred, n)
+        for k in range(n):
+            per_object[f"{seq.name}_{k + 1}"] = (j[k], f[k])
+    return davis.summarize(per_object)[0]["J&F-Mean"]
+
+
+def test_soft_labels_by_hand():
+    mask = np.array([[1, 1, 0, 0], [1, 0, 0, 2], [0, 0, 2, 2], [255, 0, 2, 2]], np.uint8)
+    lab = vos.soft_labels(mask, 2, (2, 2))  # (4 patches, 3 classes), patches in row-major order
+    expect = [[1 / 4, 3 / 4, 0], [3 / 4, 0, 1 / 4], [3 / 4, 0, 0], [0, 0, 1]]  # void counts for no class
+    torch.testing.assert_close(lab, torch.tensor(expect))
+
+
+def test_neighbourhood():
+    near = vos.neighbourhood(3, 4, 1).reshape(3, 4, 3, 4)
+    assert near[1, 1].sum() == 9 and near[0, 0].sum() == 4 and near[0, 3].sum() == 4
+    assert near[0, 0, 1, 1] and not near[0, 0, 2, 0]
+    assert vos.neighbourhood(3, 4, 3).all()
+
+
+def test_labels_follow_features_not_positions():
+    # frame 0: left patch (feature e0) is object 1, right patch (e1) background; frame 1 swaps the features
+    feats = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[0.0, 1.0], [1.0, 0.0]]]])  # (T=2, h=1, w=2, D=2)
+    first = np.zeros((2, 4), np.uint8)
+    first[:, :2] = 1
+    pred = vos.propagate(feats, first, 1, vos.VOSConfig(topk=1))
+    np.testing.assert_array_equal(pred[0], first)
+    np.testing.assert_array_equal(pred[1], 1 - first)
+
+
+def test_radius_limits_previous_frames_only():
+    # 1 x 5 grid, object 1 at patch 0 in frame 0; the object's feature then jumps to patch 4.
+    # frame 1 can take the label from frame 0 at any distance (the first frame is unrestricted);
+    # frame 2 with topk=1, where the best key (frame 1, patch 4) is the same patch: allowed by any radius.
+    e = torch.eye(5)
+    f0 = e[[0, 1, 2, 3, 4]]
+    f1 = e[[4, 1, 2, 3, 0]]  # patch 4 now carries the object's feature
+    feats = torch.stack([f0, f1, f1])[:, None]  # (3, 1, 5, 5)
+    first = np.zeros((1, 5), np.uint8)
+    first[0, 0] = 1
+    pred = vos.propagate(feats, first, 1, vos.VOSConfig(topk=1, radius=1))
+    np.testing.assert_array_equal(pred[1], [[0, 0, 0, 0, 1]])
+    np.testing.assert_array_equal(pred[2], [[0, 0, 0, 0, 1]])
+
+
+def test_chunking_and_disabled_radius_are_equivalent():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(6, 5, 7, 8, generator=g)
+    first = np.zeros((20, 28), np.uint8)
+    first[3:12, 4:15], first[10:18, 16:25] = 1, 2
+    ref = vos.propagate(feats, first, 2, vos.VOSConfig(radius=3))
+    np.testing.assert_array_equal(ref, vos.propagate(feats, first, 2, vos.VOSConfig(radius=3), chunk=4))
+    # a radius covering the whole grid restricts nothing
+    np.testing.assert_array_equal(vos.propagate(feats, first, 2, vos.VOSConfig(radius=0)),
+                                  vos.propagate(feats, first, 2, vos.VOSConfig(radius=7)))
+
+
+def test_oracle_features_reproduce_the_ground_truth_and_random_features_do_not(synth):
+    patch = 4
+    g = torch.Generator().manual_seed(0)
+
+    def oracle(gt):  # per patch: the fraction of each true object id (one-hot ids averaged), plus noise
+        t, h, w = gt.shape[0], gt.shape[1] // patch, gt.shape[2] // patch
+        lab = torch.stack([vos.soft_labels(m, 3, (h, w)) for m in gt]).reshape(t, h, w, 4)
+        return lab + 0.05 * torch.randn(lab.shape, generator=g)
+
+    def random(gt):
+        return torch.randn(gt.shape[0], gt.shape[1] // patch, gt.shape[2] // patch, 16, generator=g)
+
+    good, bad = run_sequences(synth, oracle), run_sequences(synth, random)
+    assert good > 0.95
+    assert bad < 0.5 and bad < good - 0.4
+
+
+def test_synthetic_set_layout_and_determinism(synth, tmp_path):
+    seqs = davis.list_sequences(synth, "val")
+    assert [s.name for s in seqs] == ["synth000", "synth001", "synth002"]
+    for s in seqs:
+        assert len(s.frames) == 8 and s.fully_annotated
+        frames, gt = davis.read_frames(s.frames), ground_truth(s)
+        assert frames.shape == (8, 96, 128, 3) and gt.shape == (8, 96, 128)
+        n = davis.num_objects(gt[0])
+        assert 1 <= n <= 3 and set(np.unique(gt[0])) == set(range(n + 1))  # every object visible in frame 0
+        assert set(np.unique(gt)) <= set(range(n + 1))
+        assert (davis.read_mask(s.annotations[0])[1][:4] == davis.davis_palette()[:4]).all()
+        assert not np.array_equal(gt[0], gt[-1])  # objects move
+    again = make_vos_dataset(tmp_path, num_sequences=3, num_frames=8, height=96, width=128, seed=0)
+    for a, b in zip(sorted(synth.rglob("*.*")), sorted(again.rglob("*.*"))):
+        assert a.relative_to(synth) == b.relative_to(again) and a.read_bytes() == b.read_bytes()
+
+
+def test_frame_grid():
+    assert vos.frame_grid(480, 854, 0, 16) == (30, 53)
+    assert vos.frame_grid(96, 128, 64, 8) == (8, 11)  # 64 x 85.3 px -> multiples of 8
+    assert vos.frame_grid(128, 96, 64, 8) == (11, 8)
+
+
+def test_encoder_features_are_per_frame_repeated_clips():
+    enc = tiny_encoder()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
+    feats = vos.EncoderFeatures(enc, size=0, batch_size=2)(frames)
+    assert feats.shape == (3, 5, 7, 32)
+    # frame 1 by hand: a 2-frame clip of that frame, ImageNet-normalised, through forward_features
+    x = torch.from_numpy(frames[1]).permute(2, 0, 1).float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    clip = x[None, :, None].expand(1, 3, 2, 40, 56)
+    with torch.no_grad():
+        tokens = enc.forward_features(clip)
+    torch.testing.assert_close(feats[1], tokens.reshape(5, 7, 32), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vos.EncoderFeatures(enc, size=0, batch_size=1)(frames), feats, rtol=1e-5, atol=1e-5)
+    assert vos.EncoderFeatures(enc, size=24, batch_size=3)(frames).shape == (3, 3, 4, 32)  # 24 x 33.6 px -> 3 x 4
+
+
+def test_segment_davis_writes_masks_and_tables(tmp_path):
+    root = make_vos_dataset(tmp_path / "data", num_sequences=2, num_frames=5, height=48, width=64, seed=3)
+    out = tmp_path / "out"
+    features = vos.EncoderFeatures(tiny_encoder(), size=0)
+    result = vos.segment_davis(features, root, out, "val", vos.VOSConfig(), log=lambda s: None)
+    per_object = {}
+    for seq in davis.list_sequences(root):
+        pngs = sorted((out / seq.name).glob("*.png"))
+        assert [p.name for p in pngs] == [f.stem + ".png" for f in seq.frames]
+        gt = ground_truth(seq)
+        pred = np.stack([davis.read_mask(p)[0] for p in pngs])
+        np.testing.assert_array_equal(pred[0], gt[0])  # first frame: the given annotation
+        n = davis.num_objects(gt[0])
+        j, f = davis.evaluate_sequence(gt, pred, n)  # tables agree with re-reading the written PNGs
+        per_object.update({f"{seq.name}_{k + 1}": (j[k], f[k]) for k in range(n)})
+    glob, rows = davis.summarize(per_object)
+    assert result["global"]["J&F-Mean"] == pytest.approx(glob["J&F-Mean"])
+    with open(out / "per-sequence-results-val.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["Sequence"] for r in table] == list(per_object)
+    assert [float(r["J-Mean"]) for r in table] == pytest.approx([r["J-Mean"] for r in rows], abs=1e-6)
+    with open(out / "global_results-val.csv") as fh:
+        assert float(next(csv.DictReader(fh))["J&F-Mean"]) == pytest.approx(glob["J&F-Mean"], abs=1e-6)
+    saved = json.loads((out / "results-val.json").read_text())
+    assert saved["frames"] == 10 and saved["seconds_per_frame"] > 0 and saved["config"]["topk"] == 5
