@@ -20,6 +20,7 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
+from motionmae.errors import UserError
 from motionmae.eval.davis import write_mask
 
 
@@ -133,26 +134,29 @@ def make_vos_dataset(out_dir, num_sequences: int = 4, num_frames: int = 12, heig
     return root
 
 
-def _size(value, default: Tuple[int, int]) -> Tuple[int, int]:
-    """`--size` as an int (height, 4/3 * height wide), 'HxW', or a (h, w) pair."""
-    if value is None or value == "" or value == 0:
-        return default
+def add_vos_arguments(parser) -> None:
+    """Options of `make-dataset` used only with `--kind vos` (its --out, --frames, --size, --seed are shared)."""
+    parser.add_argument("--num-sequences", type=int, default=4, help="--kind vos: number of sequences (default: 4)")
+
+
+def _frame_size(value) -> Tuple[int, int]:
+    """`--size` as (height, width): an int is the height, the width is 4/3 of it rounded to a multiple of 8."""
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[1])
-    if isinstance(value, str) and "x" in value:
-        h, w = value.lower().split("x")
-        return int(h), int(w)
     h = int(value)
-    return h, h * 4 // 3
+    return h, max(8, int(round(h * 4 / 3 / 8)) * 8)
 
 
 def run(args) -> int:
     """`motionmae make-dataset --kind vos` (dispatched from data/synthetic.py)."""
     out = getattr(args, "out", None) or "data/synthetic-vos"
-    num = getattr(args, "num_sequences", None) or getattr(args, "num_videos", None) or 4
-    frames = getattr(args, "num_frames", None) or getattr(args, "frames", None) or 12
-    height, width = _size(getattr(args, "size", None), (96, 128))
-    seed = getattr(args, "seed", None) or 0
-    root = make_vos_dataset(out, int(num), int(frames), height, width, int(seed))
+    num = getattr(args, "num_sequences", 4)
+    frames = getattr(args, "frames", 12)
+    height, width = _frame_size(getattr(args, "size", 96))
+    seed = getattr(args, "seed", 0)
+    if num < 1 or frames < 3 or min(height, width) < 16:
+        raise UserError(f"--kind vos needs --num-sequences >= 1, --frames >= 3 (DAVIS skips the first and last) and "
+                        f"--size >= 16; got {num}, {frames}, {height}")
+    root = make_vos_dataset(out, num, frames, height, width, seed)
     print(f"wrote {num} sequences x {frames} frames at {height}x{width} in DAVIS-2017 layout to {root}")
     return 0
