@@ -32,9 +32,22 @@ EncoderLike = Union[str, os.PathLike, torch.nn.Module]
 # label columns
 
 
+def _labels_json(source: str) -> dict:
+    """`labels.json` beside a list (written by `motionmae make-dataset`): {"columns": [...], <column>: [class names]}."""
+    p = Path(source)
+    meta = (p.parent if p.is_file() else p) / "labels.json"
+    try:
+        return json.loads(meta.read_text()) if meta.is_file() else {}
+    except ValueError:
+        return {}
+
+
 def label_names(source: str, num_labels: int) -> list:
-    """Names of the label columns of a list: from a header comment `# path name1 name2 ...` when it has one
-    name per column, else `label` (one column) or `label0, label1, ...`."""
+    """Names of the label columns of a list: `labels.json`'s "columns" beside it, or a header comment
+    `# path name1 name2 ...`, when either has one name per column; else `label` / `label0, label1, ...`."""
+    cols = _labels_json(source).get("columns")
+    if isinstance(cols, list) and len(cols) == num_labels:
+        return [str(c) for c in cols]
     p = Path(source)
     if p.is_file():
         with open(p, errors="replace") as f:
@@ -49,6 +62,12 @@ def label_names(source: str, num_labels: int) -> list:
                     continue
                 break
     return ["label"] if num_labels == 1 else [f"label{i}" for i in range(num_labels)]
+
+
+def class_names(source: str, column: str, num_classes: int) -> Optional[list]:
+    """Class names of a label column from `labels.json` beside the list, if it has the right count."""
+    names = _labels_json(source).get(column)
+    return [str(n) for n in names] if isinstance(names, list) and len(names) == num_classes else None
 
 
 def resolve_label_column(spec: str, names: Sequence[str], where: str = "finetune.label_column") -> int:
@@ -146,8 +165,9 @@ def cached_features(model, fingerprint: dict, data_cfg, source: str, class_sourc
     loader = make_loader(dataset, batch_size, data_cfg.num_workers)
     model = model.to(device).eval()
     bar = ProgressBar(len(loader), f"features {label}".strip(), enabled=verbose)
-    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std,
-                           amp_dtype=resolve_amp("auto", device), progress=lambda i, n: bar.update(i))
+    every = 1 if bar.tty else max(len(loader) // 4, 1)  # a few lines in a log file, a live bar on a terminal
+    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, amp_dtype=resolve_amp("auto", device),
+                           progress=lambda i, n: bar.update(i) if i % every == 0 or i == n else None)
     bar.close()
     out["num_labels"] = torch.tensor(dataset.num_labels)
     if path is not None:
@@ -265,7 +285,8 @@ def run(args) -> int:
         checkpoint_config = load_model_state(args.checkpoint)[1]
     cfg = load_finetune_config(args.config, args.overrides, checkpoint_config, cls=ProbeConfig)
     target = random_encoder(cfg.model, cfg.probe.seed) if args.random_init else args.checkpoint
-    name = f"random {cfg.model.size}" if args.random_init else Path(args.checkpoint).name
+    d, depth, _ = cfg.model.dims()
+    name = f"random init (dim {d}, depth {depth})" if args.random_init else Path(args.checkpoint).name
     results = run_probe(target, args.train, args.val, config=cfg, name=name, cache=not args.no_cache)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
