@@ -260,6 +260,11 @@ def _coerce(value: Any, hint, path: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"config key '{path}' expects a number, got {value!r}")
     if hint is str:
         return "" if value is None else str(value)
