@@ -1,0 +1,125 @@
+"""The pretraining loop: exact resume after SIGKILL, accumulation = a bigger batch, NaN stop, run-dir contents."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine_helpers import TINY, cli, tiny_videos
+from motionmae import config as C
+from motionmae.engine import checkpoint as ck
+from motionmae.engine.logger import read_metrics
+from motionmae.engine.pretrain import NonFiniteLossError, make_plan, pretrain
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return tiny_videos(tmp_path_factory.mktemp("videos"), n=8)
+
+
+def _cfg(videos, out, *more):
+    return C.load_config("", [*TINY, f"data.train={videos}", f"train.output_dir={out}", *more])
+
+
+def _params(path):
+    sd, _ = ck.load_model_state(path)
+    return sd
+
+
+def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
+    args = ["pretrain", *TINY, f"data.train={videos}", "train.batch_size=2", "train.max_steps=24", "train.save_every=4"]
+    full = cli(*args, f"train.output_dir={tmp_path / 'full'}")
+    assert full.returncode == 0, full.stderr
+    want = [(r["step"], r["loss"], r["loss_motion"], r["lr"]) for r in read_metrics(tmp_path / "full")]
+    assert [s for s, *_ in want] == list(range(1, 25))  # 24 steps over 6 epochs of 4
+
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "motionmae.cli", *args, f"train.output_dir={run_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 6 for r in _rows(run_dir)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = max(r["step"] for r in _rows(run_dir))
+    assert killed_at < 24
+    resumed_from = ck.read_state(run_dir)["step"]
+    assert resumed_from % 4 == 0 and resumed_from <= killed_at
+
+    again = cli(*args, f"train.output_dir={run_dir}")  # auto-resume from run_dir/checkpoints/last
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {run_dir / 'checkpoints' / 'last.safetensors'} at step {resumed_from}" in again.stdout
+    got = [(r["step"], r["loss"], r["loss_motion"], r["lr"]) for r in read_metrics(run_dir)]
+    assert got == want  # exactly equal, step for step (the log is cut back to the checkpoint on resume)
+    a, b = _params(tmp_path / "full"), _params(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rows(run_dir):
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return rows
+
+
+def test_accumulation_equals_bigger_batch(videos, tmp_path):
+    # batch 2 x 2 micro-steps and batch 4 see the same clips with the same masks (masks are seeded per clip)
+    a = pretrain(_cfg(videos, tmp_path / "a", "train.batch_size=2", "train.accum_steps=2", "train.max_steps=3"))
+    b = pretrain(_cfg(videos, tmp_path / "b", "train.batch_size=4", "train.max_steps=3"))
+    ra, rb = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["lr"] for r in ra] == [r["lr"] for r in rb]
+    for x, y in zip(ra, rb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_plan_scales_lr_with_global_batch():
+    cfg = C.load_config("", ["train.batch_size=8", "train.accum_steps=4", "data.num_samples=2", "train.base_lr=1.5e-4",
+                             "train.min_lr=1e-5", "train.warmup_lr=1e-6", "train.epochs=10", "train.warmup_epochs=2"])
+    p = make_plan(cfg, num_videos=1000, world=2)
+    assert p.global_batch == 8 * 4 * 2 * 2
+    assert p.lr == pytest.approx(1.5e-4 * 128 / 256) and p.min_lr == pytest.approx(1e-5 * 0.5)
+    assert p.steps_per_epoch == 1000 // 2 // 32 == 15
+    assert (p.total_steps, p.warmup_steps) == (150, 30)
+
+
+def test_run_dir_contents_and_config_round_trip(videos, tmp_path):
+    cfg = _cfg(videos, tmp_path, "train.batch_size=2", "train.max_steps=4", "train.save_every=2", "train.keep_last=1")
+    out = pretrain(cfg)
+    assert C.load_config(str(tmp_path / "config.yaml")) == cfg
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["last.safetensors", "step_00000004.safetensors"]
+    state = ck.read_state(tmp_path)
+    assert (state["step"], state["epoch"], state["epoch_pos"]) == (4, 0, 4)  # 8 videos / batch 2: epoch 0 just used up
+    assert C.from_dict(C.PretrainConfig, state["config"]) == cfg
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(k in rows[0] for k in ("loss", "loss_appearance", "loss_motion", "lr", "grad_norm", "clips_per_s", "skipped_videos_epoch"))
+    assert rows[0]["loss"] == pytest.approx(rows[0]["loss_appearance"] + rows[0]["loss_motion"], rel=1e-5)
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+    assert (tmp_path / "pictures" / "step_00000004.png").exists() and out["step"] == 4
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(videos, tmp_path):
+    pretrain(_cfg(videos, tmp_path, "train.batch_size=2", "train.max_steps=2", "train.save_every=2"))
+    good = (tmp_path / "checkpoints" / "last.safetensors").read_bytes()
+    # resume with std 0: the input becomes inf/NaN at step 2 -> clean stop, nothing written
+    bad = _cfg(videos, tmp_path, "train.batch_size=2", "train.max_steps=6", "train.save_every=1", "data.std=[0,0,0]")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2 .*last good checkpoint is .*last.safetensors"):
+        pretrain(bad)
+    assert (tmp_path / "checkpoints" / "last.safetensors").read_bytes() == good
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.safetensors", "step_00000002.safetensors"]
