@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+from motionmae.cli import main as cli_main
+from motionmae.data.datasets import build_dataset, read_annotation_list
+from motionmae.data.decode import VideoReader
+from motionmae.data.synthetic import (CLASSES, DIRECTIONS, ClipSpec, _glyph_alpha, clip_specs, load_fashion_mnist,
+                                      make_dataset, render_clip)
+from motionmae.config import DataConfig
+
+
+def all_specs(frames=6, size=32):
+    return [ClipSpec(0, d, s, a, frames, size, seed=10 * d + 3 * s + a) for d in range(4) for s in range(2) for a in range(2)]
+
+
+def test_reversed_clip_is_the_reversed_spec():
+    for spec in all_specs():
+        rev = spec.reversed()
+        assert rev.arrow != spec.arrow and rev.glyph == spec.glyph and rev.speed == spec.speed
+        opposite = {"right": "left", "left": "right", "up": "down", "down": "up"}
+        assert DIRECTIONS[rev.direction] == opposite[DIRECTIONS[spec.direction]]
+        assert np.array_equal(render_clip(spec)[::-1], render_clip(rev))
+
+
+def shift_between(a, b):
+    """Circular (dy, dx) taking frame a to frame b, by phase correlation."""
+    fa, fb = np.fft.fft2(a.astype(float).mean(-1)), np.fft.fft2(b.astype(float).mean(-1))
+    r = np.fft.ifft2(fb * np.conj(fa) / (np.abs(fb * np.conj(fa)) + 1e-9)).real
+    dy, dx = np.unravel_index(r.argmax(), r.shape)
+    n = a.shape[0]
+    return (dy + n // 2) % n - n // 2, (dx + n // 2) % n - n // 2
+
+
+def circular_centroid(w):
+    """(y, x) centre of mass of w on a torus, via the mean phase along each axis."""
+    n = w.shape[0]
+    ang = 2 * np.pi * np.arange(n) / n
+    return tuple(np.angle((w.sum(axis=1 - ax) * np.exp(1j * ang)).sum()) % (2 * np.pi) * n / (2 * np.pi) for ax in (0, 1))
+
+
+def test_direction_speed_and_arrow_are_observable():
+    velocity = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}
+    for spec in all_specs(size=64):
+        glyph = render_clip(spec, background=False)
+        step = (1, 3)[spec.speed]
+        centres = np.array([circular_centroid(f.max(-1).astype(float)) for f in glyph])
+        moves = (np.diff(centres, axis=0) + 32) % 64 - 32  # the glyph moves in the labelled (observed) direction
+        assert np.allclose(moves, [step * v for v in velocity[spec.direction]], atol=0.1)  # at the labelled speed
+        area = (glyph.max(-1) > 127).sum(axis=(1, 2))
+        assert (np.diff(area) > 0).all() if spec.arrow == 0 else (np.diff(area) < 0).all()  # grows forward
+        full, free = render_clip(spec), glyph.max(-1) == 0  # free: pixels the glyph does not touch
+        d = 1 if spec.arrow == 0 else -1  # the background drifts down 1 px/frame forward, up when reversed
+        for t in range(spec.frames - 1):
+            both = np.roll(free[t], d, axis=0) & free[t + 1]
+            assert both.mean() > 0.5 and np.array_equal(np.roll(full[t], d, axis=0)[both], full[t + 1][both])
+
+
+def _normalised_glyph(mask):
+    """Roll the glyph away from the borders, crop its bounding box, resample to 12x12."""
+    for axis in (0, 1):
+        occ = mask.any(axis=1 - axis)
+        mask = np.roll(mask, -int(np.flatnonzero(~occ)[0]), axis=axis)
+    ys, xs = np.nonzero(mask)
+    box = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    iy = (np.arange(12) + 0.5) * box.shape[0] / 12
+    ix = (np.arange(12) + 0.5) * box.shape[1] / 12
+    return box[iy.astype(int)][:, ix.astype(int)].astype(float)
+
+
+def test_every_frame_in_any_order_shows_its_class():
+    size = 64
+    templates = []
+    for c in range(len(CLASSES)):
+        a = _glyph_alpha(ClipSpec(c, 0, 0, 0, size=size), size / 2, size / 2, 14.0, None, 0)
+        templates.append(_normalised_glyph(a > 0.5))
+    rng = np.random.default_rng(0)
+    for c in range(len(CLASSES)):
+        for k in range(2):
+            spec = ClipSpec(c, int(rng.integers(4)), int(rng.integers(2)), int(rng.integers(2)), 6, size, seed=k)
+            clip = render_clip(spec, background=False)[rng.permutation(6)]  # frame-shuffled
+            for frame in clip:
+                g = _normalised_glyph(frame.max(-1) > 127)
+                assert int(np.argmin([np.abs(g - t).mean() for t in templates])) == c
+
+
+def test_make_dataset_round_trip(tmp_path):
+    info = make_dataset(tmp_path / "d", num_train=6, num_val=3, frames=8, size=32, seed=3, workers=1)
+    meta = json.loads((tmp_path / "d" / "labels.json").read_text())
+    assert meta["columns"] == ["class", "direction", "speed", "arrow"] and meta["num_train"] == 6
+    entries = read_annotation_list(info["train"])
+    specs = clip_specs(6, 8, 32, 3, "train", len(meta["class"]))
+    assert [e.label for e in entries] == [s.labels() for s in specs]
+    for e, s in zip(entries[:2], specs):
+        with VideoReader(e.path) as r:
+            assert r.num_frames == 8
+            assert np.abs(r.get_frames(range(8)).astype(float) - render_clip(s)).mean() < 6  # H.264 crf 18
+    ds = build_dataset(DataConfig(train=info["train"], val=info["val"], num_frames=4, sampling_rate=2, input_size=32),
+                       "val", "finetune")
+    assert len(ds) == 3 and ds.num_labels == 4 and ds[0]["video"].shape == (3, 4, 32, 32)
+    # same seed, same lists
+    again = make_dataset(tmp_path / "e", num_train=6, num_val=3, frames=8, size=32, seed=3, workers=1)
+    assert open(again["train"]).read() == open(info["train"]).read()
+
+
+def test_cli(tmp_path, capsys):
+    assert cli_main(["make-dataset", "--out", str(tmp_path), "--num-train", "2", "--num-val", "1", "--frames", "4",
+                     "--size", "16", "--workers", "1"]) == 0
+    assert "wrote 2 train + 1 val" in capsys.readouterr().out
+    assert len((tmp_path / "val.csv").read_text().splitlines()) == 1
+    assert cli_main(["make-dataset", "--out", str(tmp_path), "--size", "15"]) == 2  # UserError, one line
+
+
+@pytest.mark.skipif(load_fashion_mnist() is None, reason="Fashion-MNIST not installed")
+def test_fashion_glyphs(tmp_path):
+    info = make_dataset(tmp_path, num_train=2, num_val=1, frames=4, size=32, glyphs="fashion", workers=1)
+    assert info["glyphs"] == "fashion-mnist"
