@@ -197,11 +197,12 @@ def test_original_videomae_pretrain_layout_imports_with_fresh_motion_head(tmp_pa
 
     cfg = ModelConfig(size="tiny", embed_dim=192, depth=1, num_heads=3, patch_size=16, num_frames=4, img_size=32,
                       pos_embed="sincos1d", decoder="none", decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
-    src = randomize(PretrainModel(cfg), seed=11)
+    src = randomize(PretrainModel(PretrainConfig(model=cfg)), seed=11)
     torch.save({"module": src.state_dict()}, tmp_path / "pretrain.pth")
-    conv = load_videomae(tmp_path / "pretrain.pth", num_frames=4, img_size=32, decoder_num_heads=2, decoder="sha")
-    assert conv.kind == "pretrain" and conv.cfg.model.num_heads == 3  # 192 wide -> 3 heads (VideoMAE ViT-S/T table)
-    assert conv.fresh and all(k.startswith("motion_") for k in conv.fresh)
+    conv = load_videomae(tmp_path / "pretrain.pth", num_frames=4, img_size=32, decoder_num_heads=2, decoder="ind")
+    assert conv.kind == "pretrain" and conv.cfg.model.num_heads == 3  # 192 wide -> 3 heads (VideoMAE ViT-T table)
+    # 'ind': the whole second decoder starts fresh; everything else is the file's, bit for bit
+    assert {k.split(".")[0] for k in conv.fresh} == {"motion_encoder_to_decoder", "motion_mask_token", "motion_decoder"}
     got = conv.model.state_dict()
     for k, v in src.state_dict().items():
         assert torch.equal(got[k], v), k
@@ -218,3 +219,48 @@ def test_pickle_with_embedded_object_is_refused_and_not_run(tmp_path):
     with pytest.raises(UserError, match=r"refused to unpickle.*(system|GLOBAL)"):
         load_videomae(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# pretraining models
+
+
+def test_hf_pretraining_import_decoder_and_loss_match_transformers(tmp_path):
+    # the hub's VideoMAE pretraining checkpoints have use_mean_pooling=False (encoder norm kept)
+    hf = randomize(VideoMAEForPreTraining(hf_config(mean_pool=False, norm_pix_loss=True)), seed=13)
+    hf.save_pretrained(tmp_path)
+    conv = load_hf(tmp_path, decoder="sha")
+    assert conv.kind == "pretrain" and conv.cfg.objective.appearance_norm
+    assert sorted(conv.fresh) == ["decoder.motion_head.bias", "decoder.motion_head.weight"]
+    x = clip(conv.cfg.model, seed=14)
+    mask = parity_mask(conv.cfg, batch=2, ratio=0.75, seed=15)
+    with torch.no_grad():
+        ref = hf(pixel_values=x.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)
+        ours = conv.model(x, mask)
+    assert (ours["pred_appearance"] - ref.logits).abs().max() < ATOL
+    # same norm-pix target convention (per cube, per channel, unbiased std + 1e-6): same loss
+    assert abs(ours["loss_appearance"].item() - ref.loss.item()) < 1e-5 * max(1.0, ref.loss.item())
+
+
+def our_pretrain(decoder="sha", seed=0):
+    cfg = PretrainConfig(model=ModelConfig(size="tiny", embed_dim=32, depth=2, num_heads=2, patch_size=16, num_frames=4, img_size=32,
+                                           pos_embed="sincos1d", decoder=decoder, decoder_embed_dim=32, decoder_depth=1,
+                                           decoder_num_heads=2, head_norm_eps=1e-5))  # fmt: skip
+    from motionmae.models.pretrain import PretrainModel
+
+    return randomize(PretrainModel(cfg), seed), cfg
+
+
+def test_pretrain_export_drops_motion_head_and_round_trips(tmp_path):
+    model, cfg = our_pretrain("sha", seed=17)
+    report = export_hf(model, cfg, tmp_path)
+    assert report["kind"] == "pretrain" and report["dropped"] == ["decoder.motion_head.bias", "decoder.motion_head.weight"]
+    hf, info = VideoMAEForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    x, mask = clip(cfg.model, seed=18), parity_mask(cfg, ratio=0.5, seed=19)
+    with torch.no_grad():
+        assert (model(x, mask)["pred_appearance"] - hf.eval()(pixel_values=x.permute(0, 2, 1, 3, 4), bool_masked_pos=mask).logits).abs().max() < ATOL
+    back = load_hf(tmp_path, decoder="sha")  # the appearance branch comes back bit for bit
+    a, b = model.state_dict(), back.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("decoder.motion_head."))

@@ -37,9 +37,9 @@ def save_motionmae(conv: Converted, dst) -> Path:
 
 def load_motionmae(src, decoder: str = "") -> Converted:
     """A motionmae checkpoint (file or run directory) -> our model, kind taken from its keys."""
-    from motionmae.config import ModelConfig, ObjectiveConfig, PretrainConfig, from_dict
+    from motionmae.config import DataConfig, ModelConfig, ObjectiveConfig, PretrainConfig, from_dict
     from motionmae.engine.checkpoint import load_model_state, read_state
-    from motionmae.interop.hf import build_model
+    from motionmae.interop.hf import MOTION_PREFIXES, build_model
 
     sd, cfg_dict = load_model_state(src)
     state = read_state(src)
@@ -48,8 +48,13 @@ def load_motionmae(src, decoder: str = "") -> Converted:
     m = from_dict(ModelConfig, cfg_dict["model"], "model")
     if decoder:
         m.decoder = decoder
-    obj = cfg_dict.get("objective")
-    cfg = PretrainConfig(model=m, objective=from_dict(ObjectiveConfig, obj, "objective") if isinstance(obj, dict) else ObjectiveConfig())
+    # a fine-tuning config has no objective section; the data section gives the mean/std targets are built with
+    obj, data = cfg_dict.get("objective"), cfg_dict.get("data")
+    cfg = PretrainConfig(
+        model=m,
+        objective=from_dict(ObjectiveConfig, obj, "objective") if isinstance(obj, dict) else ObjectiveConfig(),
+        data=from_dict(DataConfig, data, "data") if isinstance(data, dict) else DataConfig(),
+    )
     if "encoder_to_decoder.weight" in sd:
         kind, num_classes = "pretrain", 0
     elif "head.weight" in sd:
@@ -57,7 +62,7 @@ def load_motionmae(src, decoder: str = "") -> Converted:
     else:
         kind, num_classes = "encoder", 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_strict(model, sd, str(src), fresh_prefixes=("motion_",) if decoder else ())
+    fresh = load_strict(model, sd, str(src), fresh_prefixes=MOTION_PREFIXES if decoder else ())
     notes = list(state.get("converted_notes", []))
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)
 

@@ -52,6 +52,8 @@ _BLOCK_LINEAR = {
     "mlp.fc2": "output.dense",
 }
 _QKV = "attention.attention."
+# our motion branch (no VideoMAE / transformers counterpart): sha's extra head, ind's second decoder
+MOTION_PREFIXES = ("decoder.motion_head.", "motion_")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def ours_to_hf(sd: StateDict, cfg, kind: str, where: str = "model") -> Tuple[Sta
         out.update(_pair(src, "decoder.norm", "decoder.norm", where))
         out.update(_pair(src, "decoder.head", "decoder.head", where))
         # the motion branch has no transformers counterpart
-        dropped = sorted(k for k in src if k.startswith(("motion_head.", "motion_decoder.", "motion_")))
+        dropped = sorted(k for k in src if k.startswith(MOTION_PREFIXES))
         for k in dropped:
             src.pop(k)
     refuse_leftovers(src, where)
@@ -357,7 +359,7 @@ def load_hf(path, decoder: str = "sha", kind: Optional[str] = None) -> Converted
     num_classes = int(sd["classifier.weight"].shape[0]) if kind == "classifier" and "classifier.weight" in sd else 0
     ours = hf_to_ours(sd, cfg, kind, where)
     model = build_model(cfg, kind, num_classes)
-    fresh = load_strict(model, ours, where, fresh_prefixes=("motion_",))
+    fresh = load_strict(model, ours, where, fresh_prefixes=MOTION_PREFIXES)
     notes = [f"motion branch initialised fresh ({len(fresh)} tensors)"] if fresh else []
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)
 
@@ -366,7 +368,7 @@ def build_model(cfg, kind: str, num_classes: int = 0) -> torch.nn.Module:
     if kind == "pretrain":
         from motionmae.models.pretrain import PretrainModel
 
-        return PretrainModel(cfg.model)
+        return PretrainModel(cfg)
     from motionmae.models.vit import VisionTransformer
 
     return VisionTransformer(cfg.model, num_classes=num_classes if kind == "classifier" else 0)
@@ -458,7 +460,7 @@ def our_outputs(model, kind: str, x: torch.Tensor, mask: Optional[torch.Tensor] 
         return model(x)
     if kind == "encoder":
         return model.forward_features(x)
-    return model.predict_appearance(x, mask)
+    return model(x, mask)["pred_appearance"]
 
 
 def check_parity(model, hf_model, kind: str, cfg, atol: float = 1e-4, where: str = "") -> float:

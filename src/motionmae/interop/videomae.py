@@ -180,7 +180,7 @@ def load_videomae(
 ) -> Converted:
     """An original VideoMAE `.pth` -> our model (eval mode, CPU): pretraining layout -> `PretrainModel` (motion
     branch fresh unless decoder='none'); fine-tuned layout -> classifier (or encoder when it has no head)."""
-    from motionmae.interop.hf import build_model
+    from motionmae.interop.hf import MOTION_PREFIXES, build_model
 
     where = str(path)
     sd = read_state_dict(path)
@@ -188,7 +188,7 @@ def load_videomae(
     ours, kind = videomae_to_ours(sd, cfg, where)
     num_classes = int(ours["head.weight"].shape[0]) if kind == "classifier" else 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_strict(model, ours, where, fresh_prefixes=("motion_",))
+    fresh = load_strict(model, ours, where, fresh_prefixes=MOTION_PREFIXES)
     notes = []
     if num_heads is None:
         notes.append(f"heads inferred from the width: {cfg.model.num_heads}")
