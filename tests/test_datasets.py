@@ -207,3 +207,21 @@ def test_too_many_failures_is_a_clear_error(tmp_path):
     with pytest.warns(RuntimeWarning), pytest.raises(UserError, match="max_skip_fraction"):
         for i in range(len(ds)):
             ds[i]
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+
+
+def test_loader_benchmark_quick_mode_runs():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.run(quick=True, update_docs=False)
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 64x48")]
+    assert len(rows) == len(mod.QUICK["samples"]) * len(mod.QUICK["workers"])
+    assert all(float(r[4]) > 0 for r in rows)  # clips/s
+    assert "| cached batch |" in text and "| 1 worker(s) |" in text

@@ -1,0 +1,178 @@
+"""Data loader throughput: clips/s and ms/clip for 16x224x224 training clips (dense, stride 4, multi-scale crop,
+flip) decoded from 320x240 and 640x480 H.264 files, with 0/1/2 DataLoader workers and num_samples 1/2/4
+(repeated sampling: clips drawn from one decoded video per visit).
+
+The videos are written at run time with PyAV into a temporary folder: 150 frames at 30 fps (5 s, like a
+trimmed Kinetics clip), libx264 defaults (one keyframe per 250 frames, so a clip is decoded from frame 0).
+The first batch of each run (worker start-up) is not timed.
+
+"Fed": a small-model pretraining step (MotionMAE-sha, ViT-S at 16x112x112, batch 8, AdamW) timed with
+batches from a live DataLoader against the same steps on one cached batch; "fed" means the live-loader step
+rate is within 5% of the cached one (the loader and the model share the same CPU cores).
+
+    python benchmarks/loader.py                 # full run (~5-10 min on 2 CPU cores), prints the tables
+    python benchmarks/loader.py --update-docs   # ... and writes them into docs/BENCHMARKS.md ("Data loader")
+    python benchmarks/loader.py --quick         # tiny sizes, seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_name, markdown_table, replace_section  # noqa: E402
+
+from motionmae.data.datasets import VideoClipDataset, VideoEntry, collate  # noqa: E402
+from motionmae.data.decode import write_video  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- loader.py:begin -->", "<!-- loader.py:end -->"
+
+FULL = dict(resolutions=((320, 240), (640, 480)), video_frames=150, files=4, clip=16, stride=4, px=224,
+            workers=(0, 1, 2), samples=(1, 2, 4), visits=16, batch=4)
+QUICK = dict(resolutions=((64, 48),), video_frames=24, files=2, clip=4, stride=2, px=32,
+             workers=(0, 1), samples=(1, 2), visits=4, batch=2)
+
+
+def write_videos(folder: Path, width: int, height: int, frames: int, files: int, seed: int = 0):
+    """Moving smooth texture plus mild noise: a realistic bitrate, unlike a flat or pure-noise picture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    paths = []
+    for k in range(files):
+        fy, fx, ph = rng.uniform(0.02, 0.08, 2).astype(np.float32), rng.uniform(0.02, 0.08, 2).astype(np.float32), rng.uniform(0, 6, 3)
+        out = np.empty((frames, height, width, 3), np.uint8)
+        for t in range(frames):
+            base = np.stack([np.sin(xx * fx[0] + yy * fy[0] + t * 0.1 + ph[0]), np.sin(xx * fx[1] - yy * fy[1] + t * 0.07 + ph[1]),
+                             np.cos((xx + yy) * 0.03 + t * 0.05 + ph[2])], -1)
+            noise = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+            out[t] = np.clip(128 + 90 * base + noise, 0, 255).astype(np.uint8)
+        path = folder / f"{width}x{height}_{k}.mp4"
+        write_video(path, out, fps=30, options={"preset": "veryfast"})
+        paths.append(path)
+    return paths
+
+
+def make_dataset(paths, cfg, num_samples: int, seed: int = 0) -> VideoClipDataset:
+    entries = [VideoEntry(str(paths[i % len(paths)])) for i in range(cfg["visits"])]
+    return VideoClipDataset(entries, num_frames=cfg["clip"], sampling_rate=cfg["stride"], mode="train",
+                            input_size=cfg["px"], num_samples=num_samples, seed=seed)
+
+
+def loader_rate(ds, workers: int, batch: int):
+    """Clips/s over one pass of the loader, the first batch (start-up) excluded."""
+    loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate)
+    clips, t0 = 0, None
+    for b in loader:
+        if t0 is None:
+            t0 = time.perf_counter()
+            continue
+        clips += b["video"].shape[0]
+    dt = time.perf_counter() - t0
+    return clips / dt
+
+
+def measure_loader(cfg, tmp: Path):
+    rows = []
+    for w, h in cfg["resolutions"]:
+        paths = write_videos(tmp, w, h, cfg["video_frames"], cfg["files"])
+        size = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+        for s in cfg["samples"]:
+            for workers in cfg["workers"]:
+                rate = loader_rate(make_dataset(paths, cfg, s), workers, cfg["batch"])
+                rows.append([f"{w}x{h}", f"{size:.2f}", s, workers, rate, 1000 / rate])
+                print(f"  {w}x{h} num_samples={s} workers={workers}: {rate:.1f} clips/s", flush=True)
+    return rows
+
+
+def measure_fed(cfg, tmp: Path, quick: bool):
+    """Step rate with a live loader vs a cached batch, per worker count."""
+    from motionmae.config import load_config
+    from motionmae.data.transforms import to_model_input
+    from motionmae.models.pretrain import PretrainModel
+    from motionmae.objective.masking import make_mask
+
+    size = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2) if quick else {}
+    px, frames, batch, steps = (32, 4, 2, 3) if quick else (112, 16, 8, 6)
+    over = [f"model.size={'tiny' if quick else 'small'}", f"model.img_size={px}", f"model.num_frames={frames}"]
+    over += [f"model.{k}={v}" for k, v in size.items()]
+    pcfg = load_config("motionmae-sha", over)
+    model = PretrainModel(pcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    w, h = cfg["resolutions"][0]
+    paths = sorted(tmp.glob(f"{w}x{h}_*.mp4"))
+    entries = [VideoEntry(str(paths[i % len(paths)])) for i in range((steps + 1) * batch)]
+    ds = VideoClipDataset(entries, num_frames=frames, sampling_rate=cfg["stride"], input_size=px, seed=0)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(video):
+        x = to_model_input(video, pcfg.data.mean, pcfg.data.std, "cpu")
+        mask = make_mask(pcfg.mask.kind, x.shape[0], pcfg.model.grid(), pcfg.mask.ratio, gen)
+        opt.zero_grad(set_to_none=True)
+        model(x, mask)["loss"].backward()
+        opt.step()
+
+    cached = collate([ds[i] for i in range(batch)])["video"]
+    step(cached)  # warm-up
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(cached)
+    base = steps / (time.perf_counter() - t)
+    rows = [["cached batch", base, 1.0, "-"]]
+    for workers in cfg["workers"]:
+        it = iter(DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate))
+        step(next(it)["video"])  # start-up
+        t = time.perf_counter()
+        for b in it:
+            step(b["video"])
+        rate = steps / (time.perf_counter() - t)
+        rows.append([f"{workers} worker(s)", rate, rate / base, "yes" if rate >= 0.95 * base else "no"])
+        print(f"  fed, {workers} workers: {rate:.3f} steps/s vs cached {base:.3f}", flush=True)
+    return rows, f"MotionMAE-sha ViT-{'tiny (32-wide, 1 block)' if quick else 'S'}, {frames}x{px}x{px}, batch {batch}, fp32"
+
+
+def run(quick: bool = False, update_docs: bool = False, fed: bool = True) -> str:
+    cfg = QUICK if quick else FULL
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        rows = measure_loader(cfg, tmp)
+        fed_rows, fed_desc = measure_fed(cfg, tmp, quick) if fed else ([], "")
+    clip = f"{cfg['clip']}x{cfg['px']}x{cfg['px']}"
+    cmd = "python benchmarks/loader.py" + (" --quick" if quick else "") + " --update-docs"
+    text = (f"## Data loader\n\nMachine: {machine_name()}. Command: `{cmd}`.\n\n"
+            f"Training clips of {clip} (dense sampling, stride {cfg['stride']}, multi-scale crop + flip, uint8 out) from "
+            f"{cfg['video_frames']}-frame H.264 files at 30 fps (libx264 defaults); batch {cfg['batch']} videos. "
+            "num_samples = clips per decoded video (repeated sampling).\n\n")
+    text += markdown_table(["video", "MB/file", "num_samples", "workers", "clips/s", "ms/clip"], rows) + "\n"
+    if fed_rows:
+        text += (f"\nIs a small-model training step fed? {fed_desc}, clips decoded from the "
+                 f"{cfg['resolutions'][0][0]}x{cfg['resolutions'][0][1]} files, num_samples 1; the step shares the "
+                 "cores with the workers.\n\n")
+        text += markdown_table(["data", "steps/s", "vs cached", "fed (>= 95%)"], fed_rows) + "\n"
+    if update_docs:
+        replace_section(DOCS, BEGIN, END, text, title="Benchmarks")
+    return text
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (CI)")
+    p.add_argument("--update-docs", action="store_true", help="write the tables into docs/BENCHMARKS.md")
+    p.add_argument("--no-fed", action="store_true", help="skip the training-step comparison")
+    a = p.parse_args(argv)
+    print(run(a.quick, a.update_docs, not a.no_fed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
