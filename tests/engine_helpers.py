@@ -15,7 +15,7 @@ TINY = [
     "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2",
     "model.num_frames=4", "model.img_size=32", "model.patch_size=16",
     "data.num_frames=4", "data.input_size=32", "data.sampling_rate=2", "data.num_workers=0",
-    "train.amp=none", "train.warmup_steps=2", "train.log_every=1", "train.base_lr=0.05",
+    "train.amp=none", "train.warmup_steps=2", "train.log_every=1", "train.base_lr=0.05", "train.viz_every=-1",
 ]
 
 

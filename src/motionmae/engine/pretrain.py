@@ -285,7 +285,8 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
                     last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
                                                        numbered=step % t.save_every == 0, keep_last=t.keep_last)
                 D.barrier()
-            if main and (step == plan.total_steps or (t.viz_every > 0 and step % t.viz_every == 0)):
+            # viz_every > 0: every so many steps and at the end; 0: at the end only; < 0: never
+            if main and t.viz_every >= 0 and (step == plan.total_steps or (t.viz_every > 0 and step % t.viz_every == 0)):
                 _pictures(cfg, model, dataset, run_dir, step, device, amp_dtype, bar)
         del batches, loader
 
