@@ -37,6 +37,19 @@ class Converted:
     fresh: List[str] = field(default_factory=list)  # our keys left at their initial value (not in the source)
 
 
+def pretrain_config(model_cfg):
+    """A PretrainConfig around an imported ModelConfig, its data clip shape matching the model's (what
+    `motionmae finetune --pretrained` takes from a checkpoint). Frame stride is not stored by either format."""
+    from motionmae.config import DataConfig, PretrainConfig
+
+    from motionmae.config import preset_dict, update
+
+    cfg = PretrainConfig(model=model_cfg, data=DataConfig(num_frames=model_cfg.num_frames, input_size=model_cfg.img_size))
+    if model_cfg.decoder == "none":  # a plain VideoMAE: its masking and objective too
+        cfg = update(cfg, {k: v for k, v in preset_dict("videomae").items() if k != "model"})
+    return cfg
+
+
 def torch_load_weights_only(path) -> object:
     """`torch.load(weights_only=True)`: tensors and plain containers only; an embedded object is refused.
 

@@ -31,6 +31,7 @@ from motionmae.interop.common import (
     StateDict,
     block_count,
     load_strict,
+    pretrain_config,
     refuse_leftovers,
     take,
     torch_load_weights_only,
@@ -77,7 +78,7 @@ def _ratio(inner: int, dim: int, key: str, where: str) -> float:
 
 def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha"):
     """transformers VideoMAEConfig (as a dict) -> our PretrainConfig (model + objective sections)."""
-    from motionmae.config import SIZES, ModelConfig, PretrainConfig
+    from motionmae.config import SIZES, ModelConfig
 
     act = hf.get("hidden_act", "gelu")
     if act != "gelu":
@@ -110,7 +111,7 @@ def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha"):
         decoder_num_heads=int(hf.get("decoder_num_attention_heads", 6)),
     )
     m = _set_decoder_mlp_ratio(m, dec_ratio, where)
-    cfg = PretrainConfig(model=m)
+    cfg = pretrain_config(m)
     cfg.objective.appearance_norm = bool(hf.get("norm_pix_loss", True))
     return cfg
 
@@ -419,6 +420,7 @@ def load_transformers(path, kind: str):
     except ImportError:
         raise UserError("checking against transformers needs it installed: pip install 'motionmae[hf]' (or pass --no-verify)") from None
     cls = getattr(transformers, ARCH[kind])
+    transformers.utils.logging.disable_progress_bar()
     hf_model, info = cls.from_pretrained(str(path), output_loading_info=True, attn_implementation="eager")
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if bad:

@@ -14,7 +14,16 @@ from typing import Optional
 import torch
 
 from motionmae.errors import UserError
-from motionmae.interop.common import Converted, StateDict, block_count, load_strict, refuse_leftovers, strip_prefixes, torch_load_weights_only
+from motionmae.interop.common import (
+    Converted,
+    StateDict,
+    block_count,
+    load_strict,
+    pretrain_config,
+    refuse_leftovers,
+    strip_prefixes,
+    torch_load_weights_only,
+)
 
 # heads are invisible in weight shapes; VideoMAE's (and v2's) model zoo uses these
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
@@ -60,7 +69,7 @@ def cfg_from_videomae(
     decoder: str = "sha",
 ):
     """Infer our PretrainConfig from a VideoMAE state dict (already prefix-stripped, in either layout)."""
-    from motionmae.config import SIZES, ModelConfig, PretrainConfig
+    from motionmae.config import SIZES, ModelConfig
 
     pre = "encoder." if _is_pretrain(sd) else ""
     w = sd.get(pre + "patch_embed.proj.weight")
@@ -118,7 +127,7 @@ def cfg_from_videomae(
             elif r != mlp_ratio:
                 raise UserError(f"{where}: decoder MLP ratio {r} differs from the encoder's {mlp_ratio}")
     m.grid()  # validates divisibility
-    return PretrainConfig(model=m)
+    return pretrain_config(m)
 
 
 def _is_pretrain(sd: StateDict) -> bool:
