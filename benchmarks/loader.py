@@ -18,6 +18,8 @@ rate is within 5% of the cached one (the loader and the model share the same CPU
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -68,17 +70,27 @@ def make_dataset(paths, cfg, num_samples: int, seed: int = 0) -> VideoClipDatase
                             input_size=cfg["px"], num_samples=num_samples, seed=seed)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (DataLoader workers, once joined)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def loader_rate(ds, workers: int, batch: int):
-    """Clips/s over one pass of the loader, the first batch (start-up) excluded."""
+    """(clips/s over one pass, the first batch (start-up) excluded; CPU ms per clip over the whole pass,
+    start-up included). CPU time does not depend on how busy the machine is; wall time does."""
+    cpu0 = cpu_seconds()
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate)
-    clips, t0 = 0, None
+    clips, total, t0 = 0, 0, None
     for b in loader:
+        total += b["video"].shape[0]
         if t0 is None:
             t0 = time.perf_counter()
             continue
         clips += b["video"].shape[0]
     dt = time.perf_counter() - t0
-    return clips / dt
+    del loader  # join the workers so their CPU time is counted
+    return clips / dt, (cpu_seconds() - cpu0) * 1000 / total
 
 
 def measure_loader(cfg, tmp: Path):
@@ -88,9 +100,9 @@ def measure_loader(cfg, tmp: Path):
         size = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
         for s in cfg["samples"]:
             for workers in cfg["workers"]:
-                rate = loader_rate(make_dataset(paths, cfg, s), workers, cfg["batch"])
-                rows.append([f"{w}x{h}", f"{size:.2f}", s, workers, rate, 1000 / rate])
-                print(f"  {w}x{h} num_samples={s} workers={workers}: {rate:.1f} clips/s", flush=True)
+                rate, cpu_ms = loader_rate(make_dataset(paths, cfg, s), workers, cfg["batch"])
+                rows.append([f"{w}x{h}", f"{size:.2f}", s, workers, rate, 1000 / rate, cpu_ms])
+                print(f"  {w}x{h} num_samples={s} workers={workers}: {rate:.1f} clips/s, {cpu_ms:.0f} CPU ms/clip", flush=True)
     return rows
 
 
@@ -143,6 +155,7 @@ def measure_fed(cfg, tmp: Path, quick: bool):
 def run(quick: bool = False, update_docs: bool = False, fed: bool = True) -> str:
     cfg = QUICK if quick else FULL
     torch.manual_seed(0)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         rows = measure_loader(cfg, tmp)
@@ -152,8 +165,10 @@ def run(quick: bool = False, update_docs: bool = False, fed: bool = True) -> str
     text = (f"## Data loader\n\nMachine: {machine_name()}. Command: `{cmd}`.\n\n"
             f"Training clips of {clip} (dense sampling, stride {cfg['stride']}, multi-scale crop + flip, uint8 out) from "
             f"{cfg['video_frames']}-frame H.264 files at 30 fps (libx264 defaults); batch {cfg['batch']} videos. "
-            "num_samples = clips per decoded video (repeated sampling).\n\n")
-    text += markdown_table(["video", "MB/file", "num_samples", "workers", "clips/s", "ms/clip"], rows) + "\n"
+            "num_samples = clips per decoded video (repeated sampling). clips/s and ms/clip are wall time "
+            "(first batch excluded); CPU ms/clip sums the main process and its workers over the whole pass "
+            f"(start-up included), and does not depend on other load (1-min load average at the start: {load:.1f}).\n\n")
+    text += markdown_table(["video", "MB/file", "num_samples", "workers", "clips/s", "ms/clip", "CPU ms/clip"], rows) + "\n"
     if fed_rows:
         text += (f"\nIs a small-model training step fed? {fed_desc}, clips decoded from the "
                  f"{cfg['resolutions'][0][0]}x{cfg['resolutions'][0][1]} files, num_samples 1; the step shares the "

@@ -78,3 +78,12 @@ def test_to_model_input_layouts_and_values():
     assert a[0, :, 0, 0, 0].tolist() == [2.0, 1.5, 1.0]  # (1 - 0.5)/0.25, (1 - 0.25)/0.5, (1 - 0)/1
     assert T.to_model_input(x, mean, std, "cpu", dtype=torch.bfloat16).dtype == torch.bfloat16
     assert torch.allclose(T.to_model_input(x.float() / 255, mean, std, "cpu"), a)
+
+
+def test_uint8_resize_matches_float_path():
+    clip = torch.randint(0, 256, (3, 4, 30, 44), dtype=torch.uint8)
+    for size in ((32, 32), (16, 20)):  # up and (antialiased) down
+        fast = T.resize(clip, size)
+        ref = T.resize(clip.float(), size).round().clamp(0, 255)
+        assert fast.dtype == torch.uint8 and fast.shape == (3, 4, *size)
+        assert (fast.float() - ref).abs().max() <= 1

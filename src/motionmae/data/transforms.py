@@ -34,14 +34,18 @@ def resize(clip: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     c, t, h, w = clip.shape
     if (h, w) == tuple(size):
         return clip
-    x = clip.permute(1, 0, 2, 3).float()  # frames as the batch: (T, C, H, W)
+    x = clip.permute(1, 0, 2, 3)  # frames as the batch: (T, C, H, W)
     down = size[0] < h or size[1] < w
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=down)
-    if clip.dtype == torch.uint8:
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
-    else:
-        x = x.to(clip.dtype)
-    return x.permute(1, 0, 2, 3).contiguous()
+    kw = dict(size=tuple(size), mode="bilinear", align_corners=False, antialias=down)
+    if x.dtype == torch.uint8 and x.device.type == "cpu":
+        try:  # torch's native uint8 bilinear kernel (channels-last) is 3-4x faster than a float round trip
+            x = F.interpolate(x.contiguous(memory_format=torch.channels_last), **kw)
+            return x.permute(1, 0, 2, 3).contiguous()
+        except RuntimeError:  # a build without the uint8 kernel
+            pass
+    y = F.interpolate(x.float(), **kw)
+    y = y.round_().clamp_(0, 255).to(torch.uint8) if clip.dtype == torch.uint8 else y.to(clip.dtype)
+    return y.permute(1, 0, 2, 3).contiguous()
 
 
 def crop(clip: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
