@@ -167,6 +167,20 @@ def test_same_clips_for_any_worker_count_and_epochs_differ(folder):
     assert not torch.equal(torch.cat([collate([ds[i]])["video"] for i in range(6)]), runs[0])
 
 
+def test_v2_frame_folder_window(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "frames").mkdir()
+    for t in range(20):  # green codes the frame index
+        Image.fromarray(np.full((32, 40, 3), (0, 10 * t, 0), np.uint8)).save(tmp_path / "frames" / f"img_{t + 1:05d}.png")
+    (tmp_path / "v2.txt").write_text("frames 8 6\n")  # frames 8..13 only
+    ds = build_dataset(cfg(train=str(tmp_path / "v2.txt"), num_frames=3, sampling_rate=2), "train", "pretrain")
+    for epoch in range(5):
+        ds.set_epoch(epoch)
+        greens = ds[0]["video"][1].float().mean(dim=(1, 2)) / 10  # window of 6, span 5: start 0 or 1 in it
+        assert greens.round().tolist() in ([8, 10, 12], [9, 11, 13])
+
+
 # ----------------------------------------------------------------------------------------------- corrupt files
 
 

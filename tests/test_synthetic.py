@@ -112,6 +112,25 @@ def test_cli(tmp_path, capsys):
     assert cli_main(["make-dataset", "--out", str(tmp_path), "--size", "15"]) == 2  # UserError, one line
 
 
+def test_fashion_mnist_reader_and_glyphs(tmp_path):
+    import gzip
+
+    rng = np.random.default_rng(0)
+    images = np.zeros((20, 28, 28), np.uint8)
+    images[:, 6:22, 8:20] = rng.integers(100, 256, (20, 1, 1))
+    labels = np.arange(20, dtype=np.uint8) % 10
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:  # idx3: magic, count, rows, cols
+        f.write(np.array([2051, 20, 28, 28], ">i4").tobytes() + images.tobytes())
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(np.array([2049, 20], ">i4").tobytes() + labels.tobytes())
+    got = load_fashion_mnist(str(tmp_path))
+    assert np.array_equal(got[0], images) and np.array_equal(got[1], labels)
+    spec = ClipSpec(3, 0, 1, 0, 6, 32, seed=1)
+    clip = render_clip(spec, background=False, fashion=got)
+    assert clip.shape == (6, 32, 32, 3) and clip.max() > 0
+    assert np.array_equal(render_clip(spec, fashion=got)[::-1], render_clip(spec.reversed(), fashion=got))
+
+
 @pytest.mark.skipif(load_fashion_mnist() is None, reason="Fashion-MNIST not installed")
 def test_fashion_glyphs(tmp_path):
     info = make_dataset(tmp_path, num_train=2, num_val=1, frames=4, size=32, glyphs="fashion", workers=1)
