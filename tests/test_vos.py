@@ -189,7 +189,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "enc.safetensors", enc, state={"config": {"model": to_dict(enc.cfg)}})
     out = tmp_path / "out"
     rc = main(["vos", "--checkpoint", str(ckpt), "--davis-root", str(root), "--out", str(out), "--device", "cpu",
-               "--size", "32", "--topk", "3", "--radius", "2"])
+               "--size", "32", "--topk", "3", "--radius", "2", "--amp", "none"])
     assert rc == 0
     assert "J&F-Mean" in capsys.readouterr().out
     for seq in ("synth000", "synth001"):

@@ -66,7 +66,7 @@ def neighbourhood(h: int, w: int, radius: int) -> torch.Tensor:
 
 
 def propagate(feats: torch.Tensor, first_mask: np.ndarray, n_objects: int, cfg: VOSConfig = VOSConfig(),
-              chunk: int = 2048) -> np.ndarray:
+              chunk: int = 1024) -> np.ndarray:
     """Propagate the first frame's mask through a sequence.
 
     feats: float (T, h, w, D) patch features; first_mask: uint8 (H, W) object indices (255 = void).
@@ -90,8 +90,8 @@ def propagate(feats: torch.Tensor, first_mask: np.ndarray, n_objects: int, cfg: 
         for s in range(0, n, chunk):
             sim = feats[t, s : s + chunk] @ keys.T  # (q, K) cosine similarities
             if near is not None and memory:
-                allowed = near[s : s + chunk].repeat(1, len(memory))
-                sim[:, n:] = sim[:, n:].masked_fill(~allowed, float("-inf"))
+                far = ~near[s : s + chunk].repeat(1, len(memory))
+                sim[:, n:].masked_fill_(far, float("-inf"))
             top, idx = sim.topk(k, dim=1)
             weight = torch.softmax(top / cfg.temperature, dim=1)  # -inf (out of reach) -> weight 0
             pred[s : s + chunk] = torch.einsum("qk,qkc->qc", weight, values[idx])
@@ -123,15 +123,17 @@ class EncoderFeatures:
     """
 
     def __init__(self, encoder: torch.nn.Module, size: int = 0, device="cpu", batch_size: int = 8,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 amp_dtype: Optional[torch.dtype] = None):
         self.encoder = encoder.eval()
         self.tubelet, self.patch = encoder.patch_embed.tubelet, encoder.patch_embed.patch
         self.size, self.device, self.batch_size = size, torch.device(device), batch_size
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.amp_dtype = mean, std, amp_dtype
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         from motionmae.data.transforms import resize, to_model_input
+        from motionmae.eval.multiview import autocast
 
         T, H, W, _ = frames.shape
         h, w = frame_grid(H, W, self.size, self.patch)
@@ -141,7 +143,8 @@ class EncoderFeatures:
             x = resize(x, (h * self.patch, w * self.patch)).permute(1, 0, 2, 3)  # (B, C, H', W') uint8
             clip = x.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1)  # (B, C, tubelet, H', W')
             x = to_model_input(clip, self.mean, self.std, device=self.device)
-            out.append(self.encoder.forward_grid(x)[:, 0].float())  # (B, 1, h, w, D): one temporal slice
+            with autocast(self.device, self.amp_dtype):
+                out.append(self.encoder.forward_grid(x)[:, 0].float())  # (B, 1, h, w, D): one temporal slice
         return torch.cat(out)
 
 
@@ -245,6 +248,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=d.temperature)
     parser.add_argument("--batch-size", type=int, default=8, help="frames per encoder call")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"], help="encoder autocast: auto (bf16 where fast) | bf16 | none")
 
 
 def config_from_args(args) -> VOSConfig:
@@ -259,13 +263,18 @@ def config_from_args(args) -> VOSConfig:
 
 
 def run(args) -> int:
+    from motionmae.engine.checkpoint import load_model_state
     from motionmae.engine.distributed import resolve_device
-    from motionmae.eval.features import load_encoder
+    from motionmae.engine.pretrain import resolve_amp
+    from motionmae.eval.features import clip_data_config, encoder_from_state
 
     cfg = config_from_args(args)
     device = resolve_device(args.device)
-    encoder = load_encoder(args.checkpoint, device=device)
-    features = EncoderFeatures(encoder, size=cfg.size, device=device, batch_size=args.batch_size)
+    sd, config_dict = load_model_state(args.checkpoint)  # = load_encoder, keeping the config for mean/std
+    encoder = encoder_from_state(sd, config_dict, str(args.checkpoint)).to(device).eval()
+    data_cfg = clip_data_config(config_dict)
+    features = EncoderFeatures(encoder, size=cfg.size, device=device, batch_size=args.batch_size,
+                               mean=data_cfg.mean, std=data_cfg.std, amp_dtype=resolve_amp(args.amp, device))
     segment_davis(features, args.davis_root, args.out, args.split, cfg, args.sequences)
     print(f"masks and tables written to {args.out}")
     return 0
