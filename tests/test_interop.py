@@ -264,3 +264,27 @@ def test_pretrain_export_drops_motion_head_and_round_trips(tmp_path):
     a, b = model.state_dict(), back.model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("decoder.motion_head."))
+
+
+def test_pytorch_model_bin_and_learnable_pos_embed(tmp_path):
+    """transformers directories with pytorch_model.bin (older saves) read like safetensors ones; an original
+    VideoMAE fine-tuned file with a learnable `pos_embed` keeps it (and pins the token count)."""
+    from safetensors.torch import load_file
+
+    VideoMAEForVideoClassification(hf_config()).save_pretrained(tmp_path / "a")
+    sd = load_file(str(tmp_path / "a" / "model.safetensors"))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_bytes((tmp_path / "a" / "config.json").read_bytes())
+    torch.save(sd, tmp_path / "b" / "pytorch_model.bin")
+    a, b = load_hf(tmp_path / "a").model.state_dict(), load_hf(tmp_path / "b").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    cfg = ModelConfig(size="small", embed_dim=384, depth=1, num_heads=6, patch_size=16, num_frames=4, img_size=32, pos_embed="learnable")
+    src = randomize(VisionTransformer(cfg, num_classes=3), seed=31)
+    torch.save({"model": src.state_dict()}, tmp_path / "ft.pth")
+    with pytest.raises(UserError, match="learnable pos_embed has 8 tokens"):
+        load_videomae(tmp_path / "ft.pth")  # default 16 frames x 224 px would be 784 tokens
+    conv = load_videomae(tmp_path / "ft.pth", num_frames=4, img_size=32)
+    assert conv.cfg.model.pos_embed == "learnable" and conv.cfg.model.num_heads == 6
+    got = conv.model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in src.state_dict().items())
