@@ -79,6 +79,20 @@ def test_count_from_duration_when_header_has_none(tmp_path):
         check(r.get_frames(idx), frames, idx)
 
 
+def test_raw_stream_without_header_is_counted_by_decoding(tmp_path):
+    import av
+
+    frames = smooth_frames(20)
+    path = tmp_path / "v.h264"  # raw H.264: no frame count, no duration, no timestamps, not seekable
+    write_video(path, frames, fps=10, pix_fmt="yuv444p", options={"qp": "0"})
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0 and c.duration is None
+    with VideoReader(path) as r:
+        assert r.num_frames == 20
+        idx = np.array([19, 3, 10, 25])
+        check(r.get_frames(idx), frames, idx)
+
+
 def test_frame_folder(tmp_path):
     frames = smooth_frames(12)
     for i, f in enumerate(frames):

@@ -155,8 +155,7 @@ class VideoReader:
         return int(round((frame.pts - self._start) * self._time_base * self.fps))
 
     def _decode_all(self) -> List[np.ndarray]:
-        try:
-            self._container.seek(0)
+        try:  # called right after opening: no seek (raw streams cannot seek)
             frames = [f.to_ndarray(format="rgb24") for f in self._container.decode(self._stream)]
         except Exception as e:
             raise VideoDecodeError(f"{self.path}: decoding failed: {e}") from None
@@ -193,10 +192,10 @@ class VideoReader:
                 self._container.seek(self._pts_of(pending[0]), stream=self._stream, backward=True, any_frame=False)
             for count, frame in enumerate(self._container.decode(self._stream)):
                 i = self._index_of(frame)
-                if i is None or from_start:
+                if i is None:  # no timestamps: only counting from the start can place the frame
                     if not from_start:
                         return None
-                    i = count if i is None else i
+                    i = count
                 if prev is None and not from_start and i > pending[0]:
                     return None
                 while k < len(pending) and pending[k] < i:  # shown by the previous frame
