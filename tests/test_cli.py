@@ -1,0 +1,51 @@
+"""The real `motionmae pretrain` CLI (a subprocess): user mistakes end in one clear stderr line, exit code 2, no traceback."""
+
+import pytest
+
+from engine_helpers import TINY, cli
+from motionmae import config as C
+from motionmae.engine.pretrain import make_plan, pretrain
+from motionmae.errors import UserError
+
+
+def _one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("motionmae pretrain: error: ")
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    _one_line_error(cli("pretrain", *TINY, "train.bacth_size=4", f"train.output_dir={tmp_path}"),
+                    "unknown config key 'train.bacth_size'", "batch_size")
+
+
+def test_missing_data_path(tmp_path):
+    missing = tmp_path / "nope" / "train.csv"
+    _one_line_error(cli("pretrain", *TINY, f"data.train={missing}", f"train.output_dir={tmp_path / 'run'}"),
+                    f"data.train={missing}", "no such file")
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.csv").write_text("")
+    _one_line_error(cli("pretrain", *TINY, f"data.train={tmp_path / 'empty'}", f"train.output_dir={tmp_path / 'r1'}"),
+                    str(tmp_path / "empty"), "no videos")
+    _one_line_error(cli("pretrain", *TINY, f"data.train={tmp_path / 'empty.csv'}", f"train.output_dir={tmp_path / 'r2'}"),
+                    "empty.csv", "no videos")
+
+
+def test_dataset_smaller_than_one_step():
+    cfg = C.load_config("", ["train.batch_size=4", "train.accum_steps=2"])
+    with pytest.raises(UserError, match=r"data.train has 7 videos, fewer than one optimiser step needs .* = 8"):
+        make_plan(cfg, num_videos=7, world=1)
+
+
+def test_model_and_data_frames_must_agree(tmp_path):
+    cfg = C.load_config("", [*TINY, "data.num_frames=8", f"data.train={tmp_path}", f"train.output_dir={tmp_path / 'r'}"])
+    with pytest.raises(UserError, match="model.num_frames=4 .* data.num_frames=8"):
+        pretrain(cfg)
