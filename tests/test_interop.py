@@ -53,6 +53,7 @@ CASES = {  # name: hf_config kwargs
     "tiny-t1-first-noqkvbias": dict(tubelet=1, mean_pool=False, qkv_bias=False),
     "small-t1-mean": dict(hidden=64, heads=4, tubelet=1, patch=8, eps=1e-6),
     "small-t2-first": dict(hidden=64, heads=4, tubelet=2, patch=8, mean_pool=False),
+    "vits-width-t2-mean": dict(hidden=384, heads=6, layers=1, tubelet=2, patch=16),  # ViT-S width and heads
 }
 
 
@@ -135,6 +136,18 @@ def test_export_loads_in_transformers_and_round_trips_bit_identical(tmp_path, po
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert dataclasses.replace(back.cfg.model, size=cfg.model.size) == cfg.model  # `size` is only a label here
+
+
+def test_encoder_export_is_videomae_model_and_round_trips(tmp_path):
+    cfg = PretrainConfig(model=ModelConfig(size="tiny", embed_dim=32, depth=1, num_heads=2, patch_size=16, num_frames=4,
+                                           img_size=32, pos_embed="sincos1d", norm_eps=1e-12))  # fmt: skip
+    enc = randomize(VisionTransformer(cfg.model), seed=25)
+    report = export_hf(enc, cfg, tmp_path)  # any head_norm_eps: an encoder has no fc_norm
+    assert report["kind"] == "encoder" and report["max_abs_diff"] < ATOL
+    hf = VideoMAEModel.from_pretrained(tmp_path)
+    assert not hf.config.use_mean_pooling and hf.layernorm is not None
+    back = load_hf(tmp_path).model.state_dict()
+    assert all(torch.equal(back[k], v) for k, v in enc.state_dict().items())
 
 
 def test_export_refuses_sincos3d_and_other_head_eps(tmp_path):

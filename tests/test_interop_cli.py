@@ -17,7 +17,8 @@ from test_interop import ATOL, hf_config, randomize  # noqa: E402
 
 
 def test_cli_hf_to_motionmae_to_hf_is_bit_identical(tmp_path, capsys):
-    hf = randomize(VideoMAEForVideoClassification(hf_config(tubelet=1, mean_pool=True)), seed=21)
+    names = ["archery", "bowling", "cooking", "dancing", "eating"]
+    hf = randomize(VideoMAEForVideoClassification(hf_config(tubelet=1, mean_pool=True, id2label=dict(enumerate(names)))), seed=21)
     hf.save_pretrained(tmp_path / "hf")
     assert main(["convert", "--from", "hf", "--to", "motionmae", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
     assert main(["convert", "--from", "motionmae", "--to", "hf", str(tmp_path / "ours"), str(tmp_path / "hf2")]) == 0
@@ -27,6 +28,7 @@ def test_cli_hf_to_motionmae_to_hf_is_bit_identical(tmp_path, capsys):
     a, b = hf.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert back.config.layer_norm_eps == hf.config.layer_norm_eps and back.config.use_mean_pooling
+    assert [back.config.id2label[i] for i in range(5)] == names  # label names travel through our checkpoint
 
 
 def test_cli_converted_pretraining_checkpoint_feeds_feature_extraction(tmp_path):

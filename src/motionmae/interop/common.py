@@ -13,7 +13,7 @@ import contextlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 
@@ -35,6 +35,7 @@ class Converted:
     num_classes: int = 0
     notes: List[str] = field(default_factory=list)
     fresh: List[str] = field(default_factory=list)  # our keys left at their initial value (not in the source)
+    class_names: Optional[List[str]] = None  # classifier label names (transformers' id2label), when known
 
 
 def pretrain_config(model_cfg):

@@ -31,7 +31,8 @@ def save_motionmae(conv: Converted, dst) -> Path:
 
     dst = Path(dst)
     path = dst if dst.suffix == ".safetensors" else dst / CKPT_DIR / LAST
-    state = {"config": to_dict(conv.cfg), "step": 0, "kind": conv.kind, "num_classes": conv.num_classes, "converted_notes": conv.notes}
+    state = {"config": to_dict(conv.cfg), "step": 0, "kind": "converted", "model_kind": conv.kind, "num_classes": conv.num_classes,
+             "class_names": conv.class_names, "converted_notes": conv.notes}
     return save_checkpoint(path, conv.model, state=state, rng=False)
 
 
@@ -64,7 +65,8 @@ def load_motionmae(src, decoder: str = "") -> Converted:
     model = build_model(cfg, kind, num_classes)
     fresh = load_strict(model, sd, str(src), fresh_prefixes=MOTION_PREFIXES if decoder else ())
     notes = list(state.get("converted_notes", []))
-    return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)
+    names = state.get("class_names")
+    return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, names if isinstance(names, list) else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def run(args) -> int:
         diff = hf.check_parity(conv.model, hf.load_transformers(args.src, conv.kind), conv.kind, conv.cfg, args.atol, args.src)
         print(f"  checked against transformers: max |diff| = {diff:.3g}")
     if args.dst_format == "hf":
-        report = hf.export_hf(conv.model, conv.cfg, args.dst, verify=not args.no_verify, atol=args.atol)
+        report = hf.export_hf(conv.model, conv.cfg, args.dst, verify=not args.no_verify, atol=args.atol, class_names=conv.class_names)
         if report["dropped"]:
             print(f"  dropped {len(report['dropped'])} motion-branch tensors: transformers' VideoMAE has no motion head")
         print(f"wrote {args.dst} ({hf.ARCH[report['kind']]})")

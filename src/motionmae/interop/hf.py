@@ -19,6 +19,7 @@ Conventions carried over exactly (see docs/INTEROP.md):
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Optional, Tuple
@@ -116,7 +117,7 @@ def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha"):
     return cfg
 
 
-def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0) -> dict:
+def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Optional[list] = None) -> dict:
     """Our config -> a transformers VideoMAEConfig dict; refuses what transformers cannot express."""
     m = cfg.model
     d, n, h = m.dims()
@@ -159,8 +160,9 @@ def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0) -> dict:
         "norm_pix_loss": bool(cfg.objective.appearance_norm),
     }
     if kind == "classifier":
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_classes)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(num_classes)}
+        names = list(class_names) if class_names and len(class_names) == num_classes else [f"LABEL_{i}" for i in range(num_classes)]
+        out["id2label"] = {str(i): str(n) for i, n in enumerate(names)}
+        out["label2id"] = {str(n): i for i, n in enumerate(names)}
     return out
 
 
@@ -362,7 +364,16 @@ def load_hf(path, decoder: str = "sha", kind: Optional[str] = None) -> Converted
     model = build_model(cfg, kind, num_classes)
     fresh = load_strict(model, ours, where, fresh_prefixes=MOTION_PREFIXES)
     notes = [f"motion branch initialised fresh ({len(fresh)} tensors)"] if fresh else []
-    return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)
+    return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, _class_names(hf_cfg, num_classes))
+
+
+def _class_names(hf_cfg: dict, num_classes: int) -> Optional[list]:
+    id2label = hf_cfg.get("id2label") or {}
+    try:
+        names = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(num_classes)]
+    except KeyError:
+        return None
+    return names if num_classes and names != [f"LABEL_{i}" for i in range(num_classes)] else None
 
 
 def build_model(cfg, kind: str, num_classes: int = 0) -> torch.nn.Module:
@@ -385,18 +396,21 @@ def model_kind(model: torch.nn.Module) -> Tuple[str, int]:
     return "encoder", 0
 
 
-def export_hf(model: torch.nn.Module, cfg, dst, verify: bool = True, atol: float = 1e-4) -> dict:
+def export_hf(model: torch.nn.Module, cfg, dst, verify: bool = True, atol: float = 1e-4, class_names: Optional[list] = None) -> dict:
     """Write our model as a transformers VideoMAE directory (config.json + model.safetensors).
 
     With `verify`, the directory is loaded back with transformers' `from_pretrained` (strict: no missing or
     unexpected keys) and its outputs compared with ours on a random clip; any difference above `atol` is an
-    error. Returns {'kind', 'dropped', 'max_abs_diff'}.
+    error. `class_names` become config.json's id2label. Returns {'kind', 'dropped', 'max_abs_diff'}.
     """
     from safetensors.torch import save_file
 
     kind, num_classes = model_kind(model)
-    hf_cfg = hf_config_from_cfg(cfg, kind, num_classes)
-    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    hf_cfg = hf_config_from_cfg(cfg, kind, num_classes, class_names)
+    params = list(model.parameters())
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        model = copy.deepcopy(model).to("cpu", torch.float32)  # written and checked in fp32 on the CPU
+    sd = {k: v.detach() for k, v in model.state_dict().items()}
     out, dropped = ours_to_hf(sd, cfg, kind)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
