@@ -2,8 +2,9 @@
 
 Each sequence: a panning textured background and 1-3 textured objects (ellipses and rectangles with
 stripe / checker textures in their own colours) moving with constant velocity, bouncing off the
-borders and passing in front of each other in a fixed depth order. Every object is fully visible in
-the first frame (DAVIS semi-supervised: all objects are given there). Written as
+borders, growing or shrinking by up to 30% and passing in front of each other in a fixed depth order,
+under a slowly changing global brightness. Every object is fully visible in the first frame (DAVIS
+semi-supervised: all objects are given there). Written as
 
     <out>/JPEGImages/480p/<seq>/00000.jpg ...    (JPEG, quality 95, no chroma subsampling)
     <out>/Annotations/480p/<seq>/00000.png ...   (palette PNG, DAVIS palette, index = object id)
@@ -61,6 +62,8 @@ def _sequence(rng: np.random.Generator, num_frames: int, height: int, width: int
     pan = rng.uniform(-1.0, 1.0, size=2)  # background drift, pixels per frame
     margin = int(np.ceil(np.abs(pan).max() * num_frames)) + 1
     bg = _background(rng, height + 2 * margin, width + 2 * margin)
+    # a global brightness change over time, so that matching exact colours is not enough
+    flicker, phase, period = rng.uniform(0.0, 0.15), rng.uniform(0, 2 * np.pi), rng.uniform(6, 16)
     n_obj = int(rng.integers(1, 4))
     objects = []
     for _ in range(n_obj):
@@ -69,13 +72,14 @@ def _sequence(rng: np.random.Generator, num_frames: int, height: int, width: int
         colour, shape = _sprite(rng, (oh, ow))
         speed = rng.uniform(1.0, 3.0) * max(height, width) / 128
         angle = rng.uniform(0, 2 * np.pi)
-        objects.append({"colour": colour, "shape": shape, "v": np.array([np.sin(angle), np.cos(angle)]) * speed})
-    # first-frame positions: inside the frame, not overlapping, so every object is fully visible there
+        objects.append({"colour": colour, "shape": shape, "grow": rng.uniform(-0.3, 0.3),  # relative size change over the clip
+                        "v": np.array([np.sin(angle), np.cos(angle)]) * speed})
+    # first-frame centres: inside the frame, not overlapping, so every object is fully visible there
     for _attempt in range(200):
         for o in objects:
             oh, ow = o["shape"].shape
-            o["p"] = np.array([rng.uniform(0, height - oh), rng.uniform(0, width - ow)])
-        boxes = [(o["p"][0], o["p"][1], o["p"][0] + o["shape"].shape[0], o["p"][1] + o["shape"].shape[1]) for o in objects]
+            o["c"] = np.array([rng.uniform(oh / 2, height - oh / 2), rng.uniform(ow / 2, width - ow / 2)])
+        boxes = [_box(o["c"], o["shape"].shape) for o in objects]
         if all(not _overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
             break
     else:  # fall back to fewer objects rather than an invisible one
@@ -87,30 +91,51 @@ def _sequence(rng: np.random.Generator, num_frames: int, height: int, width: int
         img = bg[oy : oy + height, ox : ox + width].copy()
         mask = np.zeros((height, width), np.uint8)
         for k, o in enumerate(objects):  # later objects are in front
-            _paste(img, mask, o, k + 1)
-        frames[t] = np.clip(img, 0, 255).round().astype(np.uint8)
-        masks[t] = mask
-        for o in objects:  # constant velocity, bounce off the borders
-            oh, ow = o["shape"].shape
-            o["p"] = o["p"] + o["v"]
-            for d, limit in ((0, height - oh), (1, width - ow)):
-                if o["p"][d] < 0 or o["p"][d] > limit:
+            scale = 1 + o["grow"] * t / max(num_frames - 1, 1)
+            colour, shape = _scaled(o["colour"], scale), _scaled(o["shape"], scale)
+            _paste(img, mask, colour, shape, _box(o["c"], shape.shape)[:2], k + 1)
+            o["c"] = o["c"] + o["v"]  # constant velocity, bouncing off the borders
+            for d, limit in ((0, height), (1, width)):
+                half = shape.shape[d] / 2
+                if not half <= o["c"][d] <= limit - half:
                     o["v"][d] = -o["v"][d]
-                    o["p"][d] = np.clip(o["p"][d], 0, limit)
+                    o["c"][d] = np.clip(o["c"][d], half, max(half, limit - half))
+        gain = 1 + flicker * np.sin(2 * np.pi * t / period + phase)
+        frames[t] = np.clip(img * gain, 0, 255).round().astype(np.uint8)
+        masks[t] = mask
     return frames, masks
+
+
+def _box(centre, size) -> Tuple[int, int, int, int]:
+    """(top, left, bottom, right) of an object of `size` (h, w) centred at `centre`."""
+    top, left = int(round(centre[0] - size[0] / 2)), int(round(centre[1] - size[1] / 2))
+    return top, left, top + size[0], left + size[1]
 
 
 def _overlap(a, b) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _paste(img: np.ndarray, mask: np.ndarray, obj: dict, index: int) -> None:
-    y, x = np.round(obj["p"]).astype(int)
-    oh, ow = obj["shape"].shape
-    region = obj["shape"][: img.shape[0] - y, : img.shape[1] - x]
-    rh, rw = region.shape
-    img[y : y + rh, x : x + rw][region] = obj["colour"][:rh, :rw][region]
-    mask[y : y + rh, x : x + rw][region] = index
+def _scaled(x: np.ndarray, scale: float) -> np.ndarray:
+    """Nearest-neighbour resize by `scale` (keeps masks exact: the mask is the resized shape itself)."""
+    h, w = x.shape[:2]
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
+    cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
+    return x[rows][:, cols]
+
+
+def _paste(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, shape: np.ndarray, top_left, index: int) -> None:
+    """Draw the object's pixels (where `shape`) at `top_left`, clipped to the frame."""
+    y, x = top_left
+    H, W = mask.shape
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + shape.shape[0], H), min(x + shape.shape[1], W)
+    if y1 <= y0 or x1 <= x0:
+        return
+    region = shape[y0 - y : y1 - y, x0 - x : x1 - x]
+    img[y0:y1, x0:x1][region] = colour[y0 - y : y1 - y, x0 - x : x1 - x][region]
+    mask[y0:y1, x0:x1][region] = index
 
 
 def make_vos_dataset(out_dir, num_sequences: int = 4, num_frames: int = 12, height: int = 96, width: int = 128,
