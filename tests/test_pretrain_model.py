@@ -1,0 +1,179 @@
+import dataclasses
+
+import pytest
+import torch
+
+from motionmae.config import load_config
+from motionmae.errors import UserError
+from motionmae.models.pretrain import PretrainModel
+from motionmae.objective.masking import make_mask
+
+TINY = [
+    "model.embed_dim=64", "model.depth=1", "model.num_heads=4", "model.num_frames=4", "model.img_size=16",
+    "model.patch_size=4", "model.decoder_embed_dim=64", "model.decoder_depth=1", "model.decoder_num_heads=4",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models: a second thread only adds synchronisation (30x slower on a loaded 2-core machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def build(preset, *overrides, seed=0):
+    torch.manual_seed(seed)
+    cfg = load_config(preset, TINY + list(overrides))
+    return PretrainModel(cfg), cfg
+
+
+def batch(model, cfg, frames=4, seed=0, kind="per_slice", ratio=0.5):
+    g = torch.Generator().manual_seed(seed)
+    clip01 = torch.nn.functional.avg_pool3d(torch.rand(2, 3, frames, 16, 16, generator=g), (1, 3, 3), 1, (0, 1, 1))
+    mask = make_mask(kind, 2, cfg.model.grid(), ratio, g)
+    return (clip01 - model.mean) / model.std, mask
+
+
+def videomae_loss_by_hand(model, clip, mask):
+    """VideoMAE's forward and loss, written independently: boolean indexing instead of gathers, and the
+    target cut cube by cube in Python loops (per cube, per channel, unbiased std, eps 1e-6)."""
+    enc, b = model.encoder, clip.shape[0]
+    x = enc.patch_embed(clip) + enc.pos_embed
+    x = x[~mask].reshape(b, -1, x.shape[-1])
+    for blk in enc.blocks:
+        x = blk(x)
+    x = model.encoder_to_decoder(enc.norm(x))
+    pos = model.decoder.pos_embed.expand(b, -1, -1)
+    n_mask = int(mask[0].sum())
+    x = torch.cat([x + pos[~mask].reshape(b, -1, x.shape[-1]), model.mask_token + pos[mask].reshape(b, n_mask, -1)], 1)
+    for blk in model.decoder.blocks:
+        x = blk(x)
+    pred = model.decoder.head(model.decoder.norm(x[:, -n_mask:]))
+
+    clip01 = clip * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
+    gh = gw = 4  # 16 px / patch 4
+    total, count = 0.0, 0
+    for i in range(b):
+        row = 0
+        for n in range(mask.shape[1]):
+            if not mask[i, n]:
+                continue
+            t, h, w = n // (gh * gw), (n // gw) % gh, n % gw
+            cube = clip01[i, :, 2 * t : 2 * t + 2, 4 * h : 4 * h + 4, 4 * w : 4 * w + 4]  # (C, 2, 4, 4)
+            cube = cube.permute(1, 2, 3, 0).reshape(-1, 3)  # (2*4*4, C)
+            target = (cube - cube.mean(0)) / (cube.std(0, unbiased=True) + 1e-6)
+            total = total + ((pred[i, row].reshape(-1, 3) - target) ** 2).sum()
+            count += target.numel()
+            row += 1
+    return total / count
+
+
+def test_decoder_none_loss_is_videomae_normalised_pixel_mse():
+    model, cfg = build("videomae")
+    clip, mask = batch(model, cfg, kind="tube")
+    out = model(clip, mask)
+    assert out["pred_motion"] is None and out["loss_motion"].item() == 0.0
+    expect = videomae_loss_by_hand(model, clip, mask)
+    torch.testing.assert_close(out["loss"], expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["loss_appearance"], out["loss"])
+
+
+def test_w_motion_zero_is_exactly_videomae():
+    sha, cfg = build("motionmae-sha", "objective.w_motion=0", "mask.kind=tube")
+    none, _ = build("videomae")
+    missing, unexpected = none.load_state_dict(sha.state_dict(), strict=False)
+    assert missing == [] and set(unexpected) == {"decoder.motion_head.weight", "decoder.motion_head.bias"}
+    clip, mask = batch(sha, cfg, kind="tube")
+    a, b = sha(clip, mask), none(clip, mask)
+    assert a["loss"].item() == b["loss"].item() and a["loss_motion"].item() > 0
+    a["loss"].backward()
+    b["loss"].backward()
+    for (name, p), q in zip(sha.encoder.named_parameters(), none.encoder.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def _touched(model, out_tensor):
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(out_tensor.sum(), list(params.values()), allow_unused=True, retain_graph=True)
+    return {n for n, g in zip(params, grads) if g is not None and g.abs().sum() > 0}
+
+
+def test_sha_heads_share_everything_but_last_linear():
+    model, cfg = build("motionmae-sha")
+    for p in model.parameters():  # non-zero biases everywhere so every parameter shows in the gradient
+        torch.nn.init.normal_(p, std=0.1)
+    out = model(*batch(model, cfg))
+    app, mot = _touched(model, out["pred_appearance"]), _touched(model, out["pred_motion"])
+    everything = set(dict(model.named_parameters()))
+    assert app ^ mot == {"decoder.head.weight", "decoder.head.bias", "decoder.motion_head.weight", "decoder.motion_head.bias"}
+    assert app | mot == everything
+
+
+def test_ind_decoders_share_only_the_encoder():
+    model, cfg = build("motionmae-ind")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    out = model(*batch(model, cfg))
+    app, mot = _touched(model, out["pred_appearance"]), _touched(model, out["pred_motion"])
+    assert app & mot == {n for n, _ in model.encoder.named_parameters(prefix="encoder")}
+    assert all(n.startswith("motion_") for n in mot - app)
+
+
+@pytest.mark.parametrize("decoder", ["sha", "ind"])
+def test_overfit_fixed_batch_both_losses_drop_5x(decoder):
+    model, cfg = build(f"motionmae-{decoder}")
+    clip, mask = batch(model, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        out = model(clip, mask)
+        if step == 0:
+            first = out["loss_appearance"].item(), out["loss_motion"].item()
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    out = model(clip, mask)
+    assert out["loss_appearance"].item() < first[0] / 5
+    assert out["loss_motion"].item() < first[1] / 5
+
+
+def test_extra_frame_encoder_sees_first_t_frames():
+    model, cfg = build("motionmae-sha", "objective.motion_pad=extra_frame")
+    clip, mask = batch(model, cfg, frames=5)
+    out = model(clip, mask)
+    first = dataclasses.replace(cfg.objective, motion_pad="first")
+    model.objective_cfg = first
+    ref = model(clip[:, :, :4], mask)
+    torch.testing.assert_close(out["pred_appearance"], ref["pred_appearance"])
+    torch.testing.assert_close(out["loss_appearance"], ref["loss_appearance"])
+    assert not torch.allclose(out["target_motion"], ref["target_motion"])
+
+
+def test_output_shapes_gray_motion_and_losses():
+    model, cfg = build("motionmae-sha", "objective.motion_color=gray", "objective.loss=l1")
+    clip, mask = batch(model, cfg)
+    out = model(clip, mask)
+    assert out["pred_appearance"].shape == (2, 16, 96) and out["pred_motion"].shape == (2, 16, 32)
+    torch.testing.assert_close(out["loss_motion"], (out["pred_motion"] - out["target_motion"]).abs().mean())
+    torch.testing.assert_close(out["loss"], out["loss_appearance"] + out["loss_motion"])
+    assert torch.equal(out["ids_masked"][0], mask[0].nonzero()[:, 0])
+
+
+def test_bf16_autocast_and_grad_checkpointing():
+    model, cfg = build("motionmae-ind")
+    clip, mask = batch(model, cfg)
+    ref = model(clip, mask)["loss"]
+    model.model_cfg = dataclasses.replace(model.model_cfg, grad_checkpointing=True)
+    model.encoder.grad_checkpointing = True
+    torch.testing.assert_close(model(clip, mask)["loss"], ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(clip, mask)
+    assert out["pred_appearance"].dtype == torch.bfloat16 and out["loss"].dtype == torch.float32
+    out["loss"].backward()
+    assert abs(out["loss"].item() - ref.item()) < 0.05 * ref.item()
+
+
+def test_unknown_decoder():
+    with pytest.raises(UserError, match="decoder"):
+        build("motionmae-sha", "model.decoder=shared")
