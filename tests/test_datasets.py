@@ -80,6 +80,15 @@ def test_annotation_formats(tmp_path):
     v2.write_text("v/a.mp4 0 -1\nv/frames 4 20\n")  # VideoMAE v2: path start total
     e = read_annotation_list(v2)
     assert [(x.label, x.start, x.total) for x in e] == [((), 0, -1), ((), 4, 20)]
+    raw = tmp_path / "rawframes.txt"
+    raw.write_text("v/frames 30 7\n")  # MMAction raw frames: dir total label
+    e = read_annotation_list(raw, list_format="rawframes")[0]
+    assert (e.label, e.start, e.total) == ((7,), 0, 30)
+    assert read_annotation_list(raw)[0].total == 7  # auto reads a frame folder's two numbers as v2 start/total
+    forced = tmp_path / "forced.txt"
+    forced.write_text("v/a.mp4 2 9\n")
+    assert read_annotation_list(forced)[0].label == (2, 9)
+    assert (read_annotation_list(forced, list_format="v2")[0].start, read_annotation_list(forced, list_format="v2")[0].total) == (2, 9)
     nolab = tmp_path / "unlabeled.txt"
     nolab.write_text("a.mp4\nb.mp4\n")
     assert [x.label for x in read_annotation_list(nolab)] == [(), ()]

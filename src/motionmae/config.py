@@ -115,6 +115,7 @@ class DataConfig:
     short_video: str = "loop"  # dense sampling of a video shorter than the clip span: loop | clamp (hold last frame)
     test_clips: int = 2  # test-time temporal views K (VideoMAE: SSv2 2, K400 5, UCF101 10)
     test_crops: int = 3  # test-time spatial crops per temporal view: 3 (along the long side) or 1 (centre)
+    list_format: str = "auto"  # annotation lines: auto | labels (path label..) | v2 (path start total) | rawframes (dir total label)
 
 
 @dataclass

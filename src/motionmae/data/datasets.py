@@ -6,6 +6,8 @@ Sources (`data.train` / `data.val`), any of:
   - `path label [label ...]`    VideoMAE / MMAction lists; several integer columns give a label vector
   - `path start total`          VideoMAE v2 pretraining lists (`path 0 -1` for a video file); recognised when
                                 the last value is -1 or the path is a frame folder
+  - `dir total label`           MMAction / VideoMAE v2 raw-frame lists: only with `data.list_format=rawframes`
+  `data.list_format` (auto | labels | v2 | rawframes) forces one reading when `auto` guesses wrong.
   Relative paths are joined to `data.root`, or to the list's own folder when `root` is empty.
 - a folder of class folders (`root/<class>/<video>`): labels from the sorted folder names;
 - a folder of videos, or a glob (`clips/*.mp4`): unlabeled. A "video" is a file or a frame folder
@@ -62,8 +64,13 @@ def _is_video(p: Path) -> bool:
     return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
 
 
-def read_annotation_list(path, root: str = "") -> List[VideoEntry]:
+LIST_FORMATS = ("auto", "labels", "v2", "rawframes")
+
+
+def read_annotation_list(path, root: str = "", list_format: str = "auto") -> List[VideoEntry]:
     """Parse a header-less list (formats in the module docstring). A malformed line is a UserError naming file:line."""
+    if list_format not in LIST_FORMATS:
+        raise UserError(f"data.list_format must be one of {', '.join(LIST_FORMATS)}, got '{list_format}'")
     path = Path(path)
     base = Path(root) if root else path.parent
     entries: List[VideoEntry] = []
@@ -90,9 +97,15 @@ def read_annotation_list(path, root: str = "") -> List[VideoEntry]:
         if ncols is not None and len(values) != ncols:
             raise UserError(f"{where}: {len(values)} value column(s) after the path, but earlier lines have {ncols}")
         ncols = len(values)
-        if len(values) == 2 and (values[1] == -1 or os.path.isdir(full)):  # VideoMAE v2 `path start total`
-            if values[0] < 0:
-                raise UserError(f"{where}: start frame must be >= 0, got {values[0]}")
+        if list_format in ("v2", "rawframes") and len(values) != 2:
+            raise UserError(f"{where}: data.list_format={list_format} expects 2 integers after the path, got {len(values)}")
+        if list_format == "rawframes":  # dir total label
+            if values[0] <= 0 or values[1] < 0:
+                raise UserError(f"{where}: expected 'dir total_frames label' with total > 0 and label >= 0, got {values}")
+            entries.append(VideoEntry(full, (values[1],), 0, values[0], where))
+        elif list_format == "v2" or (list_format == "auto" and len(values) == 2 and (values[1] == -1 or os.path.isdir(full))):
+            if values[0] < 0 or values[1] == 0 or values[1] < -1:
+                raise UserError(f"{where}: expected 'path start total' with start >= 0 and total > 0 or -1, got {values}")
             entries.append(VideoEntry(full, (), values[0], values[1], where))
         else:
             if any(v < 0 for v in values):
@@ -126,7 +139,8 @@ def scan_folder(path, class_names: Optional[Sequence[str]] = None) -> Tuple[List
     return entries, names
 
 
-def resolve_source(spec: str, root: str = "", class_names=None) -> Tuple[List[VideoEntry], Optional[List[str]]]:
+def resolve_source(spec: str, root: str = "", class_names=None,
+                   list_format: str = "auto") -> Tuple[List[VideoEntry], Optional[List[str]]]:
     """Entries and class names (None unless class folders) for a list file, a folder or a glob."""
     if not spec:
         raise UserError("no data source given: set data.train / data.val to an annotation list, a folder or a glob")
@@ -142,7 +156,7 @@ def resolve_source(spec: str, root: str = "", class_names=None) -> Tuple[List[Vi
     if p.is_dir() and not is_frame_folder(p):
         return scan_folder(p, class_names)
     if p.is_file() and p.suffix.lower() not in VIDEO_EXTENSIONS:
-        return read_annotation_list(p, root), None
+        return read_annotation_list(p, root, list_format), None
     return [VideoEntry(str(p), (), where=str(p))], None
 
 
@@ -382,7 +396,7 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     class_names = None
     if split == "val" and data_cfg.train and not _is_glob(data_cfg.train) and Path(data_cfg.train).is_dir():
         class_names = resolve_source(data_cfg.train, data_cfg.root)[1]  # val labels must follow train's classes
-    entries, names = resolve_source(spec, data_cfg.root, class_names)
+    entries, names = resolve_source(spec, data_cfg.root, class_names, data_cfg.list_format)
     if check_files:
         check_paths(entries)
     if mode in ("finetune", "test") and not entries[0].label:
