@@ -115,9 +115,9 @@ def test_hf_unmapped_and_missing_keys_are_refused(tmp_path):
         load_hf(tmp_path)
 
 
-def our_classifier(pooling="mean", tubelet=2, qkv_bias=True, seed=0):
+def our_classifier(pooling="mean", tubelet=2, qkv_bias=True, seed=0, head_norm_eps=1e-5):
     cfg = ModelConfig(size="tiny", embed_dim=32, depth=2, num_heads=2, patch_size=16, tubelet_size=tubelet, num_frames=4,
-                      img_size=32, pos_embed="sincos1d", pooling=pooling, qkv_bias=qkv_bias, head_norm_eps=1e-5)  # fmt: skip
+                      img_size=32, pos_embed="sincos1d", pooling=pooling, qkv_bias=qkv_bias, head_norm_eps=head_norm_eps)  # fmt: skip
     return randomize(VisionTransformer(cfg, num_classes=7), seed), PretrainConfig(model=cfg)
 
 
@@ -158,6 +158,14 @@ def test_export_refuses_sincos3d_and_other_head_eps(tmp_path):
     cfg6 = PretrainConfig(model=dataclasses.replace(cfg.model, head_norm_eps=1e-6))
     with pytest.raises(UserError, match="head_norm_eps=1e-06"):
         export_hf(VisionTransformer(cfg6.model, num_classes=7), cfg6, tmp_path / "b")
+
+
+def test_original_eps_exports_only_when_allowed_and_the_difference_is_measured(tmp_path):
+    model, cfg = our_classifier(head_norm_eps=None)  # fc_norm eps = norm_eps = 1e-6, VideoMAE's
+    with pytest.raises(UserError, match="--allow-eps-change"):
+        export_hf(model, cfg, tmp_path)
+    report = export_hf(model, cfg, tmp_path, allow_eps_change=True)
+    assert 0 < report["max_abs_diff"] < ATOL  # not identical, and measured against our model as it is
 
 
 def test_export_verification_catches_a_wrong_number(tmp_path):

@@ -117,8 +117,11 @@ def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha"):
     return cfg
 
 
-def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Optional[list] = None) -> dict:
-    """Our config -> a transformers VideoMAEConfig dict; refuses what transformers cannot express."""
+def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Optional[list] = None, allow_eps_change: bool = False) -> dict:
+    """Our config -> a transformers VideoMAEConfig dict; refuses what transformers cannot express.
+
+    `allow_eps_change`: accept that transformers computes fc_norm / decoder.norm with eps 1e-5 instead of ours
+    (original VideoMAE: 1e-6; transformers' own conversion of the MCG-NJU weights made the same change)."""
     m = cfg.model
     d, n, h = m.dims()
     if m.pos_embed != "sincos1d":
@@ -128,10 +131,11 @@ def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Option
         )
     head_eps = m.norm_eps if m.head_norm_eps is None else m.head_norm_eps
     uses_head_norm = (kind == "classifier" and m.pooling == "mean") or (kind == "pretrain")
-    if uses_head_norm and head_eps != HF_LN_DEFAULT_EPS:
+    if uses_head_norm and head_eps != HF_LN_DEFAULT_EPS and not allow_eps_change:
         raise UserError(
             f"model.head_norm_eps={head_eps}: transformers' VideoMAE fixes the eps of fc_norm and decoder.norm at 1e-5, "
-            "so this model cannot be exported with identical outputs"
+            "so this model cannot be exported with identical outputs (--allow-eps-change exports anyway and reports "
+            "the measured output difference)"
         )
     out = {
         "architectures": [ARCH[kind]],
@@ -396,17 +400,26 @@ def model_kind(model: torch.nn.Module) -> Tuple[str, int]:
     return "encoder", 0
 
 
-def export_hf(model: torch.nn.Module, cfg, dst, verify: bool = True, atol: float = 1e-4, class_names: Optional[list] = None) -> dict:
+def export_hf(
+    model: torch.nn.Module,
+    cfg,
+    dst,
+    verify: bool = True,
+    atol: float = 1e-4,
+    class_names: Optional[list] = None,
+    allow_eps_change: bool = False,
+) -> dict:
     """Write our model as a transformers VideoMAE directory (config.json + model.safetensors).
 
     With `verify`, the directory is loaded back with transformers' `from_pretrained` (strict: no missing or
     unexpected keys) and its outputs compared with ours on a random clip; any difference above `atol` is an
-    error. `class_names` become config.json's id2label. Returns {'kind', 'dropped', 'max_abs_diff'}.
+    error (with `allow_eps_change` too: the comparison is always with our model as it is). `class_names` become
+    config.json's id2label. Returns {'kind', 'dropped', 'max_abs_diff'}.
     """
     from safetensors.torch import save_file
 
     kind, num_classes = model_kind(model)
-    hf_cfg = hf_config_from_cfg(cfg, kind, num_classes, class_names)
+    hf_cfg = hf_config_from_cfg(cfg, kind, num_classes, class_names, allow_eps_change)
     params = list(model.parameters())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
         model = copy.deepcopy(model).to("cpu", torch.float32)  # written and checked in fp32 on the CPU
