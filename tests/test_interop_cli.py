@@ -11,7 +11,7 @@ import torch
 from motionmae.cli import main
 
 transformers = pytest.importorskip("transformers")
-from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification  # noqa: E402
+from transformers import VideoMAEForPreTraining, VideoMAEForVideoClassification  # noqa: E402
 
 from test_interop import ATOL, hf_config, randomize  # noqa: E402
 

@@ -21,10 +21,6 @@ from motionmae.errors import UserError
 
 StateDict = Dict[str, torch.Tensor]
 
-# Prefixes that wrappers put in front of every key: torch.compile, DDP / DataParallel.
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-
 @dataclass
 class Converted:
     """A converted model and what it is: `kind` is 'encoder', 'classifier' or 'pretrain'."""
@@ -79,20 +75,6 @@ def torch_load_weights_only(path) -> object:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
-
-
-def strip_prefixes(sd: StateDict, prefixes: Iterable[str] = WRAPPER_PREFIXES) -> StateDict:
-    """Drop wrapper prefixes (repeatedly, in any order) from every key."""
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if k.startswith(p):
-                    k, changed = k[len(p) :], True
-        out[k] = v
-    return out
 
 
 def block_count(sd: StateDict, prefix: str) -> int:

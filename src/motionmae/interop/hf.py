@@ -30,7 +30,6 @@ from motionmae.errors import UserError
 from motionmae.interop.common import (
     Converted,
     StateDict,
-    block_count,
     load_strict,
     pretrain_config,
     refuse_leftovers,

@@ -21,7 +21,6 @@ from motionmae.interop.common import (
     load_strict,
     pretrain_config,
     refuse_leftovers,
-    strip_prefixes,
     torch_load_weights_only,
 )
 
@@ -39,16 +38,14 @@ _BLOCK_PARAMS = (
 def read_state_dict(path) -> StateDict:
     """The model state dict of a VideoMAE checkpoint: top-level `model` or `module` (or a bare state dict),
     `_orig_mod.` / `module.` prefixes removed."""
+    from motionmae.models.classifier import _strip
+
     obj = torch_load_weights_only(path)
-    if isinstance(obj, dict):
-        for key in ("model", "module", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    sd = _strip(obj) if isinstance(obj, dict) else None
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path}: no state dict found (expected a 'model' or 'module' entry of tensors; top level has {keys})")
-    return strip_prefixes(obj)
+    return sd
 
 
 def _heads(dim: int, table: dict, given: Optional[int], flag: str, where: str) -> int:

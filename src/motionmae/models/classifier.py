@@ -30,9 +30,8 @@ def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
             state_dict = state_dict[top]
     out = {}
     for k, v in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix) :]
+        while k.startswith(("module.", "_orig_mod.")):  # either order: DDP(compile(m)) and compile(DDP(m))
+            k = k.split(".", 1)[1]
         out[k] = v
     return out
 
