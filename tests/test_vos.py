@@ -204,3 +204,40 @@ def test_cli_end_to_end(tmp_path, capsys):
     # a user mistake is one line, no traceback
     assert main(["vos", "--checkpoint", str(ckpt), "--davis-root", str(tmp_path / "nope"), "--device", "cpu"]) == 2
     assert "DAVIS root not found" in capsys.readouterr().err
+
+
+def test_eval_only_on_ground_truth_and_its_errors(tmp_path, capsys):
+    import shutil
+
+    from motionmae.cli import main
+    from motionmae.errors import UserError
+
+    root = make_vos_dataset(tmp_path / "data", num_sequences=2, num_frames=5, height=48, width=64, seed=2)
+    res = tmp_path / "res"
+    shutil.copytree(root / "Annotations" / "480p", res)  # a perfect method
+    assert main(["vos", "--eval-only", "--davis-root", str(root), "--out", str(res)]) == 0
+    result = json.loads((res / "results-val.json").read_text())
+    assert result["global"]["J&F-Mean"] == 1.0 and result["global"]["J-Decay"] == 0.0
+    assert "J&F-Mean" in capsys.readouterr().out
+    # swap objects 1 and 2 in one evaluated frame of a 2-object sequence: J and F of both drop to 0 there
+    seq = next(s for s in davis.list_sequences(root) if davis.num_objects(ground_truth(s)[0]) >= 2)
+    m, pal = davis.read_mask(res / seq.name / "00002.png")
+    swapped = m.copy()
+    swapped[m == 1], swapped[m == 2] = 2, 1
+    davis.write_mask(res / seq.name / "00002.png", swapped, pal)
+    rows = {r["Sequence"]: r for r in vos.evaluate_davis(root, res, log=lambda s: None)["per_object"]}
+    assert rows[f"{seq.name}_1"]["J-Mean"] == pytest.approx(2 / 3)  # frames 1..3 evaluated, one of them wrong
+    assert rows[f"{seq.name}_2"]["F-Mean"] == pytest.approx(2 / 3)
+    swapped[0, 0] = 9
+    davis.write_mask(res / seq.name / "00002.png", swapped, pal)
+    with pytest.raises(UserError, match="00002.png: index 9"):
+        vos.evaluate_davis(root, res, log=lambda s: None)
+    (res / seq.name / "00002.png").unlink()
+    with pytest.raises(UserError, match="00002.png: predicted mask missing"):
+        vos.evaluate_davis(root, res, log=lambda s: None)
+    # a sequence whose middle frames are not annotated (like test-dev) is not evaluated
+    (root / "Annotations" / "480p" / seq.name / "00002.png").unlink()
+    result = vos.evaluate_davis(root, res, log=lambda s: None)
+    assert result["unevaluated"] == [seq.name] and not any(r["Sequence"].startswith(seq.name) for r in result["per_object"])
+    assert main(["vos", "--davis-root", str(root)]) == 2
+    assert "--checkpoint is required" in capsys.readouterr().err

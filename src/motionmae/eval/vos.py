@@ -10,7 +10,8 @@ averages their soft labels. Soft labels are upsampled bilinearly to the frame, a
 The algorithm only needs `features(frames uint8 (T, H, W, 3)) -> float (T, h, w, D)`; `EncoderFeatures`
 provides one from a video ViT (a tubelet-2 model sees each frame as a 2-frame clip of that frame).
 
-    motionmae vos --checkpoint runs/pretrain/last --davis-root DAVIS --out runs/vos
+    motionmae vos --checkpoint runs/pretrain --davis-root DAVIS --out runs/vos
+    motionmae vos --eval-only --davis-root DAVIS --out my_method_masks   # any method's PNGs
 """
 
 from __future__ import annotations
@@ -152,25 +153,27 @@ class EncoderFeatures:
 # a DAVIS split, end to end
 
 
-def segment_davis(features: Features, davis_root, out_dir, split: str = "val", cfg: VOSConfig = VOSConfig(),
-                  sequences: Optional[Sequence[str]] = None, log: Callable[[str], None] = print) -> dict:
-    """Propagate the first-frame masks of every sequence of `split`, write palette PNGs in DAVIS layout
-    (`out_dir/<seq>/<frame>.png`), evaluate them when every frame is annotated, and write the tables:
-    `per-sequence-results-<split>.csv`, `global_results-<split>.csv` and `results-<split>.json`.
-
-    Returns the json dict: {"global": {...}, "per_object": [...], "seconds_per_frame": ..., "config": {...}}.
-    """
-    from motionmae.engine.logger import ProgressBar
-
-    out_dir = Path(out_dir)
+def _select(davis_root, split: str, sequences: Optional[Sequence[str]]) -> List[davis.DavisSequence]:
     seqs = davis.list_sequences(davis_root, split)
     if sequences:
         missing = sorted(set(sequences) - {s.name for s in seqs})
         if missing:
             raise UserError(f"sequences not in split '{split}': {', '.join(missing)}")
         seqs = [s for s in seqs if s.name in set(sequences)]
-    per_object: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    unevaluated: List[str] = []
+    return seqs
+
+
+def segment_davis(features: Features, davis_root, out_dir, split: str = "val", cfg: VOSConfig = VOSConfig(),
+                  sequences: Optional[Sequence[str]] = None, log: Callable[[str], None] = print) -> dict:
+    """Propagate the first-frame masks of every sequence of `split`, write palette PNGs in DAVIS layout
+    (`out_dir/<seq>/<frame>.png`), then `evaluate_davis` them.
+
+    Returns `evaluate_davis`'s dict plus "config", "seconds_per_frame" (features + propagation) and "frames".
+    """
+    from motionmae.engine.logger import ProgressBar
+
+    out_dir = Path(out_dir)
+    seqs = _select(davis_root, split, sequences)
     seconds, n_frames = 0.0, 0
     bar = ProgressBar(len(seqs), desc="vos")
     for i, seq in enumerate(seqs):
@@ -178,38 +181,62 @@ def segment_davis(features: Features, davis_root, out_dir, split: str = "val", c
         first, palette = davis.read_mask(seq.annotations[0])
         if first.shape != frames.shape[1:3]:
             raise UserError(f"{seq.annotations[0]}: mask size {first.shape} differs from the frames' {frames.shape[1:3]}")
-        n_obj = davis.num_objects(first)
         t0 = time.perf_counter()
-        pred = propagate(features(frames), first, n_obj, cfg)
+        pred = propagate(features(frames), first, davis.num_objects(first), cfg)
         seconds += time.perf_counter() - t0
         n_frames += len(frames)
         for path, mask in zip(seq.frames, pred):
             davis.write_mask(out_dir / seq.name / f"{path.stem}.png", mask, palette)
-        if seq.fully_annotated:
-            gt = np.stack([davis.read_mask(a)[0] for a in seq.annotations])
-            j, f = davis.evaluate_sequence(gt, pred, n_obj)
-            for k in range(n_obj):
-                per_object[f"{seq.name}_{k + 1}"] = (j[k], f[k])
-            bar.update(i + 1, seq=seq.name, J=float(np.mean(j)) if j.size else float("nan"),
-                       F=float(np.mean(f)) if f.size else float("nan"))
-        else:
-            unevaluated.append(seq.name)
-            bar.update(i + 1, seq=seq.name)
+        bar.update(i + 1, seq=seq.name, s_per_frame=seconds / n_frames)
     bar.close()
-    result = {"split": split, "config": asdict(cfg), "seconds_per_frame": seconds / max(n_frames, 1),
-              "frames": n_frames, "sequences": len(seqs), "unevaluated": unevaluated}
+    extra = {"config": asdict(cfg), "seconds_per_frame": seconds / max(n_frames, 1), "frames": n_frames}
+    log(f"{n_frames} frames, {extra['seconds_per_frame']:.3f} s/frame (features + propagation)")
+    return evaluate_davis(davis_root, out_dir, split, sequences, log=log, extra=extra)
+
+
+def evaluate_davis(davis_root, results_dir, split: str = "val", sequences: Optional[Sequence[str]] = None,
+                   log: Callable[[str], None] = print, extra: Optional[dict] = None) -> dict:
+    """Evaluate predicted masks `results_dir/<seq>/<frame>.png` against a DAVIS split (semi-supervised J&F),
+    write `per-sequence-results-<split>.csv`, `global_results-<split>.csv` and `results-<split>.json` there.
+
+    Sequences with unannotated frames (e.g. test-dev) are listed as "unevaluated". Returns the json dict:
+    {"split", "sequences", "unevaluated", "global": {"J&F-Mean", ...}, "per_object": [{"Sequence", "J-Mean",
+    "F-Mean"}, ...]} (+ `extra`).
+    """
+    results_dir = Path(results_dir)
+    seqs = _select(davis_root, split, sequences)
+    per_object: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+    unevaluated: List[str] = []
+    for seq in seqs:
+        if not seq.fully_annotated:
+            unevaluated.append(seq.name)
+            continue
+        gt = np.stack([davis.read_mask(a)[0] for a in seq.annotations])
+        n_obj = davis.num_objects(gt[0])
+        pred = np.zeros_like(gt)
+        for t, frame in enumerate(seq.frames[1:-1], 1):  # the only frames DAVIS evaluates
+            path = results_dir / seq.name / f"{frame.stem}.png"
+            if not path.is_file():
+                raise UserError(f"{path}: predicted mask missing")
+            pred[t] = davis.read_mask(path)[0]
+            if pred[t].shape != gt[t].shape:
+                raise UserError(f"{path}: size {pred[t].shape} differs from the annotation's {gt[t].shape}")
+            if pred[t].max() > n_obj:
+                raise UserError(f"{path}: index {pred[t].max()} but sequence '{seq.name}' has {n_obj} objects")
+        j, f = davis.evaluate_sequence(gt, pred, n_obj)
+        per_object.update({f"{seq.name}_{k + 1}": (j[k], f[k]) for k in range(n_obj)})
+    result = {"split": split, "sequences": len(seqs), "unevaluated": unevaluated, **(extra or {})}
     if unevaluated:
         log(f"not evaluated (some frames have no annotation): {', '.join(unevaluated)}")
     if per_object:
         glob, rows = davis.summarize(per_object)
         result.update({"global": glob, "per_object": rows})
-        _write_csv(out_dir / f"global_results-{split}.csv", [{k: f"{v:.6f}" for k, v in glob.items()}])
-        _write_csv(out_dir / f"per-sequence-results-{split}.csv",
+        _write_csv(results_dir / f"global_results-{split}.csv", [{k: f"{v:.6f}" for k, v in glob.items()}])
+        _write_csv(results_dir / f"per-sequence-results-{split}.csv",
                    [{"Sequence": r["Sequence"], "J-Mean": f"{r['J-Mean']:.6f}", "F-Mean": f"{r['F-Mean']:.6f}"} for r in rows])
         log(format_table(glob, rows))
-    log(f"{n_frames} frames, {result['seconds_per_frame']:.3f} s/frame (features + propagation)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"results-{split}.json").write_text(json.dumps(result, indent=2))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"results-{split}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -236,8 +263,9 @@ def format_table(glob: dict, rows: List[dict]) -> str:
 
 def add_arguments(parser) -> None:
     d = VOSConfig()
-    parser.add_argument("--checkpoint", required=True, help="pretrained or fine-tuned checkpoint (file or run directory)")
+    parser.add_argument("--checkpoint", help="pretrained or fine-tuned checkpoint (file or run directory)")
     parser.add_argument("--davis-root", required=True, help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017)")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate the masks already in --out (any method's)")
     parser.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt (default: val)")
     parser.add_argument("--out", default="runs/vos", help="predicted masks (<seq>/<frame>.png) and result tables")
     parser.add_argument("--sequences", nargs="*", default=None, help="only these sequences of the split")
@@ -268,6 +296,11 @@ def run(args) -> int:
     from motionmae.engine.pretrain import resolve_amp
     from motionmae.eval.features import clip_data_config, encoder_from_state
 
+    if args.eval_only:
+        evaluate_davis(args.davis_root, args.out, args.split, args.sequences)
+        return 0
+    if not args.checkpoint:
+        raise UserError("--checkpoint is required (or --eval-only to evaluate masks already in --out)")
     cfg = config_from_args(args)
     device = resolve_device(args.device)
     sd, config_dict = load_model_state(args.checkpoint)  # = load_encoder, keeping the config for mean/std
