@@ -4,7 +4,7 @@ import pytest
 
 from engine_helpers import TINY, cli
 from motionmae import config as C
-from motionmae.engine.pretrain import make_plan, pretrain
+from motionmae.engine.pretrain import make_plan, pretrain, sync_clip_shape
 from motionmae.errors import UserError
 
 
@@ -45,7 +45,9 @@ def test_dataset_smaller_than_one_step():
         make_plan(cfg, num_videos=7, world=1)
 
 
-def test_model_and_data_frames_must_agree(tmp_path):
+def test_data_clip_shape_follows_model_unless_set_otherwise(tmp_path):
+    cfg = sync_clip_shape(C.load_config("", ["model.num_frames=8", "model.img_size=112"]))
+    assert (cfg.data.num_frames, cfg.data.input_size) == (8, 112)
     cfg = C.load_config("", [*TINY, "data.num_frames=8", f"data.train={tmp_path}", f"train.output_dir={tmp_path / 'r'}"])
-    with pytest.raises(UserError, match="model.num_frames=4 .* data.num_frames=8"):
+    with pytest.raises(UserError, match="data.num_frames=8 does not match model.num_frames=4"):
         pretrain(cfg)

@@ -15,6 +15,7 @@ A run restarted in the same directory continues from `checkpoints/last.safetenso
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob as globlib
 import math
 import time
@@ -88,6 +89,19 @@ def _cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def sync_clip_shape(cfg: C.PretrainConfig) -> C.PretrainConfig:
+    """data.num_frames / data.input_size follow model.num_frames / model.img_size, unless set to a conflicting value."""
+    defaults, changes = C.DataConfig(), {}
+    for dkey, mkey in (("num_frames", "num_frames"), ("input_size", "img_size")):
+        dv, mv = getattr(cfg.data, dkey), getattr(cfg.model, mkey)
+        if dv == mv:
+            continue
+        if dv != getattr(defaults, dkey):
+            raise UserError(f"data.{dkey}={dv} does not match model.{mkey}={mv}; set model.{mkey} (data.{dkey} follows it)")
+        changes[dkey] = mv
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes)) if changes else cfg
 
 
 def check_data_source(data_cfg: C.DataConfig) -> None:
@@ -173,9 +187,7 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
     run_dir = Path(t.output_dir)
     say = print if main else (lambda *a, **k: None)
 
-    if (cfg.model.num_frames, cfg.model.img_size) != (cfg.data.num_frames, cfg.data.input_size):
-        raise UserError(f"model.num_frames={cfg.model.num_frames} / model.img_size={cfg.model.img_size} must equal "
-                        f"data.num_frames={cfg.data.num_frames} / data.input_size={cfg.data.input_size}")
+    cfg = sync_clip_shape(cfg)
     check_data_source(cfg.data)
     extra = cfg.objective.motion_gap if cfg.objective.motion_pad == "extra_frame" else 0
     dataset = build_dataset(cfg.data, "train", "pretrain", seed=t.seed, extra_frames=extra)
