@@ -309,3 +309,23 @@ def test_pytorch_model_bin_and_learnable_pos_embed(tmp_path):
     assert conv.cfg.model.pos_embed == "learnable" and conv.cfg.model.num_heads == 6
     got = conv.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in src.state_dict().items())
+
+
+def test_transformers_load_with_dropped_biases_is_caught(tmp_path):
+    """If transformers does not take the q/v biases (the hub bug in ANCHORS.md), the check says so instead of
+    trusting "it loaded": here the bias keys are renamed so transformers cannot map them."""
+    from safetensors.torch import load_file, save_file
+
+    from motionmae.interop.hf import check_parity, load_transformers
+
+    model, cfg = our_classifier()
+    export_hf(model, cfg, tmp_path)
+    f = tmp_path / "model.safetensors"
+    sd = load_file(str(f))
+    save_file({k.replace("q_bias", "q_bias_renamed"): v for k, v in sd.items()}, str(f))
+    with pytest.raises(UserError, match="from_pretrained reports"):
+        load_transformers(tmp_path, "classifier")
+    # and had it loaded with those biases at zero, the outputs would not match ours
+    hf = VideoMAEForVideoClassification.from_pretrained(tmp_path).eval()
+    with pytest.raises(UserError, match="outputs differ"):
+        check_parity(model, hf, "classifier", cfg)

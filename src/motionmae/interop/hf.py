@@ -462,12 +462,9 @@ def _clip(cfg, seed: int = 0, batch: int = 2) -> torch.Tensor:
 
 def parity_mask(cfg, batch: int = 2, ratio: float = 0.75, seed: int = 0) -> torch.Tensor:
     """A random (B, N) bool mask, True = masked, the same count in every row (transformers requires it)."""
-    t, h, w = cfg.model.grid()
-    n = t * h * w
-    k = max(1, min(n - 1, int(round(n * ratio))))
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.rand(batch, n, generator=g).argsort(1)[:, :k]
-    return torch.zeros(batch, n, dtype=torch.bool).scatter_(1, idx, True)
+    from motionmae.objective.masking import make_mask
+
+    return make_mask("random", batch, cfg.model.grid(), ratio, torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
