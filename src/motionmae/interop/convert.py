@@ -99,6 +99,8 @@ def run(args) -> int:
     given = [k for k, v in vm_only.items() if v is not None]
     if given and args.src_format != "videomae":
         raise UserError(f"{', '.join(given)}: only for --from videomae (the other formats store their config)")
+    if args.src_format == args.dst_format == "motionmae":
+        raise UserError("--from motionmae --to motionmae: nothing to convert")
     decoder = args.decoder if args.dst_format == "motionmae" else "none"
     if args.src_format == "hf":
         conv = hf.load_hf(args.src, decoder=decoder)
@@ -106,8 +108,6 @@ def run(args) -> int:
         conv = videomae.load_videomae(args.src, args.num_frames, args.img_size, args.num_heads, args.decoder_num_heads, decoder)
     else:
         conv = load_motionmae(args.src)
-        if args.dst_format == "motionmae":
-            raise UserError("--from motionmae --to motionmae: nothing to convert")
     m = conv.cfg.model
     d, n, h = m.dims()
     print(f"read {args.src}: {conv.kind}, embed {d}, depth {n}, heads {h}, tubelet {m.tubelet_size}x{m.patch_size}x{m.patch_size}, "
