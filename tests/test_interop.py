@@ -33,6 +33,12 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
+def layernorm_eps(module: torch.nn.Module) -> list:
+    """eps of every LayerNorm in registration order. The fp32 outputs cannot tell 1e-5 from 1e-12 at 1e-4 (measured:
+    ~3e-6 apart on these models), so the eps convention is checked directly: same LayerNorms, same order, same eps."""
+    return [m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
 def hf_config(hidden=32, layers=2, heads=2, tubelet=2, patch=16, img=32, frames=4, mean_pool=True, qkv_bias=True, eps=1e-12, **kw):
     return VideoMAEConfig(
         image_size=img, patch_size=patch, num_frames=frames, tubelet_size=tubelet, hidden_size=hidden,
@@ -76,6 +82,7 @@ def test_hf_classifier_import_matches_transformers(tmp_path, case):
     assert (ours_tokens - ref_tokens).abs().max() < ATOL
     assert (ours_logits - ref_logits).abs().max() < ATOL
     assert ref_logits.abs().max() > 0.1  # not trivially zero
+    assert layernorm_eps(conv.model) == layernorm_eps(hf)
 
 
 def test_hf_encoder_import_matches_transformers(tmp_path):
@@ -85,6 +92,7 @@ def test_hf_encoder_import_matches_transformers(tmp_path):
     assert conv.kind == "encoder" and isinstance(conv.model.head, torch.nn.Identity)
     x = clip(conv.cfg.model)
     assert (our_outputs(conv.model, "encoder", x) - hf_outputs(hf, "encoder", x)).abs().max() < ATOL
+    assert layernorm_eps(conv.model) == layernorm_eps(hf)
     # visible-token path: transformers' bool_masked_pos == our mask
     mask = parity_mask(conv.cfg, batch=2, ratio=0.5, seed=4)
     with torch.no_grad():
@@ -128,6 +136,7 @@ def test_export_loads_in_transformers_and_round_trips_bit_identical(tmp_path, po
     assert report["kind"] == "classifier" and report["max_abs_diff"] < ATOL
     hf, info = VideoMAEForVideoClassification.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert layernorm_eps(model) == layernorm_eps(hf)
     x = clip(cfg.model, seed=5)
     with torch.no_grad():
         assert (model(x) - hf.eval()(pixel_values=x.permute(0, 2, 1, 3, 4)).logits).abs().max() < ATOL
@@ -211,6 +220,7 @@ def test_original_videomae_pth_matches_transformers(tmp_path):
     assert conv.kind == "classifier" and conv.cfg.model.pooling == "first" and conv.cfg.model.tubelet_size == 2
     x = clip(conv.cfg.model, seed=9)
     assert (our_outputs(conv.model, "classifier", x) - hf_outputs(hf, "classifier", x)).abs().max() < ATOL
+    assert layernorm_eps(conv.model) == layernorm_eps(hf) == [1e-6] * 5  # 2 blocks x 2 + final norm
 
 
 def test_original_videomae_pretrain_layout_imports_with_fresh_motion_head(tmp_path):
@@ -259,6 +269,7 @@ def test_hf_pretraining_import_decoder_and_loss_match_transformers(tmp_path):
         ref = hf(pixel_values=x.permute(0, 2, 1, 3, 4), bool_masked_pos=mask)
         ours = conv.model(x, mask)
     assert (ours["pred_appearance"] - ref.logits).abs().max() < ATOL
+    assert layernorm_eps(conv.model) == layernorm_eps(hf)  # encoder 1e-12, decoder blocks 1e-12, decoder.norm 1e-5
     # same norm-pix target convention (per cube, per channel, unbiased std + 1e-6): same loss
     assert abs(ours["loss_appearance"].item() - ref.loss.item()) < 1e-5 * max(1.0, ref.loss.item())
 
@@ -278,6 +289,7 @@ def test_pretrain_export_drops_motion_head_and_round_trips(tmp_path):
     assert report["kind"] == "pretrain" and report["dropped"] == ["decoder.motion_head.bias", "decoder.motion_head.weight"]
     hf, info = VideoMAEForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert layernorm_eps(model) == layernorm_eps(hf)
     x, mask = clip(cfg.model, seed=18), parity_mask(cfg, ratio=0.5, seed=19)
     with torch.no_grad():
         assert (model(x, mask)["pred_appearance"] - hf.eval()(pixel_values=x.permute(0, 2, 1, 3, 4), bool_masked_pos=mask).logits).abs().max() < ATOL
