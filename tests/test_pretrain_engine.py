@@ -133,3 +133,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(videos, tmp_path):
         pretrain(bad)
     assert (tmp_path / "checkpoints" / "last.safetensors").read_bytes() == good
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.safetensors", "step_00000002.safetensors"]
+
+
+def test_sigterm_saves_last_at_the_current_step_and_exits_143(videos, tmp_path):
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "motionmae.cli", "pretrain", *TINY, f"data.train={videos}", "train.batch_size=2",
+                             "train.max_steps=200", "train.save_every=1000", f"train.output_dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.jsonl").exists() and _rows(run_dir):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.01)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout
+    state = ck.read_state(run_dir)
+    assert 1 <= state["step"] < 200 and state["step"] == max(r["step"] for r in _rows(run_dir))
+    assert f"stopped by signal at step {state['step']}/200" in stdout

@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import glob as globlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +55,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     cfg = C.load_config(args.config, args.overrides)
-    pretrain(cfg, resume=args.resume)
-    return 0
+    summary = pretrain(cfg, resume=args.resume)
+    return 143 if summary.get("stopped") else 0  # 128 + SIGTERM: the run is not finished
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,13 +175,16 @@ def make_plan(cfg: C.PretrainConfig, num_videos: int, world: int) -> Plan:
 def pretrain(cfg: C.PretrainConfig, resume: str = "auto") -> dict:
     """Train per `cfg`; returns a summary dict (final step, last loss, run dir, checkpoint path, clips/s)."""
     info = D.init_distributed(cfg.train.device)
+    stop_request, previous = _catch_sigterm()
     try:
-        return _pretrain(cfg, info, resume)
+        return _pretrain(cfg, info, resume, stop_request)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         D.cleanup()
 
 
-def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
+def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request: dict) -> dict:
     from motionmae.data.datasets import build_dataset, collate
     from motionmae.data.transforms import to_model_input
 
@@ -249,9 +254,9 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
         batches = iter(loader)
         while pos < micro_per_epoch and step < plan.total_steps:
             t0 = time.perf_counter()
-            sums = torch.zeros(4, dtype=torch.float64)  # loss, appearance, motion, clips
+            sums = torch.zeros(6, dtype=torch.float64)  # loss, appearance, motion, grad norm, skipped videos, stop request
             for micro in range(t.accum_steps):
-                batch = next(batches)
+                batch = _next_batch(batches)
                 x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
                 mask = clip_masks(cfg, batch["index"], epoch, device)
                 sync = micro == t.accum_steps - 1 or not ddp
@@ -259,15 +264,17 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
                     with autocast():
                         out = net(x, mask)
                     (out["loss"] / t.accum_steps).backward()
-                sums += torch.tensor([out["loss"].item(), _item(out, "loss_appearance"), _item(out, "loss_motion"), 0.0], dtype=torch.float64)
-                skipped_epoch += int(batch.get("skipped", 0))
+                sums[:3] += torch.tensor([out["loss"].item(), _item(out, "loss_appearance"), _item(out, "loss_motion")], dtype=torch.float64)
+                sums[4] += int(batch.get("skipped", 0))
                 clips_done += x.shape[0]
                 pos += 1
             norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
-            sums[3] = float(norm)
-            # one small collective: mean losses over ranks, and every rank sees the same finiteness verdict
+            sums[3], sums[5] = float(norm), float(stop_request["signal"] is not None)
+            # one small collective: mean losses over ranks, and every rank sees the same finiteness / stop verdict
             red = D.all_reduce_mean(sums) if ddp else sums
             loss, loss_a, loss_m = (red[:3] / t.accum_steps).tolist()
+            skipped_epoch += int(round(float(red[4]) * info.world_size))
+            stop = float(red[5]) > 0
             if not (math.isfinite(loss) and math.isfinite(float(red[3]))):
                 bar.close()
                 logger.close()
@@ -291,7 +298,7 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
             epoch_done = pos >= micro_per_epoch
             if epoch_done and main and skipped_epoch:
                 bar.write(f"epoch {epoch}: skipped {skipped_epoch} unreadable video(s) (see warnings above)")
-            if step % t.save_every == 0 or step == plan.total_steps:
+            if step % t.save_every == 0 or step == plan.total_steps or stop:
                 state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": C.to_dict(cfg), "world_size": info.world_size}
                 if main:
                     last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
@@ -300,7 +307,15 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
             # viz_every > 0: every so many steps and at the end; 0: at the end only; < 0: never
             if main and t.viz_every >= 0 and (step == plan.total_steps or (t.viz_every > 0 and step % t.viz_every == 0)):
                 _pictures(cfg, model, dataset, run_dir, step, device, amp_dtype, bar)
+            if stop:
+                break
         del batches, loader
+        if stop:
+            bar.close()
+            logger.close()
+            say(f"stopped by signal at step {step}/{plan.total_steps}; saved {last_ckpt}; run the same command again to continue")
+            summary.update(step=step, checkpoint=str(last_ckpt), epoch=epoch, stopped=True)
+            return summary
 
     bar.close()
     logger.close()
@@ -308,6 +323,32 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str) -> dict:
     if main:
         print(f"done: {step} steps; checkpoint {last_ckpt}; metrics {run_dir / 'metrics.jsonl'}; pictures {run_dir / 'pictures'}")
     return summary
+
+
+def _catch_sigterm():
+    """SIGTERM (cluster preemption, `kill`) asks the loop to finish the current step, save `last` and return.
+    Returns ({"signal": None until it arrives}, the previous handler or None). Only the main thread can
+    install handlers (elsewhere SIGTERM keeps its default)."""
+    box: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        return box, None
+
+    def handler(signum, frame):
+        box["signal"] = signum
+
+    return box, signal.signal(signal.SIGTERM, handler)
+
+
+def _next_batch(batches):
+    """next() on a DataLoader iterator; a UserError raised in a worker comes back with the worker's traceback
+    glued to its message: keep only the message (one line for the CLI)."""
+    try:
+        return next(batches)
+    except UserError as e:
+        msg = str(e)
+        if "Original Traceback" in msg:
+            msg = msg.strip().splitlines()[-1].split("UserError: ", 1)[-1]
+        raise UserError(msg) from None
 
 
 def _item(out: dict, key: str) -> float:
