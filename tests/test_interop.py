@@ -13,7 +13,9 @@ import torch
 from motionmae.config import ModelConfig, PretrainConfig
 from motionmae.errors import UserError
 from motionmae.interop import export_hf, load_hf, load_videomae
-from motionmae.interop.hf import hf_outputs, our_outputs, parity_mask
+# fp32 outputs cannot tell a LayerNorm eps of 1e-5 from 1e-12 at 1e-4 (measured: ~3e-6 apart on these models), so the
+# eps convention is checked directly with `layernorm_eps`: same LayerNorms, same order, same eps.
+from motionmae.interop.hf import hf_outputs, layernorm_eps, our_outputs, parity_mask
 from motionmae.models.vit import VisionTransformer
 
 transformers = pytest.importorskip("transformers")
@@ -31,12 +33,6 @@ def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             is_ln_weight = p.ndim == 1 and any(s in name for s in ("norm", "layernorm")) and name.endswith("weight")
             p.copy_(1 + 0.2 * r if is_ln_weight else 0.1 * r)
     return module.eval()
-
-
-def layernorm_eps(module: torch.nn.Module) -> list:
-    """eps of every LayerNorm in registration order. The fp32 outputs cannot tell 1e-5 from 1e-12 at 1e-4 (measured:
-    ~3e-6 apart on these models), so the eps convention is checked directly: same LayerNorms, same order, same eps."""
-    return [m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)]
 
 
 def hf_config(hidden=32, layers=2, heads=2, tubelet=2, patch=16, img=32, frames=4, mean_pool=True, qkv_bias=True, eps=1e-12, **kw):
@@ -183,6 +179,10 @@ def test_export_verification_catches_a_wrong_number(tmp_path):
     model, cfg = our_classifier()
     model.pos_embed.mul_(0.9)  # a different table than transformers' fixed sinusoid (a constant shift would cancel in LayerNorm)
     with pytest.raises(UserError, match="outputs differ from transformers'"):
+        export_hf(model, cfg, tmp_path)
+    model, cfg = our_classifier()
+    model.blocks[1].norm2.eps = 1e-5  # invisible at 1e-4 in the outputs, caught by the structural check
+    with pytest.raises(UserError, match="LayerNorm eps differ"):
         export_hf(model, cfg, tmp_path)
 
 

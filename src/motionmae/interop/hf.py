@@ -431,7 +431,7 @@ def export_hf(
     report = {"kind": kind, "dropped": dropped, "max_abs_diff": None}
     if verify:
         hf_model = load_transformers(dst, kind)
-        report["max_abs_diff"] = check_parity(model, hf_model, kind, cfg, atol=atol, where=str(dst))
+        report["max_abs_diff"] = check_parity(model, hf_model, kind, cfg, atol, str(dst), check_eps=not allow_eps_change)
     return report
 
 
@@ -488,8 +488,18 @@ def our_outputs(model, kind: str, x: torch.Tensor, mask: Optional[torch.Tensor] 
     return model(x, mask)["pred_appearance"]
 
 
-def check_parity(model, hf_model, kind: str, cfg, atol: float = 1e-4, where: str = "") -> float:
-    """Max |ours - transformers| on a random clip (and mask); a UserError above `atol`."""
+def layernorm_eps(module: torch.nn.Module) -> list:
+    """eps of every LayerNorm, in registration order (ours and transformers' register them in the same order)."""
+    return [m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
+def check_parity(model, hf_model, kind: str, cfg, atol: float = 1e-4, where: str = "", check_eps: bool = True) -> float:
+    """Max |ours - transformers| on a random clip (and mask); a UserError above `atol`.
+
+    fp32 outputs at 1e-4 cannot tell a LayerNorm eps of 1e-5 from 1e-12, so with `check_eps` the eps of every
+    LayerNorm must also be identical."""
+    if check_eps and layernorm_eps(model) != layernorm_eps(hf_model):
+        raise UserError(f"{where}: LayerNorm eps differ: ours {layernorm_eps(model)}, transformers {layernorm_eps(hf_model)}")
     model_was_training = model.training
     model.eval()
     x = _clip(cfg)
