@@ -131,6 +131,22 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def visible_and_masked_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """bool (B, N) True = masked -> (ids_visible (B, N_vis), ids_masked (B, N_mask)), each ascending.
+
+    Same order as VideoMAE's `x[~mask]` / `x[mask]`; every row must mask the same count.
+    """
+    b, n = mask.shape
+    n_mask = int(mask[0].sum())
+    ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, then masked
+    return ids[:, : n - n_mask], ids[:, n - n_mask :]
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), ids (B, M) -> (B, M, D)."""
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class PatchEmbed(nn.Module):
     """Tubelet embedding: Conv3d with kernel = stride = (tubelet, p, p); (B, C, T, H, W) -> (B, N, D)."""
 
@@ -147,8 +163,16 @@ class PatchEmbed(nn.Module):
             )
         return t // self.tubelet, h // self.patch, w // self.patch
 
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
+    def forward(self, x: torch.Tensor, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, N, D); with `ids` (B, M) only those tokens (B, M, D), embedding just them."""
+        if ids is None:
+            return self.proj(x).flatten(2).transpose(1, 2)
+        # the same Conv3d as a Linear over the chosen cubes, laid out (C, tubelet, p, p) like its weight
+        b, c, t, h, w = x.shape
+        k, p = self.tubelet, self.patch
+        cubes = x.reshape(b, c, t // k, k, h // p, p, w // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        cubes = gather_tokens(cubes.reshape(b, -1, c * k * p * p), ids)
+        return F.linear(cubes, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 class Attention(nn.Module):
@@ -238,22 +262,6 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.proj.bias)
 
 
-def visible_and_masked_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """bool (B, N) True = masked -> (ids_visible (B, N_vis), ids_masked (B, N_mask)), each ascending.
-
-    Same order as VideoMAE's `x[~mask]` / `x[mask]`; every row must mask the same count.
-    """
-    b, n = mask.shape
-    n_mask = int(mask[0].sum())
-    ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # visible (0) first, then masked
-    return ids[:, : n - n_mask], ids[:, n - n_mask :]
-
-
-def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D), ids (B, M) -> (B, M, D)."""
-    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
-
-
 # ----------------------------------------------------------------------------------------------
 # the model
 
@@ -296,9 +304,13 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D)."""
-        x, _ = self.embed(x)
-        if mask is not None:
-            x = gather_tokens(x, visible_and_masked_index(mask)[0])
+        if mask is None:
+            x, _ = self.embed(x)
+        else:  # embed only the visible cubes
+            grid = self.patch_embed.grid(x)
+            ids = visible_and_masked_index(mask)[0]
+            x = self.patch_embed(x, ids)
+            x = x + gather_tokens(self.pos_embed_for(grid).to(x.dtype).expand(x.shape[0], -1, -1), ids)
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 

@@ -50,9 +50,8 @@ def normalize_cubes(x: torch.Tensor, channels: int, eps: float = 1e-6) -> torch.
     """Per token, per channel: (x - mean) / (unbiased std + eps) over the token's values of that channel."""
     shape = x.shape
     x = x.reshape(*shape[:-1], -1, channels)
-    mean = x.mean(dim=-2, keepdim=True)
-    std = x.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-    return ((x - mean) / (std + eps)).reshape(shape)
+    var, mean = torch.var_mean(x, dim=-2, unbiased=True, keepdim=True)
+    return ((x - mean) / (var.sqrt() + eps)).reshape(shape)
 
 
 def cube_stats(x: torch.Tensor, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
