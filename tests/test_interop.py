@@ -191,21 +191,23 @@ def test_export_verification_catches_a_wrong_number(tmp_path):
 
 
 def hf_to_original_layout(sd: dict) -> dict:
-    """transformers VideoMAEForVideoClassification keys -> original VideoMAE fine-tuned keys, written out
-    independently of the converter under test (so the test checks the mapping, not itself)."""
+    """transformers VideoMAE keys -> original VideoMAE keys (fine-tuned layout, or `encoder.*`/`decoder.*` for
+    pretraining), written out independently of the converter under test (so the test checks the mapping, not itself)."""
+    pretrain = any(k.startswith("decoder.") for k in sd)
+    enc = "encoder." if pretrain else ""
     out = {}
     for k, v in sd.items():
-        k = k.replace("videomae.embeddings.patch_embeddings.projection", "patch_embed.proj")
-        k = k.replace("videomae.encoder.layer.", "blocks.").replace("videomae.layernorm", "norm")
+        k = k.replace("videomae.embeddings.patch_embeddings.projection", enc + "patch_embed.proj")
+        k = k.replace("videomae.encoder.layer.", enc + "blocks.").replace("videomae.layernorm", enc + "norm")
+        k = k.replace("decoder.decoder_layers.", "decoder.blocks.")
         k = k.replace("layernorm_before", "norm1").replace("layernorm_after", "norm2")
         k = k.replace("attention.output.dense", "attn.proj").replace("intermediate.dense", "mlp.fc1")
         k = k.replace("output.dense", "mlp.fc2").replace("classifier", "head")
         k = k.replace("attention.attention.query.bias", "attn.q_bias").replace("attention.attention.value.bias", "attn.v_bias")
         k = k.replace("attention.attention.q_bias", "attn.q_bias").replace("attention.attention.v_bias", "attn.v_bias")
         out[k] = v
-    for i in {int(k.split(".")[1]) for k in out if k.startswith("blocks.")}:
-        p = f"blocks.{i}.attention.attention."
-        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([out.pop(p + n + ".weight") for n in ("query", "key", "value")])
+    for p in [k[: -len("attention.attention.query.weight")] for k in out if k.endswith("attention.attention.query.weight")]:
+        out[p + "attn.qkv.weight"] = torch.cat([out.pop(p + f"attention.attention.{n}.weight") for n in ("query", "key", "value")])
     return out
 
 
@@ -221,6 +223,17 @@ def test_original_videomae_pth_matches_transformers(tmp_path):
     x = clip(conv.cfg.model, seed=9)
     assert (our_outputs(conv.model, "classifier", x) - hf_outputs(hf, "classifier", x)).abs().max() < ATOL
     assert layernorm_eps(conv.model) == layernorm_eps(hf) == [1e-6] * 5  # 2 blocks x 2 + final norm
+
+
+def test_original_videomae_pretraining_pth_matches_transformers(tmp_path):
+    hf = randomize(VideoMAEForPreTraining(hf_config(mean_pool=False, eps=1e-6, hidden=384, heads=6, layers=1)), seed=8)
+    hf.decoder.norm.eps = 1e-6  # now transformers computes exactly the original VideoMAE (eps 1e-6 everywhere)
+    torch.save({"model": hf_to_original_layout(hf.state_dict()), "epoch": 799}, tmp_path / "checkpoint-799.pth")
+    conv = load_videomae(tmp_path / "checkpoint-799.pth", num_frames=4, img_size=32, decoder_num_heads=2, decoder="none")
+    assert conv.kind == "pretrain" and conv.cfg.model.num_heads == 6 and conv.cfg.mask.kind == "tube"  # a plain VideoMAE
+    assert layernorm_eps(conv.model) == layernorm_eps(hf)
+    x, mask = clip(conv.cfg.model, seed=10), parity_mask(conv.cfg, ratio=0.75, seed=11)
+    assert (our_outputs(conv.model, "pretrain", x, mask) - hf_outputs(hf, "pretrain", x, mask)).abs().max() < ATOL
 
 
 def test_original_videomae_pretrain_layout_imports_with_fresh_motion_head(tmp_path):
