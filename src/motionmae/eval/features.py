@@ -155,6 +155,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--views", type=int, default=1, help="temporal clips per video, features averaged (default 1: the centre clip)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"), help="autocast dtype (auto: bf16 where fast)")
     parser.add_argument("--root", default="", help="prefix for relative paths in the list")
     parser.add_argument("--num-workers", type=int, default=2)
 
@@ -174,7 +175,7 @@ def run(args) -> int:
 
     bar = ProgressBar(len(loader), "extract")
     out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, grid=args.grid,
-                           amp_dtype=resolve_amp("auto", device), progress=lambda i, n: bar.update(i))
+                           amp_dtype=resolve_amp(args.amp, device), progress=lambda i, n: bar.update(i))
     bar.close()
     meta = {"checkpoint": str(args.checkpoint), "data": args.data, "kind": "grid" if args.grid else "pooled",
             "views": args.views, "num_frames": data_cfg.num_frames, "input_size": data_cfg.input_size}

@@ -141,7 +141,7 @@ def _load(encoder_or_checkpoint: EncoderLike, cfg: ProbeConfig, device):
 
 
 def cached_features(model, fingerprint: dict, data_cfg, source: str, class_source: str, views: int, batch_size: int,
-                    device, cache_dir: Optional[Path], label: str = "", verbose: bool = True) -> dict:
+                    device, cache_dir: Optional[Path], amp: str = "auto", label: str = "", verbose: bool = True) -> dict:
     """Features of every video of `source` (see `eval.features.extract_features`), read from / written to
     `cache_dir/<key>.safetensors`, the key hashing the encoder, the list's content and every clip setting."""
     from safetensors.torch import load_file, save_file
@@ -152,8 +152,9 @@ def cached_features(model, fingerprint: dict, data_cfg, source: str, class_sourc
 
     settings = {k: getattr(data_cfg, k) for k in ("num_frames", "sampling_rate", "sampling", "input_size", "short_side",
                                                   "mean", "std", "root", "short_video")}
+    amp_dtype = resolve_amp(amp, device)
     key_doc = {"encoder": fingerprint, "source": _fingerprint_source(source), "classes": class_source,
-               "settings": settings, "views": views, "version": 1}
+               "settings": settings, "views": views, "amp": str(amp_dtype), "version": 1}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
@@ -166,7 +167,7 @@ def cached_features(model, fingerprint: dict, data_cfg, source: str, class_sourc
     model = model.to(device).eval()
     bar = ProgressBar(len(loader), f"features {label}".strip(), enabled=verbose)
     every = 1 if bar.tty else max(len(loader) // 4, 1)  # a few lines in a log file, a live bar on a terminal
-    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, amp_dtype=resolve_amp("auto", device),
+    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, amp_dtype=amp_dtype,
                            progress=lambda i, n: bar.update(i) if i % every == 0 or i == n else None)
     bar.close()
     out["num_labels"] = torch.tensor(dataset.num_labels)
@@ -221,7 +222,8 @@ def run_probe(encoder_or_checkpoint: EncoderLike, train_list: str, val_list: str
     cache_dir = (Path(cfg.probe.cache_dir) if cfg.probe.cache_dir else default_cache) if cache else None
     name = name or (Path(str(encoder_or_checkpoint)).name if not isinstance(encoder_or_checkpoint, torch.nn.Module) else "encoder")
     class_source = train_list if Path(train_list).is_dir() else ""
-    kw = dict(views=cfg.probe.views, batch_size=cfg.probe.batch_size, device=dev, cache_dir=cache_dir, verbose=verbose)
+    kw = dict(views=cfg.probe.views, batch_size=cfg.probe.batch_size, device=dev, cache_dir=cache_dir, amp=cfg.probe.amp,
+              verbose=verbose)
     train = cached_features(model, fp, data_cfg, train_list, class_source, label=f"{name} train", **kw)
     val = cached_features(model, fp, data_cfg, val_list, class_source, label=f"{name} val", **kw)
     names = label_names(train_list, int(train["num_labels"]))
