@@ -1,4 +1,4 @@
-"""Shared pieces of the checkpoint converters: safe reading, prefix stripping, strict loading.
+"""Shared pieces of the checkpoint converters: safe reading, strict loading, the imported config.
 
 Every converter maps a foreign state dict to our names (`models/vit.py`, `models/pretrain.py`), then
 `load_strict` puts it into a freshly built model: a key we did not map, a key our model expects but
@@ -21,6 +21,7 @@ from motionmae.errors import UserError
 
 StateDict = Dict[str, torch.Tensor]
 
+
 @dataclass
 class Converted:
     """A converted model and what it is: `kind` is 'encoder', 'classifier' or 'pretrain'."""
@@ -37,9 +38,7 @@ class Converted:
 def pretrain_config(model_cfg):
     """A PretrainConfig around an imported ModelConfig, its data clip shape matching the model's (what
     `motionmae finetune --pretrained` takes from a checkpoint). Frame stride is not stored by either format."""
-    from motionmae.config import DataConfig, PretrainConfig
-
-    from motionmae.config import preset_dict, update
+    from motionmae.config import DataConfig, PretrainConfig, preset_dict, update
 
     cfg = PretrainConfig(model=model_cfg, data=DataConfig(num_frames=model_cfg.num_frames, input_size=model_cfg.img_size))
     if model_cfg.decoder == "none":  # a plain VideoMAE: its masking and objective too
@@ -70,7 +69,7 @@ def torch_load_weights_only(path) -> object:
         first = next((ln for ln in lines if "GLOBAL" in ln), lines[-1] if lines else type(e).__name__)
         raise UserError(
             f"{path}: refused to unpickle: the file embeds Python objects, not only tensors ({first}). "
-            "Loading it would run code from the file. If you trust it, re-save just its state dict "
+            "Unpickling it could run code from the file. If you trust it, re-save just its state dict "
             "(torch.save(torch.load(p, weights_only=False)['model'], 'clean.pth')) in a sandbox and convert that."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
