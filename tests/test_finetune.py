@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from motionmae import config as C
+from motionmae.cli import main as cli_main
+from motionmae.engine.checkpoint import load_model_state, save_checkpoint
+from motionmae.engine.finetune import finetune
+from motionmae.engine.finetune_config import load_finetune_config
+from motionmae.errors import UserError
+
+ARCH = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.patch_size=8", "model.num_frames=8",
+        "model.img_size=32"]
+# the synthetic clips have 8 frames: stride 1; no flip (left/right is a label); fp32 and no workers for speed
+DATA = ["data.sampling_rate=1", "data.flip=false", "data.num_workers=0", "train.amp=none", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from motionmae.data.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("syn"), num_train=24, num_val=12, frames=8, size=32, workers=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: a second thread only waits
+    yield
+    torch.set_num_threads(n)
+
+
+def _model_tensors(path):
+    return load_model_state(path)[0]
+
+
+def test_resume_continues_exactly(synthetic, tmp_path):
+    common = ARCH + DATA + [f"data.train={synthetic['train']}", "train.batch_size=4", "train.max_steps=4",
+                            "train.warmup_steps=1", "train.save_every=2", "finetune.label_column=direction",
+                            "model.drop_path=0.1"]
+    a = finetune(load_finetune_config("", common + [f"train.output_dir={tmp_path / 'a'}"]), resume="none")
+    assert a["step"] == 4 and a["num_classes"] == 4
+    mid = tmp_path / "a" / "checkpoints" / "step_00000002.safetensors"
+    b = finetune(load_finetune_config("", common + [f"train.output_dir={tmp_path / 'b'}"]), resume=str(mid))
+    assert b["step"] == 4
+    ta, tb = _model_tensors(tmp_path / "a"), _model_tensors(tmp_path / "b")
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+    # and training did move the weights
+    tm = _model_tensors(mid)
+    assert not torch.equal(tm["blocks.0.attn.qkv.weight"], ta["blocks.0.attn.qkv.weight"])
+
+
+def test_pretrained_encoder_is_loaded_and_eval_writes_metrics(synthetic, tmp_path):
+    from motionmae import load_encoder
+    from motionmae.models.pretrain import PretrainModel
+
+    pcfg = C.load_config("motionmae-sha", ARCH + ["model.decoder_embed_dim=32", "model.decoder_depth=1",
+                                                  "model.decoder_num_heads=2", "data.num_frames=8", "data.input_size=32",
+                                                  "data.sampling_rate=1"])
+    torch.manual_seed(0)
+    pre = PretrainModel(pcfg)
+    ckpt = tmp_path / "pre.safetensors"
+    save_checkpoint(ckpt, pre, state={"config": C.to_dict(pcfg), "step": 10})
+    out = tmp_path / "ft"
+    # no model.* overrides: the architecture comes from the checkpoint. lr 0: the weights stay the pretrained ones.
+    rc = cli_main(["finetune", "--pretrained", str(ckpt), f"data.train={synthetic['train']}", f"data.val={synthetic['val']}",
+                   "finetune.label_column=speed", "train.batch_size=4", "train.max_steps=1", "train.base_lr=0",
+                   "train.warmup_lr=0", "train.min_lr=0", f"train.output_dir={out}"] + DATA)
+    assert rc == 0
+    ft = _model_tensors(out)
+    enc = pre.encoder.state_dict()
+    for k in ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.bias", "blocks.1.attn.q_bias"):
+        assert torch.equal(ft[k], enc[k]), k
+    assert ft["head.weight"].shape == (2, 32)  # speed: slow / fast
+    assert "norm.weight" not in ft and "fc_norm.weight" in ft  # mean pooling: encoder norm off, fc_norm on
+
+    m = json.loads((out / "eval_metrics.json").read_text())
+    assert m["label_column"] == "speed" and m["class_names"] == ["slow", "fast"]
+    assert m["num_samples"] == 12 and sum(map(sum, m["confusion"])) == 12
+    assert m["views"] == {"temporal": 2, "spatial": 3}
+    assert m["top5"] == 1.0  # 2 classes: top-5 is always right
+    assert set(m["per_class_acc"]) == {"slow", "fast"}
+    assert Image.open(out / "confusion.png").size[0] > 50
+
+    # load_encoder gives back the fine-tuned classifier; its logits are the model's
+    clf = load_encoder(out)
+    assert clf.num_classes == 2 and not clf.training
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        feats = clf.forward_features(x)
+        assert feats.shape == (2, 64, 32)
+        assert torch.allclose(clf(x), clf.head(clf.fc_norm(feats.mean(1))))
+
+    # --eval-only re-evaluates the saved run and gives the same numbers
+    rc = cli_main(["finetune", "--eval-only", "--pretrained", str(ckpt), f"data.train={synthetic['train']}",
+                   f"data.val={synthetic['val']}", "finetune.label_column=speed", f"train.output_dir={out}"] + DATA)
+    assert rc == 0
+    again = json.loads((out / "eval_metrics.json").read_text())
+    assert again["confusion"] == m["confusion"] and again["top1"] == m["top1"]
+
+
+def test_unknown_label_column_names_the_columns(synthetic, tmp_path):
+    cfg = load_finetune_config("", ARCH + DATA + [f"data.train={synthetic['train']}", "finetune.label_column=colour",
+                                                  f"train.output_dir={tmp_path}"])
+    with pytest.raises(UserError, match="class, direction, speed, arrow"):
+        finetune(cfg, resume="none")
+
+
+def test_clip_shape_follows_the_encoder():
+    cfg = load_finetune_config("", [], {"model": {"size": "small", "num_frames": 8, "img_size": 32, "drop_path": 0.0},
+                                        "data": {"sampling_rate": 2, "train": "ignored.csv"}})
+    assert (cfg.model.size, cfg.model.drop_path) == ("small", 0.1)  # architecture from the checkpoint, recipe's drop path
+    assert (cfg.data.num_frames, cfg.data.input_size, cfg.data.sampling_rate, cfg.data.train) == (8, 32, 2, "")
+    assert cfg.train.betas == (0.9, 0.999) and cfg.finetune.layer_decay == 0.75
+    with pytest.raises(UserError, match="data.num_frames=16"):
+        load_finetune_config("", ["data.num_frames=16"], {"model": {"num_frames": 8}})
