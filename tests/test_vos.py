@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from motionmae.config import ModelConfig
 from motionmae.data.synthetic_vos import make_vos_dataset
