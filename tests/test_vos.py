@@ -240,3 +240,15 @@ def test_eval_only_on_ground_truth_and_its_errors(tmp_path, capsys):
     assert result["unevaluated"] == [seq.name] and not any(r["Sequence"].startswith(seq.name) for r in result["per_object"])
     assert main(["vos", "--davis-root", str(root)]) == 2
     assert "--checkpoint is required" in capsys.readouterr().err
+
+
+def test_make_dataset_cli_kind_vos(tmp_path):
+    from motionmae.cli import main
+
+    assert main(["make-dataset", "--kind", "vos", "--out", str(tmp_path), "--frames", "4", "--size", "36",
+                 "--num-sequences", "2", "--seed", "5"]) == 0
+    seqs = davis.list_sequences(tmp_path, "val")
+    assert [len(s.frames) for s in seqs] == [4, 4]
+    assert davis.read_frames(seqs[0].frames).shape == (4, 36, 48, 3)  # width 4/3 of --size, a multiple of 8
+    direct = make_vos_dataset(tmp_path / "direct", num_sequences=2, num_frames=4, height=36, width=48, seed=5)
+    assert (direct / "Annotations/480p/synth001/00003.png").read_bytes() == (tmp_path / "Annotations/480p/synth001/00003.png").read_bytes()
