@@ -51,3 +51,21 @@ def test_data_clip_shape_follows_model_unless_set_otherwise(tmp_path):
     cfg = C.load_config("", [*TINY, "data.num_frames=8", f"data.train={tmp_path}", f"train.output_dir={tmp_path / 'r'}"])
     with pytest.raises(UserError, match="data.num_frames=8 does not match model.num_frames=4"):
         pretrain(cfg)
+
+
+def test_demo_story_end_to_end_tiny(tmp_path, capsys):
+    from motionmae.engine.demo import run_demo
+
+    tiny = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+            "model.decoder_num_heads=2", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "data.num_workers=0",
+            "train.viz_every=0"]
+    out = run_demo(tmp_path / "demo", overrides=tiny, num_train=8, num_val=4, probe_overrides=["probe.linear_epochs=3"])
+    text = capsys.readouterr().out
+    assert (tmp_path / "demo" / "data" / "train.csv").exists() and (tmp_path / "demo" / "data" / "val.csv").exists()
+    assert out["checkpoint"].endswith("last.safetensors") and out["pictures"][0].endswith("step_00000002.png")
+    assert set(out["probe"]) == {"MotionMAE pretrained", "random init"}
+    assert set(out["probe"]["random init"]) == {"class", "direction", "speed", "arrow"}
+    for line in ("checkpoint", "pictures", "metrics"):
+        assert f"  {line} " in text
+    again = run_demo(tmp_path / "demo", overrides=tiny, num_train=8, num_val=4, probe=False)  # reuses data and the run
+    assert "reusing" in capsys.readouterr().out and again["checkpoint"] == out["checkpoint"]

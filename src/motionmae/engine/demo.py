@@ -34,8 +34,10 @@ def run(args) -> int:
     return 0
 
 
-def run_demo(out: Path, config: str = "demo", overrides=(), num_train: int = 800, num_val: int = 200, probe: bool = True) -> dict:
-    """The steps above; returns {'data', 'run_dir', 'checkpoint', 'pictures', 'probe', 'seconds'}."""
+def run_demo(out: Path, config: str = "demo", overrides=(), num_train: int = 800, num_val: int = 200, probe: bool = True,
+             probe_overrides=()) -> dict:
+    """The steps above; returns {'data', 'run_dir', 'checkpoint', 'pictures', 'probe', 'seconds'}.
+    `overrides` go to the pretraining config, `probe_overrides` (e.g. probe.k=10) to the probe's."""
     t0 = time.perf_counter()
     data_dir = out / "data"
     train_list, val_list = ensure_dataset(data_dir, num_train, num_val)
@@ -51,7 +53,7 @@ def run_demo(out: Path, config: str = "demo", overrides=(), num_train: int = 800
     results = None
     if probe:
         _banner("[3/4] frozen-feature probe: pretrained encoder vs random init")
-        results = run_probe_step(run_dir, cfg, str(train_list), str(val_list))
+        results = run_probe_step(run_dir, cfg, str(train_list), str(val_list), probe_overrides)
 
     seconds = time.perf_counter() - t0
     _banner(f"[4/4] done in {seconds / 60:.1f} min")
@@ -80,7 +82,7 @@ def ensure_dataset(data_dir: Path, num_train: int, num_val: int):
     return Path(info["train"]), Path(info["val"])
 
 
-def run_probe_step(run_dir: Path, cfg: C.PretrainConfig, train_list: str, val_list: str) -> Optional[dict]:
+def run_probe_step(run_dir: Path, cfg: C.PretrainConfig, train_list: str, val_list: str, overrides=()) -> Optional[dict]:
     """k-NN + linear probe of the pretrained encoder and of a random-init one with the same architecture
     (motionmae.eval.probe); None, with a note, when the evaluation module is not installed."""
     try:
@@ -91,8 +93,8 @@ def run_probe_step(run_dir: Path, cfg: C.PretrainConfig, train_list: str, val_li
     from motionmae.engine.finetune_config import ProbeConfig, load_finetune_config
 
     # both encoders see the same clips: architecture and clip format from the pretraining config
-    pcfg = load_finetune_config("", [f"probe.cache_dir={run_dir.parent / 'probe_cache'}", f"data.num_workers={cfg.data.num_workers}"],
-                                C.to_dict(cfg), cls=ProbeConfig)
+    pcfg = load_finetune_config("", [f"probe.cache_dir={run_dir.parent / 'probe_cache'}", f"data.num_workers={cfg.data.num_workers}",
+                                     *overrides], C.to_dict(cfg), cls=ProbeConfig)
     try:
         return compare_probes({"MotionMAE pretrained": str(run_dir), "random init": random_encoder(pcfg.model, seed=cfg.train.seed)},
                               train_list, val_list, config=pcfg)
