@@ -252,3 +252,12 @@ def test_make_dataset_cli_kind_vos(tmp_path):
     assert davis.read_frames(seqs[0].frames).shape == (4, 36, 48, 3)  # width 4/3 of --size, a multiple of 8
     direct = make_vos_dataset(tmp_path / "direct", num_sequences=2, num_frames=4, height=36, width=48, seed=5)
     assert (direct / "Annotations/480p/synth001/00003.png").read_bytes() == (tmp_path / "Annotations/480p/synth001/00003.png").read_bytes()
+
+
+def test_identical_frames_at_pixel_grid_copy_the_mask_and_void_becomes_background():
+    first = np.array([[1, 1, 0, 255], [2, 2, 0, 255], [2, 0, 0, 0]], np.uint8)
+    feats = torch.eye(12).reshape(1, 3, 4, 12).expand(3, -1, -1, -1)  # each pixel its own patch, distinct features
+    pred = vos.propagate(feats, first, 2, vos.VOSConfig(topk=1, radius=1))
+    expect = np.where(first == 255, 0, first)
+    for t in range(3):
+        np.testing.assert_array_equal(pred[t], expect)
