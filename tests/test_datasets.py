@@ -247,4 +247,4 @@ def test_loader_benchmark_quick_mode_runs():
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 64x48")]
     assert len(rows) == len(mod.QUICK["samples"]) * len(mod.QUICK["workers"])
     assert all(float(r[4]) > 0 for r in rows)  # clips/s
-    assert "| cached batch |" in text and "| 1 worker(s) |" in text
+    assert "| model step (cached batch) |" in text and "the step fed" in text
