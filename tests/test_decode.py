@@ -49,6 +49,16 @@ def test_header_and_frames_match_after_seeks(lossless):
         check(r.get_frames(idx), frames, idx)
 
 
+def test_seeking_decodes_from_the_nearest_keyframe_only(lossless):
+    path, frames = lossless  # keyframes every 8 frames (0, 8, ..., 40)
+    with VideoReader(path) as r:
+        check(r.get_frames([41, 42]), frames, np.array([41, 42]))
+        assert r.frames_decoded <= 4  # 40, 41, 42 (+ one look-ahead), not 43 frames from the start
+        n = r.frames_decoded
+        check(r.get_frames([9, 9, 9]), frames, np.array([9, 9, 9]))  # back: seek to keyframe 8
+        assert r.frames_decoded - n <= 3
+
+
 def test_repeated_indices_share_one_decode(lossless):
     path, _ = lossless
     with VideoReader(path) as r:

@@ -54,6 +54,7 @@ class VideoReader:
         self.seek_gap = seek_gap  # seek again instead of decoding through a gap longer than this
         self._container = None
         self._images: Optional[List[str]] = None
+        self.frames_decoded = 0  # frames the codec produced so far (tests and benchmarks check the seeking)
         if os.path.isdir(self.path):
             self._open_folder()
         else:
@@ -191,6 +192,7 @@ class VideoReader:
             else:
                 self._container.seek(self._pts_of(pending[0]), stream=self._stream, backward=True, any_frame=False)
             for count, frame in enumerate(self._container.decode(self._stream)):
+                self.frames_decoded += 1
                 i = self._index_of(frame)
                 if i is None:  # no timestamps: only counting from the start can place the frame
                     if not from_start:
