@@ -137,7 +137,7 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
         state = ck.load_checkpoint(ckpt_path, model, None if eval_only else optimizer, restore_rng=info.world_size == 1)
         step, epoch, pos = state.get("step", 0), state.get("epoch", 0), state.get("epoch_pos", 0)
         say(f"{'evaluating' if eval_only else 'resumed from'} {ckpt_path} at step {step}")
-    evaluator = Evaluator(cfg, val_ds, names[col], num_classes, info, amp_dtype, run_dir)
+    evaluator = Evaluator(cfg, val_ds, col, names[col], num_classes, info, amp_dtype, run_dir)
     if eval_only:
         return {"step": step, "eval": evaluator(model, step)}
     if main:
@@ -243,13 +243,13 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
 class Evaluator:
     """Multi-view evaluation on data.val: top-1/5, per-class accuracy, confusion matrix -> JSON + PNG (rank 0)."""
 
-    def __init__(self, cfg: FinetuneConfig, val_ds, column: str, num_classes: int, info: D.DistInfo, amp_dtype, run_dir: Path):
+    def __init__(self, cfg: FinetuneConfig, val_ds, col: int, column: str, num_classes: int, info: D.DistInfo, amp_dtype,
+                 run_dir: Path):
         from motionmae.eval.probe import class_names
 
-        self.cfg, self.ds, self.column, self.num_classes = cfg, val_ds, column, num_classes
+        self.cfg, self.ds, self.col, self.column, self.num_classes = cfg, val_ds, col, column, num_classes
         self.info, self.amp_dtype, self.run_dir = info, amp_dtype, run_dir
-        self.col = list(label_columns(cfg, val_ds)).index(column) if val_ds is not None else 0
-        self.class_names = class_names(cfg.data.train, column, num_classes) if val_ds is not None else None
+        self.class_names = class_names(cfg.data.train, column, num_classes)
 
     def __call__(self, model, step: int, bar=None) -> dict:
         from motionmae.data.datasets import collate
@@ -278,8 +278,3 @@ class Evaluator:
             bar.write(msg) if bar is not None else print(msg)
         return result
 
-
-def label_columns(cfg: FinetuneConfig, dataset) -> list:
-    from motionmae.eval.probe import label_names
-
-    return label_names(cfg.data.train, dataset.num_labels)
