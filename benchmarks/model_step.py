@@ -68,6 +68,16 @@ def time_all(args):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def step_flops(args, preset, amp) -> float:
+    """GFLOP of one forward + backward (matmuls, convolutions, attention), independent of machine load."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    run = setup(args, preset)
+    with FlopCounterMode(display=False) as counter:
+        step(*run, amp, torch.device(args.device))
+    return counter.get_total_flops() / 1e9
+
+
 def peak_memory(args, preset, amp) -> float:
     """MiB above the model + batch, in this process (call once per process on CPU)."""
     device = torch.device(args.device)
@@ -78,10 +88,20 @@ def peak_memory(args, preset, amp) -> float:
         for _ in range(2):
             step(*run, amp, device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kib()
     for _ in range(2):
         step(*run, amp, device)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # ru_maxrss is KiB on Linux
+    return (peak_rss_kib() - base) / 1024
+
+
+def peak_rss_kib() -> int:
+    # VmHWM belongs to this process's memory map; ru_maxrss survives fork+exec, so a child of a big
+    # parent would report the parent's peak
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
 
 
 def profile(args, preset):
@@ -128,12 +148,14 @@ def main(argv=None):
             out = subprocess.run([sys.executable, __file__, *passthrough, "--_memory", *key],
                                  capture_output=True, text=True, check=True)
             mem[key] = float(out.stdout.strip().splitlines()[-1])
-    print(f"{'preset':<16}{'amp':<6}{'step ms':>10}{'vs videomae':>13}{'peak MiB':>10}")
+    flops = {p: step_flops(args, p, "fp32") for p in args.presets}
+    print(f"{'preset':<16}{'amp':<6}{'step ms':>10}{'vs videomae':>13}{'GFLOP':>9}{'vs videomae':>13}{'peak MiB':>10}")
     for (p, a), t in med.items():
         ref = med.get(("videomae", a))
         ratio = f"{t / ref:.3f}x" if ref else "-"
+        fratio = f"{flops[p] / flops['videomae']:.3f}x" if "videomae" in flops else "-"
         m = f"{mem[(p, a)]:.0f}" if (p, a) in mem else "-"
-        print(f"{p:<16}{a:<6}{t * 1000:>10.1f}{ratio:>13}{m:>10}")
+        print(f"{p:<16}{a:<6}{t * 1000:>10.1f}{ratio:>13}{flops[p]:>9.1f}{fratio:>13}{m:>10}")
 
 
 if __name__ == "__main__":
