@@ -164,8 +164,7 @@ def test_bf16_autocast_and_grad_checkpointing():
     model, cfg = build("motionmae-ind")
     clip, mask = batch(model, cfg)
     ref = model(clip, mask)["loss"]
-    model.model_cfg = dataclasses.replace(model.model_cfg, grad_checkpointing=True)
-    model.encoder.grad_checkpointing = True
+    model.set_grad_checkpointing(True)
     torch.testing.assert_close(model(clip, mask)["loss"], ref)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(clip, mask)
@@ -174,6 +173,10 @@ def test_bf16_autocast_and_grad_checkpointing():
     assert abs(out["loss"].item() - ref.item()) < 0.05 * ref.item()
 
 
-def test_unknown_decoder():
+def test_user_errors():
     with pytest.raises(UserError, match="decoder"):
         build("motionmae-sha", "model.decoder=shared")
+    model, cfg = build("motionmae-sha")
+    clip, mask = batch(model, cfg)
+    with pytest.raises(UserError, match=r"\(2, 32\)"):
+        model(clip, mask[:, :16])

@@ -68,6 +68,7 @@ class PretrainModel(nn.Module):
         if len(cfg.data.mean) != m.in_chans or len(cfg.data.std) != m.in_chans:
             raise UserError(f"data.mean / data.std need {m.in_chans} values (model.in_chans)")
         self.model_cfg, self.objective_cfg = m, o
+        self.grad_checkpointing = m.grad_checkpointing
         self.tubelet, self.patch = m.tubelet_size, m.patch_size
         # the clip arrives normalised; targets are computed on it un-normalised back to [0, 1] (VideoMAE)
         self.register_buffer("mean", torch.tensor(cfg.data.mean, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
@@ -84,11 +85,14 @@ class PretrainModel(nn.Module):
             self.motion_encoder_to_decoder = nn.Linear(self.encoder.embed_dim, m.decoder_embed_dim, bias=False)
             self.motion_mask_token = nn.Parameter(torch.zeros(1, 1, m.decoder_embed_dim))
             self.motion_decoder = Decoder(m, motion_dim)
-        for name, p in self.named_parameters(recurse=False):  # the mask tokens
+        for p in self.parameters(recurse=False):  # the mask tokens
             nn.init.trunc_normal_(p, std=0.02)
         init_weights(self.encoder_to_decoder)
         if m.decoder == "ind":
             init_weights(self.motion_encoder_to_decoder)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = self.encoder.grad_checkpointing = enable
 
     @property
     def has_motion(self) -> bool:
@@ -118,7 +122,7 @@ class PretrainModel(nn.Module):
         b, n_mask = x.shape[0], ids_masked.shape[1]
         pos = decoder.pos_embed_for(grid).to(x.dtype).expand(b, -1, -1)
         x = torch.cat([x + gather_tokens(pos, ids_visible), mask_token.to(x.dtype) + gather_tokens(pos, ids_masked)], dim=1)
-        x = run_blocks(decoder.blocks, x, self.model_cfg.grad_checkpointing)
+        x = run_blocks(decoder.blocks, x, self.grad_checkpointing)
         return decoder.norm(x[:, -n_mask:])
 
     def forward(self, clip: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -132,6 +136,9 @@ class PretrainModel(nn.Module):
         o = self.objective_cfg
         frames = clip[:, :, : num_appearance_frames(clip, o)]
         grid = self.encoder.patch_embed.grid(frames)
+        n = grid[0] * grid[1] * grid[2]
+        if mask.shape != (clip.shape[0], n) or mask.dtype != torch.bool:
+            raise UserError(f"mask must be bool (B, N) = ({clip.shape[0]}, {n}) for this clip, got {mask.dtype} {tuple(mask.shape)}")
         ids_visible, ids_masked = visible_and_masked_index(mask)
         target_appearance, target_motion = self.targets(clip, ids_masked)
 

@@ -296,6 +296,9 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
             nn.init.zeros_(self.head.bias)
         self._init_pos_embed(cfg.pos_embed, cfg.grid(), dim)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
     def embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Grid]:
         """(B, C, T, H, W) -> tokens plus positional embedding (B, N, D), and the token grid."""
         grid = self.patch_embed.grid(x)
