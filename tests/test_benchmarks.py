@@ -1,0 +1,98 @@
+"""The benchmark scripts run end to end in their --quick mode, and their FLOP accounting is right."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import reproduce  # noqa: E402
+import step  # noqa: E402
+
+
+def _count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("kind", ["hf-videomae", "videomae", "motionmae-sha", "motionmae-ind"])
+def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
+    """mae_step_flops (by hand: matmuls, conv, attention; backward 2x, no input grad for the clip) equals what
+    torch's FlopCounterMode counts on one real forward + backward, for both implementations and all decoders."""
+    from motionmae.models.vit import Attention
+
+    monkeypatch.setattr(Attention, "fused_attn", False)  # FlopCounterMode does not count CPU SDPA kernels
+    case = step.build_case(kind, "quick", "fp32", torch.device("cpu"))
+    if kind == "hf-videomae":
+        case.model.config._attn_implementation = "eager"
+        for m in case.model.modules():
+            if hasattr(m, "config"):
+                m.config._attn_implementation = "eager"
+    counted = _count_flops(case.step)
+    expected = common.mae_step_flops(step.mae_shape(case.cfg, case.mask, case.embed_all), step.SETTINGS["quick"]["batch"])["total"]
+    assert counted == expected
+
+
+def test_block_flops_by_hand():
+    # 10 tokens, width 8, mlp 4x: linear 2*10*8*(24+8+64) = 15360; attention 4*10*10*8 = 3200
+    assert common.block_flops(10, 8) == 15360 + 3200
+
+
+def test_step_quick_end_to_end(tmp_path):
+    out = tmp_path / "step.json"
+    assert step.main(["--quick", "--dtypes", "fp32", "--clock", "cpu", "--threads", "1", "--no-memory", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == list(step.CASES)
+    for r in rows:
+        assert len(r["times"]) == step.SETTINGS["quick"]["repeats"]
+        assert r["clips_per_s"] > 0 and math.isfinite(r["clips_per_s"])
+    flops = {r["case"]: r["gflop_per_step"] for r in rows}
+    # same sizes and visible count; ours embeds only the visible cubes; the motion head / second decoder add on top
+    assert flops["videomae"] < flops["hf-videomae"]
+    assert flops["videomae"] < flops["motionmae-sha"] < flops["motionmae-ind"]
+
+
+def test_peak_memory_subprocess():
+    mem = step.peak_memory("motionmae-sha", "quick", "fp32", "cpu")
+    assert mem["rss_peak_mib"] > 10  # a python process with torch loaded
+    assert 0 <= mem["rss_growth_mib"] <= mem["rss_peak_mib"]
+
+
+def test_replace_section_round_trip(tmp_path):
+    doc = tmp_path / "B.md"
+    doc.write_text("# Benchmarks\n\n## Loader\nkeep me\n")
+    common.replace_section(doc, "<!-- a -->", "<!-- b -->", "first")
+    common.replace_section(doc, "<!-- a -->", "<!-- b -->", "second")
+    text = doc.read_text()
+    assert "keep me" in text and "second" in text and "first" not in text
+    assert text.count("<!-- a -->") == 1 and text.count("<!-- b -->") == 1
+
+
+def test_reproduce_quick_end_to_end(tmp_path):
+    assert reproduce.main(["--quick", "--out", str(tmp_path)]) == 0
+    out = tmp_path / "quick"
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert set(res) == set(reproduce.KINDS)
+    for runs in res.values():
+        (r,) = runs  # one seed
+        steps = sorted(int(s) for s in r["probes"])
+        assert steps == [0, reproduce.QUICK.steps]
+        for cols in r["probes"].values():
+            assert set(cols) == set(reproduce.COLUMNS)
+            assert all(0.0 <= v["linear"] <= 1.0 and 0.0 <= v["knn"] <= 1.0 for v in cols.values())
+        assert 0.0 <= r["finetune_top1"] <= 1.0
+        assert any("loss_appearance" in m for m in r["metrics"])
+    text = (out / "RESULTS.md").read_text()
+    for name in reproduce.KINDS:
+        assert f"| {name} |" in text
+    for png in ("results_loss.png", "results_probe_motion.png", "results_probe_class.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
