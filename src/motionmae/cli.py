@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from motionmae.errors import UserError
@@ -37,6 +38,9 @@ def build_parser(argv) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Spinning threads make a busy or
+    # oversubscribed CPU (DataLoader workers, other jobs) up to 10x slower; measured in docs/BENCHMARKS.md.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

@@ -250,7 +250,7 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
         sampler.set_epoch(epoch, start=pos * t.batch_size)
         loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                             collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda", generator=loader_gen,
-                            persistent_workers=False)
+                            persistent_workers=False, worker_init_fn=_ignore_sigterm)
         batches = iter(loader)
         while pos < micro_per_epoch and step < plan.total_steps:
             t0 = time.perf_counter()
@@ -337,6 +337,12 @@ def _catch_sigterm():
         box["signal"] = signum
 
     return box, signal.signal(signal.SIGTERM, handler)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM (sent to the whole process group by schedulers) to the main process,
+    which saves a checkpoint and then shuts them down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _next_batch(batches):
