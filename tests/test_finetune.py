@@ -118,3 +118,17 @@ def test_clip_shape_follows_the_encoder():
     assert cfg.train.betas == (0.9, 0.999) and cfg.finetune.layer_decay == 0.75
     with pytest.raises(UserError, match="data.num_frames=16"):
         load_finetune_config("", ["data.num_frames=16"], {"model": {"num_frames": 8}})
+
+
+def test_pretraining_preset_gives_model_and_data_only_and_pretraining_run_is_never_resumed(synthetic, tmp_path):
+    cfg = load_finetune_config("demo", [])
+    demo = C.load_config("demo")
+    assert (cfg.model.size, cfg.model.img_size, cfg.data.sampling_rate) == (demo.model.size, demo.model.img_size, 1)
+    assert cfg.train.output_dir == "runs/finetune" and cfg.train.betas == (0.9, 0.999)  # not the pretraining recipe
+
+    # a train.output_dir that holds a pretraining run: refuse to "resume" (and overwrite) it
+    run = tmp_path / "pre"
+    save_checkpoint(run / "checkpoints" / "last.safetensors", torch.nn.Linear(2, 2), state={"step": 5, "config": {}})
+    cfg = load_finetune_config("", ARCH + DATA + [f"data.train={synthetic['train']}", f"train.output_dir={run}"])
+    with pytest.raises(UserError, match="not a fine-tuning checkpoint"):
+        finetune(cfg)

@@ -134,6 +134,9 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
 
     step, epoch, pos = 0, 0, 0
     if ckpt_path is not None:
+        if ck.read_state(ckpt_path).get("kind") != "finetune":
+            raise UserError(f"{ckpt_path} is not a fine-tuning checkpoint (a pretraining run?): set train.output_dir to a "
+                            "directory of its own, pass the pretraining checkpoint as --pretrained")
         state = ck.load_checkpoint(ckpt_path, model, None if eval_only else optimizer, restore_rng=info.world_size == 1)
         step, epoch, pos = state.get("step", 0), state.get("epoch", 0), state.get("epoch_pos", 0)
         say(f"{'evaluating' if eval_only else 'resumed from'} {ckpt_path} at step {step}")

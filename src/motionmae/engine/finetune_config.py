@@ -1,10 +1,11 @@
 """Typed configuration for `motionmae finetune` and `motionmae probe`, built with config.py's machinery.
 
 A fine-tuning config is composed as: fine-tuning defaults (VideoMAE's recipe, SPEC.md) -> the clip format
-stored in the pretrained checkpoint -> a preset or YAML file (`--config`) -> the encoder architecture stored
-in the checkpoint (the weights decide it) -> `section.key=value` overrides. data.num_frames / data.input_size
-always follow model.num_frames / model.img_size. Pretraining-only sections of a preset (mask, objective) are ignored,
-so `--config motionmae-sha-small` works for both commands.
+stored in the pretrained checkpoint -> `--config`: a preset (only its model and data sections: its train
+section is a pretraining recipe) or a YAML file (all its sections; for a `preset:` it names, again only model
+and data) -> the encoder architecture stored in the checkpoint (the weights decide it) -> `section.key=value`
+overrides. data.num_frames / data.input_size always follow model.num_frames / model.img_size. Pretraining-only
+sections (mask, objective) are ignored, so `--config motionmae-sha-small` works for both commands.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from motionmae.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
     _merge,
-    _read_yaml_with_base,
     from_dict,
     parse_overrides,
     preset_dict,
@@ -88,15 +89,28 @@ class ProbeConfig:
     device: str = "auto"
 
 
+def _preset_part(name: str) -> dict:
+    """A named preset is a pretraining recipe: only its model and data sections apply to fine-tuning / probing
+    (its train section would carry the pretraining lr, length and output_dir)."""
+    return {k: v for k, v in preset_dict(name).items() if k in ("model", "data")}
+
+
 def _spec_dict(spec: str) -> dict:
     if not spec:
         return {}
     p = Path(spec)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.exists():
-            raise UserError(f"config file not found: {spec}")
-        return _read_yaml_with_base(p)
-    return preset_dict(spec)
+    if not (p.suffix in (".yaml", ".yml") or p.exists()):
+        return _preset_part(spec)
+    if not p.exists():
+        raise UserError(f"config file not found: {spec}")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{p}: expected a mapping of sections (model:, data:, train:, finetune:, ...)")
+    base = d.pop("preset", None)
+    return _merge(_preset_part(base), d) if base else d
 
 
 def checkpoint_base(config_dict: Optional[dict]) -> dict:
