@@ -118,7 +118,7 @@ def test_run_dir_contents_and_config_round_trip(videos, tmp_path):
     assert C.from_dict(C.PretrainConfig, state["config"]) == cfg
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert all(k in rows[0] for k in ("loss", "loss_appearance", "loss_motion", "lr", "grad_norm", "clips_per_s", "skipped_videos_epoch"))
+    assert all(k in rows[0] for k in ("loss", "loss_appearance", "loss_motion", "lr", "grad_norm", "clips_per_s", "skipped_videos_epoch", "peak_mem_mb"))
     assert rows[0]["loss"] == pytest.approx(rows[0]["loss_appearance"] + rows[0]["loss_motion"], rel=1e-5)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
     assert (tmp_path / "pictures" / "step_00000004.png").exists() and out["step"] == 4

@@ -19,6 +19,7 @@ import dataclasses
 import glob as globlib
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -291,10 +292,11 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
             if step % t.log_every == 0 or step == plan.total_steps:
                 rate = clips_done * info.world_size / (time.perf_counter() - t_start)
                 row = {"loss": loss, "loss_appearance": loss_a, "loss_motion": loss_m, "lr": lr, "grad_norm": float(red[3]),
-                       "epoch": epoch, "clips_per_s": rate, "step_time": dt, "skipped_videos_epoch": skipped_epoch}
+                       "epoch": epoch, "clips_per_s": rate, "step_time": dt, "skipped_videos_epoch": skipped_epoch,
+                       "peak_mem_mb": peak_memory_mb(device)}
                 logger.log(step, row)
                 bar.update(step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
-                summary.update(loss=loss, clips_per_s=rate)
+                summary.update(loss=loss, clips_per_s=rate, peak_mem_mb=row["peak_mem_mb"])
             epoch_done = pos >= micro_per_epoch
             if epoch_done and main and skipped_epoch:
                 bar.write(f"epoch {epoch}: skipped {skipped_epoch} unreadable video(s) (see warnings above)")
@@ -321,8 +323,21 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
     logger.close()
     summary.update(step=step, checkpoint=str(last_ckpt) if last_ckpt else None, epoch=epoch)
     if main:
-        print(f"done: {step} steps; checkpoint {last_ckpt}; metrics {run_dir / 'metrics.jsonl'}; pictures {run_dir / 'pictures'}")
+        print(f"done: {step} steps, {summary.get('clips_per_s', 0):.1f} clips/s, peak memory {summary.get('peak_mem_mb', 0):.0f} MB; "
+              f"checkpoint {last_ckpt}; metrics {run_dir / 'metrics.jsonl'}; pictures {run_dir / 'pictures'}")
     return summary
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA allocator peak on a GPU, resident set size on a CPU (0 if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
 def _catch_sigterm():
