@@ -18,8 +18,10 @@ Motion labels cannot be read from a single frame: positions wrap around the fram
 uniformly at random, the start size is random, so every label value sees the same distribution of single
 frames. Column 0 alone is solvable from any frame; columns 1-3 need the order of frames.
 
-Default size: 800 train / 200 val clips, 16 frames, 64x64: ~13 k training frames, enough for a tiny ViT to
-learn all four labels above chance in a few minutes on a CPU, and written in ~10 s on 2 cores.
+Default size: 800 train / 200 val clips, 16 frames, 64x64 (~13 k training frames, 7.6 MB), written in ~12 s on 2
+busy cores. Learnable: a 3-layer 3D CNN trained from scratch on it (frames pooled to 32x32, 4 epochs) reached val
+accuracy 0.88 direction, 0.91 speed, 0.98 arrow (chance 0.25 / 0.5 / 0.5); the glyph class, small at 32 px, was
+still climbing (0.25, chance 0.17).
 `render_clip(ClipSpec)` renders one clip in memory (numpy), the same function the writer uses.
 """
 
