@@ -99,6 +99,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if not is_dist():
+        return t.clone()
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

@@ -214,6 +214,11 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
         step, epoch, pos = state["step"], state["epoch"], state["epoch_pos"]
         _warn_config_changes(state.get("config", {}), cfg, say)
         say(f"resumed from {ckpt_path} at step {step} (epoch {epoch}, batch {pos})")
+    if info.world_size > 1:  # every rank must continue from the same checkpoint (rank 0 writes it; others read it)
+        spread = D.all_reduce_max(torch.tensor([float(step), -float(step)]))
+        if spread[0] != -spread[1]:
+            raise UserError(f"ranks disagree on the checkpoint to resume from (steps {int(-spread[1])}..{int(spread[0])}): "
+                            f"train.output_dir={run_dir} must be on a file system shared by all nodes, or pass --resume PATH readable by all")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         C.save_config(cfg, run_dir / "config.yaml")
