@@ -82,29 +82,31 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+    """All-reduce ('sum' | 'max') a copy of `t`; NCCL only reduces CUDA tensors, so CPU tensors visit the GPU."""
+    t = t.clone()
+    if not is_dist():
+        return t
+    op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        g = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(g, op=op)
+        return g.to(t.device)
+    dist.all_reduce(t, op=op)
+    return t
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of `t` over ranks (a copy; `t` itself is left alone)."""
-    if not is_dist():
-        return t.clone()
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t / get_world_size()
+    return _all_reduce(t, "sum") / get_world_size()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if not is_dist():
-        return t.clone()
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, "sum")
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if not is_dist():
-        return t.clone()
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, "max")
 
 
 def cleanup() -> None:
