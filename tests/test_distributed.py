@@ -1,4 +1,4 @@
-"""DDP: 2 gloo processes x batch b follow the same trajectory as 1 process x batch 2b; the sharded sampler."""
+"""DDP: 2 gloo processes x batch b (accumulated, checkpointed) follow the same trajectory as 1 process x batch 2b; the sharded sampler."""
 
 import os
 import subprocess
@@ -48,18 +48,20 @@ def test_two_gloo_ranks_equal_one_process_with_double_batch(tmp_path):
     videos = tiny_videos(tmp_path / "videos", n=8)
     common = [*TINY, f"data.train={videos}", "train.max_steps=3", "train.save_every=100", "train.clip_grad=1.0"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "motionmae.cli", "pretrain", *common, "train.batch_size=2", f"train.output_dir={tmp_path / 'ddp'}"],
+    # each rank: 2 micro-batches of 2 (DDP no_sync on the first) with activation checkpointing = 4 clips per rank
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "motionmae.cli",
+                          "pretrain", *common, "train.batch_size=2", "train.accum_steps=2", "model.grad_checkpointing=true",
+                          f"train.output_dir={tmp_path / 'ddp'}"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert "x 2 rank(s)" in ddp.stdout and "effective batch 4 clips" in ddp.stdout
-    one = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *common, "train.batch_size=4",
+    assert "x 2 rank(s)" in ddp.stdout and "effective batch 8 clips" in ddp.stdout
+    one = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *common, "train.batch_size=8",
                           f"train.output_dir={tmp_path / 'one'}"], capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
 
     a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     assert [r["step"] for r in a] == [1, 2, 3] and [r["lr"] for r in a] == [r["lr"] for r in b]
-    for x, y in zip(a, b):  # 3 steps cross an epoch boundary (8 videos / 4 per step)
+    for x, y in zip(a, b):  # 3 steps = 3 epochs of the 8 videos
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
     pa, pb = ck.load_model_state(tmp_path / "ddp")[0], ck.load_model_state(tmp_path / "one")[0]
     for k in pa:
