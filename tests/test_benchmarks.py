@@ -96,3 +96,24 @@ def test_reproduce_quick_end_to_end(tmp_path):
         assert f"| {name} |" in text
     for png in ("results_loss.png", "results_probe_motion.png", "results_probe_class.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_bf16_attention_takes_explicit_path_and_matches_fp32_sdpa():
+    """Perf choice in models/vit.py: on CPU, bf16 attention avoids the slow SDPA kernel; the result stays
+    within bf16 rounding of fp32 SDPA, and fp32 still uses SDPA."""
+    from motionmae.models.vit import Attention
+
+    assert Attention.use_sdpa(torch.zeros(1, dtype=torch.float32))
+    assert not Attention.use_sdpa(torch.zeros(1, dtype=torch.bfloat16))
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    torch.nn.init.normal_(attn.q_bias, std=0.5)
+    torch.nn.init.normal_(attn.v_bias, std=0.5)
+    x = torch.randn(2, 50, 32)
+    ref = attn(x)  # fp32: SDPA
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attn(x)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
+    low.float().sum().backward()
+    assert attn.qkv.weight.grad is not None and torch.isfinite(attn.qkv.weight.grad).all()
