@@ -47,7 +47,7 @@ class NonFiniteLossError(UserError):
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", default="", metavar="PRESET_OR_YAML",
-                        help="a preset name (e.g. motionmae-sha-base, ssv2, demo) or a YAML file; default: the built-in defaults")
+                        help="a preset name (motionmae-sha-base, videomae-base, pretrain-ssv2, pretrain-k400, pretrain-ucf101, demo, ...) or a YAML file; default: the built-in defaults")
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
                         help="config overrides, e.g. data.train=lists/train.csv train.batch_size=16 model.size=small")
     parser.add_argument("--resume", default="auto", metavar="PATH|auto|none",
