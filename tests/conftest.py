@@ -1,13 +1,14 @@
-"""Suite-wide settings: one intra-op thread.
+"""Suite-wide settings: one intra-op thread, OpenMP threads that sleep rather than spin.
 
 The suite runs tiny models, where a second thread only adds synchronisation; on a shared 2-core machine
-it can make a test 30x slower. The environment variable carries the setting into subprocesses
-(CLI, torchrun / gloo ranks, SIGKILL-and-resume runs).
+spinning threads can make a test 30x slower. The environment variables carry the settings into
+subprocesses (CLI, torchrun / gloo ranks, SIGKILL-and-resume runs); they must be set before torch loads.
 """
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
