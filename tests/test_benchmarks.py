@@ -117,3 +117,17 @@ def test_cpu_bf16_attention_takes_explicit_path_and_matches_fp32_sdpa():
     torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
     low.float().sum().backward()
     assert attn.qkv.weight.grad is not None and torch.isfinite(attn.qkv.weight.grad).all()
+
+
+def test_patchify_with_index_equals_gather_of_full_patchify():
+    """Perf edit in objective/targets.py: reading the masked cubes straight from the clip gives exactly the
+    rows of the full patchified grid (tubelet 2, non-square token grid, unsorted indices)."""
+    from motionmae.objective.targets import patchify
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 8, 16, 24, generator=g)
+    n = 4 * 4 * 6
+    index = torch.rand(3, n, generator=g).argsort(1)[:, :70]
+    full = patchify(x, 2, 4)
+    expected = torch.gather(full, 1, index[..., None].expand(-1, -1, full.shape[-1]))
+    assert torch.equal(patchify(x, 2, 4, index), expected)

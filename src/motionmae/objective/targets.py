@@ -28,12 +28,19 @@ from motionmae.errors import UserError
 LUMA = (0.299, 0.587, 0.114)
 
 
-def patchify(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B, N, tubelet*p*p*C), values laid out (tubelet, p, p, C)."""
+def patchify(clip: torch.Tensor, tubelet: int, patch: int, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, N, tubelet*p*p*C), values laid out (tubelet, p, p, C).
+
+    `index` (B, M): only those tokens, (B, M, tubelet*p*p*C), read straight from the clip (one copy of the
+    kept cubes instead of a copy of the whole grid and then a gather)."""
     b, c, t, h, w = clip.shape
-    x = clip.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    gt, gh, gw = t // tubelet, h // patch, w // patch
+    x = clip.reshape(b, c, gt, tubelet, gh, patch, gw, patch)
     x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T', H', W', tubelet, p, p, C)
-    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch * c)
+    if index is not None:
+        rows = torch.arange(b, device=clip.device)[:, None]
+        return x[rows, index // (gh * gw), index // gw % gh, index % gw].reshape(b, index.shape[1], -1)
+    return x.reshape(b, gt * gh * gw, tubelet * patch * patch * c)
 
 
 def unpatchify(x: torch.Tensor, tubelet: int, patch: int, grid: Tuple[int, int, int]) -> torch.Tensor:
@@ -73,18 +80,12 @@ def motion_channels(cfg: ObjectiveConfig, in_chans: int = 3) -> int:
     return 1 if cfg.motion_color == "gray" else in_chans
 
 
-def _select(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
-    if index is None:
-        return x
-    return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
-
-
 def appearance_target(
     clip01: torch.Tensor, cfg: ObjectiveConfig, tubelet: int, patch: int, index: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """(B, N or M, tubelet*p*p*C). `index` (B, M): keep only these tokens (normalising only them)."""
     t = num_appearance_frames(clip01, cfg)
-    x = _select(patchify(clip01[:, :, :t], tubelet, patch), index)
+    x = patchify(clip01[:, :, :t], tubelet, patch, index)
     return normalize_cubes(x, clip01.shape[1], cfg.norm_eps) if cfg.appearance_norm else x
 
 
@@ -117,5 +118,5 @@ def motion_target(
 ) -> torch.Tensor:
     """(B, N or M, tubelet*p*p*C') with C' = 1 (gray) or C. `index` (B, M): keep only these tokens."""
     d = motion_frames(clip01, cfg)
-    x = _select(patchify(d, tubelet, patch), index)
+    x = patchify(d, tubelet, patch, index)
     return normalize_cubes(x, d.shape[1], cfg.norm_eps) if cfg.motion_norm else x
