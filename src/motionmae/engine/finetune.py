@@ -238,8 +238,8 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
     summary.update(step=step, checkpoint=str(last_ckpt) if last_ckpt else None)
     if main:
         ev = summary.get("eval")
-        score = f"; val top-1 {100 * ev['top1']:.1f}% top-5 {100 * ev['top5']:.1f}%" if ev else ""
-        print(f"done: {step} steps; checkpoint {last_ckpt}{score}; metrics {run_dir / 'eval_metrics.json'}")
+        score = f"; val top-1 {100 * ev['top1']:.1f}% top-5 {100 * ev['top5']:.1f}% ({run_dir / 'eval_metrics.json'})" if ev else ""
+        print(f"done: {step} steps; checkpoint {last_ckpt}{score}; log {run_dir / 'metrics.jsonl'}")
     return summary
 
 
