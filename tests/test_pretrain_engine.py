@@ -152,3 +152,15 @@ def test_sigterm_saves_last_at_the_current_step_and_exits_143(videos, tmp_path):
     state = ck.read_state(run_dir)
     assert 1 <= state["step"] < 200 and state["step"] == max(r["step"] for r in _rows(run_dir))
     assert f"stopped by signal at step {state['step']}/200" in stdout
+
+
+def test_init_starts_a_new_run_from_given_weights(videos, tmp_path):
+    a = pretrain(_cfg(videos, tmp_path / "a", "train.batch_size=2", "train.max_steps=2"))
+    # lr 0 everywhere: the new run's weights stay exactly the ones it was initialised with
+    frozen = ["train.base_lr=0", "train.min_lr=0", "train.warmup_lr=0", "train.batch_size=2", "train.max_steps=1"]
+    b = pretrain(_cfg(videos, tmp_path / "b", *frozen, f"train.init={a['checkpoint']}"))
+    assert ck.read_state(tmp_path / "b")["step"] == 1  # a new run, not a resume of a's step 2
+    pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    with pytest.raises(C.UserError, match=r"train.init=.*does not match the model: missing \['motion_decoder"):
+        pretrain(_cfg(videos, tmp_path / "c", *frozen, "model.decoder=ind", f"train.init={a['checkpoint']}"))

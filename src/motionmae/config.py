@@ -120,6 +120,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    init: str = ""  # start from these weights (a motionmae checkpoint, e.g. converted VideoMAE); not a resume
     epochs: int = 400
     max_steps: int = 0  # >0: stop after this many optimiser steps (overrides epochs for the schedule)
     batch_size: int = 8  # per rank, per micro-step

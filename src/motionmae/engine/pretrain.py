@@ -70,6 +70,21 @@ def build_model(cfg: C.PretrainConfig) -> torch.nn.Module:
     return PretrainModel(cfg)
 
 
+def init_weights_from(model: torch.nn.Module, path: str) -> None:
+    """Load every tensor of a checkpoint's model into `model`; any missing, extra or mis-shaped key is an error."""
+    sd, _ = ck.load_model_state(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise UserError(
+            f"train.init={path} does not match the model: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+            f"shape mismatches {shapes[:8]} (convert it with the same model.decoder, or check model.* settings)"
+        )
+    model.load_state_dict(sd)
+
+
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for `train.amp`: 'none' -> None (fp32); 'bf16' -> bfloat16;
     'auto' -> bfloat16 on CUDA GPUs that support it and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
@@ -206,9 +221,12 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
     optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas)
     torch.manual_seed(D.derive_seed(t.seed, info.rank))  # any global-RNG use (drop path) differs per rank
 
-    # ---- resume
+    # ---- resume (or start from given weights)
     step, epoch, pos = 0, 0, 0  # pos: micro-batches of `epoch` already consumed
     ckpt_path = _resume_path(resume, run_dir)
+    if ckpt_path is None and t.init:
+        init_weights_from(model, t.init)
+        say(f"initialised from {t.init}")
     if ckpt_path is not None:
         state = ck.load_checkpoint(ckpt_path, model, optimizer, restore_rng=info.world_size == 1)
         step, epoch, pos = state["step"], state["epoch"], state["epoch_pos"]
