@@ -59,6 +59,7 @@ SETTINGS = {
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CASES = ("hf-videomae", "videomae", "motionmae-sha", "motionmae-ind")
+EXTRA_CASES = ("hf-videomae-eager",)  # transformers with its eager attention (its fastest choice for bf16 on CPU)
 MASK_RATIO = 0.9
 H100_BF16_PEAK = 989e12  # dense bf16 tensor-core FLOP/s of an H100 SXM (NVIDIA datasheet)
 ASSUMED_MFU = (0.25, 0.40)
@@ -74,7 +75,7 @@ def build_cfg(kind: str, setting: str) -> PretrainConfig:
     if "decoder" in s:
         d, n, h = s["decoder"]
         over += [f"model.decoder_embed_dim={d}", f"model.decoder_depth={n}", f"model.decoder_num_heads={h}"]
-    preset = "videomae" if kind == "hf-videomae" else kind
+    preset = "videomae" if kind.startswith("hf-") else kind
     return load_config(preset, over)
 
 
@@ -131,7 +132,7 @@ def make_mask(cfg: PretrainConfig, batch: int, seed: int = 0) -> torch.Tensor:
     return _make_mask(cfg.mask.kind, batch, cfg.model.grid(), cfg.mask.ratio, g)
 
 
-def build_hf(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, seed: int = 0) -> Case:
+def build_hf(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, seed: int = 0, attn: str = "sdpa") -> Case:
     import transformers
 
     from motionmae.interop.hf import hf_config_from_cfg
@@ -141,7 +142,7 @@ def build_hf(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, 
     cfg = replace(cfg, model=replace(cfg.model, pos_embed="sincos1d", pooling="first", **extra))
     hf_cfg = transformers.VideoMAEConfig(**hf_config_from_cfg(cfg, "pretrain"))
     torch.manual_seed(seed)
-    model = transformers.VideoMAEForPreTraining._from_config(hf_cfg, attn_implementation="sdpa").to(device).train()
+    model = transformers.VideoMAEForPreTraining._from_config(hf_cfg, attn_implementation=attn).to(device).train()
     m = cfg.model
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, m.num_frames, m.in_chans, m.img_size, m.img_size, generator=g).to(device)  # (B, T, C, H, W)
@@ -156,7 +157,8 @@ def build_hf(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, 
         opt.step()
         return loss.item()
 
-    return Case("transformers VideoMAE", cfg, model, step, mask, embed_all=True)
+    name = "transformers VideoMAE" + (f" ({attn} attention)" if attn != "sdpa" else "")
+    return Case(name, cfg, model, step, mask, embed_all=True)
 
 
 def build_ours(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, seed: int = 0) -> Case:
@@ -188,6 +190,8 @@ def cfg_label(cfg: PretrainConfig) -> str:
 def build_case(kind: str, setting: str, dtype: str, device: torch.device) -> Case:
     cfg = build_cfg(kind, setting)
     batch = SETTINGS[setting]["batch"]
+    if kind == "hf-videomae-eager":
+        return build_hf(cfg, batch, dtype, device, attn="eager")
     return (build_hf if kind == "hf-videomae" else build_ours)(cfg, batch, dtype, device)
 
 
@@ -250,7 +254,7 @@ def run_setting(setting: str, dtype: str, device: torch.device, memory: bool, ma
             setting=setting, dtype=dtype, case=kind, name=c.name, batch=s["batch"], step_s=t, clips_per_s=s["batch"] / t,
             times=times[c.name], gflop_per_step=flops / 1e9, achieved_gflops=flops / t / 1e9, matmul_probes=probes,
         )
-        if memory:
+        if memory and kind in CASES:
             row.update(peak_memory(kind, setting, dtype, str(device)))
         rows.append(row)
     del built
@@ -351,11 +355,12 @@ def main(argv=None) -> int:
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall: elapsed time; cpu: process CPU time (use with --threads 1 on a shared machine)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round (CI smoke test)")
+    p.add_argument("--cases", default=",".join(CASES), help="comma list of: " + ", ".join(CASES + EXTRA_CASES))
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
     p.add_argument("--json", default="", help="also write all rows (with every step time) to this file")
     p.add_argument("--update-docs", action="store_true", help=f"write the tables into {DOCS.relative_to(ROOT)}")
     p.add_argument("--profile", default="", metavar="SETTING", help="print a torch.profiler table of one case's step and exit")
-    p.add_argument("--profile-case", default="motionmae-sha", choices=CASES)
+    p.add_argument("--profile-case", default="motionmae-sha", choices=CASES + EXTRA_CASES)
     p.add_argument("--child-memory", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -382,7 +387,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for s in settings:
         for d in dtypes:
-            rows += run_setting(s, d, device, memory=not args.no_memory, matmul_n=n)
+            rows += run_setting(s, d, device, memory=not args.no_memory, matmul_n=n, cases=tuple(args.cases.split(",")))
             print(f"[{time.time() - t0:.0f}s] {s} {d} done", file=sys.stderr)
     for r in rows:
         peaks[r["dtype"]] = max([peaks[r["dtype"]]] + r["matmul_probes"])
