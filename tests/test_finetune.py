@@ -123,7 +123,7 @@ def test_clip_shape_follows_the_encoder():
 def test_pretraining_preset_gives_model_and_data_only_and_pretraining_run_is_never_resumed(synthetic, tmp_path):
     cfg = load_finetune_config("demo", [])
     demo = C.load_config("demo")
-    assert (cfg.model.size, cfg.model.img_size, cfg.data.sampling_rate) == (demo.model.size, demo.model.img_size, 1)
+    assert (cfg.model.size, cfg.model.img_size, cfg.data.sampling_rate) == (demo.model.size, demo.model.img_size, demo.data.sampling_rate)
     assert cfg.train.output_dir == "runs/finetune" and cfg.train.betas == (0.9, 0.999)  # not the pretraining recipe
 
     # a train.output_dir that holds a pretraining run: refuse to "resume" (and overwrite) it
