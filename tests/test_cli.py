@@ -69,3 +69,14 @@ def test_demo_story_end_to_end_tiny(tmp_path, capsys):
         assert f"  {line} " in text
     again = run_demo(tmp_path / "demo", overrides=tiny, num_train=8, num_val=4, probe=False)  # reuses data and the run
     assert "reusing" in capsys.readouterr().out and again["checkpoint"] == out["checkpoint"]
+
+
+def test_overrides_may_follow_options(capsys):
+    from motionmae.cli import main
+
+    # the override after `--resume none` is parsed as an override (and its typo reported), not rejected by argparse
+    assert main(["pretrain", "--config", "demo", "--resume", "none", "train.bacth_size=4"]) == 2
+    assert "unknown config key 'train.bacth_size'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--resume", "none", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
