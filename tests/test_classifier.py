@@ -15,13 +15,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # tiny models: a second thread only adds synchronisation
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def pretrained(*overrides):
     torch.manual_seed(0)

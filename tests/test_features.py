@@ -34,13 +34,6 @@ def pretrain_ckpt(tmp_path_factory):
     return path, model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: a second thread only waits
-    yield
-    torch.set_num_threads(n)
-
 
 def test_load_encoder_matches_pretraining_encoder(pretrain_ckpt):
     from motionmae import load_encoder

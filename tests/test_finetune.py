@@ -24,13 +24,6 @@ def synthetic(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("syn"), num_train=24, num_val=12, frames=8, size=32, workers=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: a second thread only waits
-    yield
-    torch.set_num_threads(n)
-
 
 def _model_tensors(path):
     return load_model_state(path)[0]

@@ -10,19 +10,11 @@ smoothing, warm-up + cosine, AdamW) is on.
 
 import json
 
-import pytest
 import torch
 
 from motionmae.engine.finetune import finetune
 from motionmae.engine.finetune_config import load_finetune_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: a second thread only waits
-    yield
-    torch.set_num_threads(n)
 
 
 def test_tiny_model_learns_arrow_of_time(tmp_path):

@@ -1,18 +1,10 @@
 import math
 
-import pytest
 import torch
 
 from motionmae.eval.knn import knn_accuracy, knn_scores
 from motionmae.eval.linear import linear_probe_accuracy
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: a second thread only waits
-    yield
-    torch.set_num_threads(n)
 
 
 def _clusters(n_per_class, num_classes, dim, spread, seed):

@@ -17,13 +17,6 @@ from motionmae.objective.masking import make_mask
 from motionmae.objective.targets import patchify, unpatchify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()  # tiny models: a second thread only adds synchronisation
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(**kw) -> ModelConfig:
     base = dict(embed_dim=32, depth=2, num_heads=4, num_frames=4, img_size=16, patch_size=4, tubelet_size=2)
