@@ -13,6 +13,7 @@ def _clusters(n_per_class, num_classes, dim, spread, seed):
     feats = centres[labels] + spread * torch.randn(labels.shape[0], dim, generator=g)
     return feats, labels, centres
 
+
 def test_knn_weighted_vote_by_hand():
     # query e0; one neighbour at cos 1 (class 0), two at cos 0.6 (class 1): DINO's exp(cos/0.07) lets the
     # single close neighbour outvote the two far ones, a plain majority vote would not.
@@ -25,10 +26,12 @@ def test_knn_weighted_vote_by_hand():
     # with a high temperature the weights flatten and the majority wins
     assert knn_scores(train, labels, torch.tensor([[2.0, 0.0]]), 3, k=3, temperature=100.0).argmax().item() == 1
 
+
 def test_knn_ignores_unlabelled_and_caps_k():
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     scores = knn_scores(train, torch.tensor([-1, 1]), torch.tensor([[1.0, 0.0]]), num_classes=2, k=50)
     assert scores[0, 0] == 0 and scores[0, 1] > 0
+
 
 def test_knn_and_linear_recover_gaussian_clusters():
     tr_x, tr_y, _ = _clusters(30, 5, 16, 0.5, seed=0)
@@ -40,6 +43,7 @@ def test_knn_and_linear_recover_gaussian_clusters():
     perm = torch.randperm(tr_y.shape[0], generator=torch.Generator().manual_seed(2))
     assert knn_accuracy(tr_x, tr_y[perm], te_x, te_y, 5, k=10) < 0.5
     assert linear_probe_accuracy(tr_x, tr_y[perm], te_x, te_y, 5, epochs=50, batch_size=32) < 0.5
+
 
 def test_linear_probe_finds_one_informative_direction_among_loud_ones():
     # label = sign of a small-scale coordinate; the other coordinates are 100x larger noise. The BatchNorm
