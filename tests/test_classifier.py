@@ -15,7 +15,6 @@ TINY = [
 ]
 
 
-
 def pretrained(*overrides):
     torch.manual_seed(0)
     cfg = load_config("motionmae-ind", TINY + list(overrides))

@@ -34,7 +34,6 @@ def pretrain_ckpt(tmp_path_factory):
     return path, model
 
 
-
 def test_load_encoder_matches_pretraining_encoder(pretrain_ckpt):
     from motionmae import load_encoder
 

@@ -24,7 +24,6 @@ def synthetic(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("syn"), num_train=24, num_val=12, frames=8, size=32, workers=1)
 
 
-
 def _model_tensors(path):
     return load_model_state(path)[0]
 

@@ -16,7 +16,6 @@ from motionmae.engine.finetune import finetune
 from motionmae.engine.finetune_config import load_finetune_config
 
 
-
 def test_tiny_model_learns_arrow_of_time(tmp_path):
     from motionmae.data.synthetic import make_dataset
 

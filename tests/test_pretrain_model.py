@@ -14,7 +14,6 @@ TINY = [
 ]
 
 
-
 def build(preset, *overrides, seed=0):
     torch.manual_seed(seed)
     cfg = load_config(preset, TINY + list(overrides))

@@ -17,7 +17,6 @@ from motionmae.objective.masking import make_mask
 from motionmae.objective.targets import patchify, unpatchify
 
 
-
 def tiny(**kw) -> ModelConfig:
     base = dict(embed_dim=32, depth=2, num_heads=4, num_frames=4, img_size=16, patch_size=4, tubelet_size=2)
     base.update(kw)
