@@ -179,7 +179,7 @@ def preset_dict(name: str) -> dict:
     """Overrides (nested dict) that a preset applies to the defaults."""
     yaml_path = _preset_dir() / f"{name}.yaml"
     if yaml_path.exists():
-        return _read_yaml_with_base(yaml_path)
+        return spec_dict(str(yaml_path))
     for kind in ("motionmae-sha", "motionmae-ind", "videomae"):
         if name == kind:
             return _objective_preset(kind)
@@ -190,15 +190,25 @@ def preset_dict(name: str) -> dict:
     raise UserError(f"unknown preset '{name}'; valid presets: {', '.join(preset_names())}")
 
 
-def _read_yaml_with_base(path: Path) -> dict:
+def spec_dict(spec: str, preset_fn=None) -> dict:
+    """Nested overrides of a preset name or a YAML path ('' -> {}). A YAML file may start from `preset: NAME`;
+    `preset_fn` (default `preset_dict`) turns a preset name into its dict."""
+    preset_fn = preset_fn or preset_dict
+    if not spec:
+        return {}
+    path = Path(spec)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        return preset_fn(spec)
+    if not path.exists():
+        raise UserError(f"config file not found: {spec}")
     try:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(d, dict):
-        raise UserError(f"{path}: expected a mapping of sections (model:, train:, ...)")
+        raise UserError(f"{path}: expected a mapping of sections (model:, data:, train:, ...)")
     base = d.pop("preset", None)
-    return _merge(preset_dict(base), d) if base else d
+    return _merge(preset_fn(base), d) if base else d
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -307,15 +317,7 @@ def parse_overrides(items) -> dict:
 
 def load_config(spec: str = "", overrides=(), cls=PretrainConfig):
     """`spec`: a preset name or a YAML path ('' = defaults); then `overrides` (`section.key=value`)."""
-    d: dict = {}
-    if spec:
-        p = Path(spec)
-        if p.suffix in (".yaml", ".yml") or p.exists():
-            if not p.exists():
-                raise UserError(f"config file not found: {spec}")
-            d = _read_yaml_with_base(p)
-        else:
-            d = preset_dict(spec)
+    d = spec_dict(spec)
     d = _merge(d, parse_overrides(overrides))
     return from_dict(cls, d)
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
 from motionmae.config import (
     DataConfig,
     ModelConfig,
@@ -24,6 +22,7 @@ from motionmae.config import (
     from_dict,
     parse_overrides,
     preset_dict,
+    spec_dict,
 )
 from motionmae.errors import UserError
 
@@ -95,24 +94,6 @@ def _preset_part(name: str) -> dict:
     return {k: v for k, v in preset_dict(name).items() if k in ("model", "data")}
 
 
-def _spec_dict(spec: str) -> dict:
-    if not spec:
-        return {}
-    p = Path(spec)
-    if not (p.suffix in (".yaml", ".yml") or p.exists()):
-        return _preset_part(spec)
-    if not p.exists():
-        raise UserError(f"config file not found: {spec}")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{p}: expected a mapping of sections (model:, data:, train:, finetune:, ...)")
-    base = d.pop("preset", None)
-    return _merge(_preset_part(base), d) if base else d
-
-
 def checkpoint_base(config_dict: Optional[dict]) -> dict:
     """The architecture and clip-format part of a checkpoint's saved config, as overrides."""
     if not config_dict:
@@ -127,7 +108,7 @@ def load_finetune_config(spec: str = "", overrides: Sequence[str] = (), checkpoi
     """Defaults -> checkpoint architecture -> preset/YAML `spec` -> overrides; returns a `cls` instance."""
     base = checkpoint_base(checkpoint_config)
     cli = parse_overrides(overrides)
-    user = _merge(_spec_dict(spec), cli)
+    user = _merge(spec_dict(spec, _preset_part), cli)
     d = _merge({"data": base.get("data", {})}, user)
     d = _merge(d, {"model": base.get("model", {})})  # the weights define the architecture, whatever the preset says
     d = _merge(d, {"model": cli.get("model", {})})  # ... unless overridden explicitly (e.g. another num_frames)
