@@ -131,3 +131,25 @@ def test_probe_cli_checkpoint_writes_json(synthetic, pretrain_ckpt, tmp_path):
 def test_probe_cli_random_init_needs_architecture(synthetic, capsys):
     rc = cli_main(["probe", "--random-init", "--train", synthetic["train"], "--val", synthetic["val"]])
     assert rc == 2 and "--random-init needs the architecture" in capsys.readouterr().err
+
+
+def test_extract_several_views_of_unlabeled_videos(synthetic, pretrain_ckpt, tmp_path):
+    from motionmae import load_encoder
+    from motionmae.data.transforms import to_model_input
+    from motionmae.eval.features import eval_dataset
+
+    path, _ = pretrain_ckpt
+    videos = f"{synthetic['out']}/val/*.mp4"  # a glob: no labels
+    out = tmp_path / "views.npy"
+    assert cli_main(["extract", "--checkpoint", str(path), "--data", videos, "--out", str(out), "--views", "2",
+                     "--device", "cpu", "--num-workers", "0", "--amp", "none"]) == 0
+    pooled = np.load(out)
+    assert pooled.shape == (12, 32) and (np.load(tmp_path / "views.labels.npy") == -1).all()
+    # by hand: the mean over video 5's two temporal views of the token mean
+    dc = C.DataConfig(num_frames=8, input_size=32, sampling_rate=1)
+    ds = eval_dataset(dc, videos, views=2)
+    item = ds[5]
+    assert item["video"].shape[0] == 2
+    with torch.no_grad():
+        f = load_encoder(path).forward_features(to_model_input(item["video"], dc.mean, dc.std)).mean(1).mean(0)
+    assert np.allclose(pooled[5], f.numpy(), atol=1e-4)

@@ -379,12 +379,14 @@ def collate(batch: List[dict]) -> dict:
 
 
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
-                  num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True) -> VideoClipDataset:
+                  num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
+                  require_labels: Optional[bool] = None) -> VideoClipDataset:
     """The dataset for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test').
 
     train split: random clips and crops (pretrain, finetune); val split: the centre clip and crop; mode 'test':
     K temporal x 3 spatial views (data.test_clips, data.test_crops). `num_frames` overrides data.num_frames and
-    `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels.
+    `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
+    `require_labels=False` (feature extraction over several views).
     """
     if split not in ("train", "val"):
         raise UserError(f"split must be 'train' or 'val', got '{split}'")
@@ -399,7 +401,9 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     entries, names = resolve_source(spec, data_cfg.root, class_names, data_cfg.list_format)
     if check_files:
         check_paths(entries)
-    if mode in ("finetune", "test") and not entries[0].label:
+    if require_labels is None:
+        require_labels = mode in ("finetune", "test")
+    if require_labels and not entries[0].label:
         raise UserError(f"data.{split}={spec} has no labels, but mode '{mode}' needs them "
                         "(use 'path label' lines or class folders)")
     ds_mode = "test" if mode == "test" else ("train" if split == "train" else "val")

@@ -84,7 +84,7 @@ def eval_dataset(data_cfg: DataConfig, source: str, views: int = 1, class_source
         raise UserError(f"views must be >= 1, got {views}")
     dc = dataclasses.replace(data_cfg, train=class_source or source, val=source, test_clips=views, test_crops=1)
     # mode 'pretrain' on the val split is the centre clip and crop and does not require labels
-    return build_dataset(dc, "val", mode="test" if views > 1 else "pretrain")
+    return build_dataset(dc, "val", mode="test" if views > 1 else "pretrain", require_labels=False)
 
 
 @torch.no_grad()
