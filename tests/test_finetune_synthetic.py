@@ -3,7 +3,7 @@
 The label is the arrow of time (forward vs reversed playback): the frames of both classes have the same
 distribution, only their order differs, so the model must use motion. 300 steps of batch 8 at 32 px with
 tubelet 4 (a token sees 4 frames; with tubelet 2 the same run ends anywhere between chance and 98% depending
-on the seed, with 4 it gave 96-99% on three seeds). Mixup, cutmix and random erasing are off (they slow a
+on the seed, with 4 it gave 96-99% on three seeds). Mixup, cutmix, random erasing and RandAugment are off (they slow a
 300-step run down a lot and have their own tests); the rest of the recipe (layer decay, drop path, label
 smoothing, warm-up + cosine, AdamW) is on.
 """
@@ -26,6 +26,7 @@ def test_tiny_model_learns_arrow_of_time(tmp_path):
         "model.img_size=32", f"data.train={data['train']}", f"data.val={data['val']}", "data.sampling_rate=1",
         "data.flip=false", "data.num_workers=0", "data.test_clips=1", "data.test_crops=1",
         "finetune.label_column=arrow", "finetune.mixup=0", "finetune.cutmix=0", "finetune.reprob=0",
+        "finetune.aa=none",
         "train.batch_size=8", "train.max_steps=300", "train.warmup_steps=10", "train.base_lr=0.032",  # lr 1e-3
         "train.amp=none", "train.device=cpu", "train.log_every=50", "train.save_every=1000",
         f"train.output_dir={tmp_path / 'run'}"])

@@ -233,15 +233,17 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 class VideoClipDataset(Dataset):
     """Clips from a list of `VideoEntry`.
 
-    mode: 'train' (random temporal sample, multi-scale crop, flip), 'val' (centre clip, short-side resize,
-    centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with "view" ids).
+    mode: 'train' (random temporal sample, multi-scale crop, flip, then RandAugment when `aa` is a spec such as
+    'rand-m7-n4-mstd0.5-inc1'), 'val' (centre clip, short-side resize, centre crop), 'test' (K temporal x
+    `test_crops` spatial views, returned stacked with "view" ids). `aa` is ignored outside 'train'.
     """
 
     def __init__(self, entries: Sequence[VideoEntry], *, num_frames: int = 16, sampling_rate: int = 4,
                  sampling: str = "dense", mode: str = "train", input_size: int = 224, short_side: int = 0,
                  scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66), flip: bool = True, num_samples: int = 1,
                  short_video: str = "loop", test_clips: int = 2, test_crops: int = 3, seed: int = 0,
-                 max_skip_fraction: float = 0.5, class_names: Optional[List[str]] = None, max_attempts: int = 50):
+                 max_skip_fraction: float = 0.5, class_names: Optional[List[str]] = None, max_attempts: int = 50,
+                 aa: str = ""):
         if mode not in ("train", "val", "test"):
             raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
         if sampling not in ("dense", "segment"):
@@ -266,6 +268,7 @@ class VideoClipDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.max_skip_fraction, self.max_attempts = max_skip_fraction, max_attempts
         self.class_names = class_names
+        self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
         self.num_labels = widths.pop()
         self._failed: Dict[int, str] = {}  # index -> error, per process (each worker holds its own copy)
         self._tried: set = set()
@@ -319,6 +322,8 @@ class VideoClipDataset(Dataset):
         clips = clip.split([len(g) for g in groups], dim=1)
         if self.mode == "train":
             views = [T.train_transform(c, self.input_size, self.scales, self.flip, gen) for c in clips]
+            if self.rand_augment is not None:
+                views = [self.rand_augment(v, gen) for v in views]
             return torch.stack(views) if self.num_samples > 1 else views[0], None
         views = [v for c in clips for v in T.eval_views(c, self.input_size, self.short_side,
                                                          self.test_crops if self.mode == "test" else 1)]
@@ -380,13 +385,14 @@ def collate(batch: List[dict]) -> dict:
 
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
-                  require_labels: Optional[bool] = None) -> VideoClipDataset:
+                  require_labels: Optional[bool] = None, aa: str = "") -> VideoClipDataset:
     """The dataset for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test').
 
     train split: random clips and crops (pretrain, finetune); val split: the centre clip and crop; mode 'test':
     K temporal x 3 spatial views (data.test_clips, data.test_crops). `num_frames` overrides data.num_frames and
     `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
-    `require_labels=False` (feature extraction over several views).
+    `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) applies
+    to the finetune train split only: pretraining clips are never augmented.
     """
     if split not in ("train", "val"):
         raise UserError(f"split must be 'train' or 'val', got '{split}'")
@@ -412,4 +418,5 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
         sampling=data_cfg.sampling, mode=ds_mode, input_size=data_cfg.input_size, short_side=data_cfg.short_side,
         scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
         short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
-        seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names)
+        seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names,
+        aa=aa if mode == "finetune" and split == "train" else "")

@@ -12,7 +12,7 @@ horizontal flip. Test: `short_side_resize`, then `center_crop` or `three_crop` (
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -147,3 +147,274 @@ def to_model_input(clips: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, c, 1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, c, 1, 1, 1)
     return ((x - m) / s).to(dtype).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# RandAugment for clips (timm's `rand-m{M}-n{N}-mstd{S}-inc1`, as VideoMAE fine-tuning uses it)
+#
+# One draw of ops and parameters per clip, applied identically to every frame: a clip stays a video of one
+# scene. The ops follow PIL's definitions (what timm calls per frame), on uint8 after every op. Statistics of
+# the data-dependent ops (AutoContrast, Equalize, Contrast's mean) are taken over the whole clip, so even
+# these map a pixel value the same way in every frame (timm/VideoMAE compute them per frame).
+
+RAND_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
+            "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+# 'inc1': severity grows with the magnitude for every op (timm's _RAND_INCREASING_TRANSFORMS)
+RAND_INCREASING_OPS = tuple(n + "Increasing" if n in ("Posterize", "Solarize", "Color", "Contrast", "Brightness", "Sharpness")
+                            else n for n in RAND_OPS)
+FILL = 128  # timm's fill colour for pixels that geometric ops bring in from outside the frame
+
+
+def _signed(v: float, generator: torch.Generator) -> float:
+    return -v if float(torch.rand((), generator=generator)) > 0.5 else v
+
+
+def rand_augment_arg(name: str, magnitude: float, generator: torch.Generator):
+    """timm's level -> argument for op `name` at `magnitude` in [0, 10] (signs drawn from `generator`)."""
+    m = magnitude / 10.0
+    if name in ("AutoContrast", "Equalize", "Invert"):
+        return None
+    if name == "Rotate":
+        return _signed(30.0 * m, generator)  # degrees, counter-clockwise
+    if name in ("ShearX", "ShearY"):
+        return _signed(0.3 * m, generator)
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return _signed(0.45 * m, generator)  # fraction of the width / height
+    if name == "Posterize":
+        return int(4 * m)  # bits kept (timm's RandAugment: 0..4)
+    if name == "PosterizeIncreasing":
+        return 4 - int(4 * m)
+    if name == "Solarize":
+        return int(256 * m)  # threshold
+    if name == "SolarizeIncreasing":
+        return 256 - int(256 * m)
+    if name == "SolarizeAdd":
+        return int(110 * m)
+    if name in ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing"):
+        return max(0.1, 1.0 + _signed(0.9 * m, generator))  # enhance factor 1 +- 0.9 m
+    if name in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return 1.8 * m + 0.1
+    raise ValueError(f"unknown RandAugment op '{name}'")
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float -> uint8 by truncation, as PIL's blend (ImageEnhance) stores its result."""
+    return x.clamp_(0, 255).to(torch.uint8)
+
+
+def _gray(clip: torch.Tensor) -> torch.Tensor:
+    """PIL's 'L' conversion (ITU-R 601-2 luma in 16-bit fixed point): int32 (1, T, H, W)."""
+    if clip.shape[0] != 3:
+        return clip.int().sum(0, keepdim=True) // clip.shape[0]
+    r, g, b = clip.int().unbind(0)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).unsqueeze(0)
+
+
+def _blend(degenerate: torch.Tensor, clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """PIL's Image.blend(degenerate, clip, factor): degenerate + factor * (clip - degenerate)."""
+    d = degenerate.float()
+    return _to_uint8(d + factor * (clip.float() - d))
+
+
+def _lut(clip: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Per-channel lookup: table (C, 256) uint8."""
+    c = clip.shape[0]
+    offset = (torch.arange(c, device=clip.device) * 256).view(c, 1, 1, 1)
+    return table.reshape(-1)[clip.long() + offset]
+
+
+def _channel_hist(clip: torch.Tensor) -> torch.Tensor:
+    c = clip.shape[0]
+    offset = (torch.arange(c, device=clip.device) * 256).view(c, 1, 1, 1)
+    return torch.bincount((clip.long() + offset).reshape(-1), minlength=256 * c).view(c, 256)
+
+
+def autocontrast(clip: torch.Tensor) -> torch.Tensor:
+    """Stretch each channel's [min, max] over the clip to [0, 255] (PIL ImageOps.autocontrast, cutoff 0)."""
+    tables = []
+    for ch in clip.reshape(clip.shape[0], -1):
+        lo, hi = int(ch.min()), int(ch.max())
+        if hi <= lo:
+            tables.append(torch.arange(256))
+            continue
+        scale = 255.0 / (hi - lo)
+        tables.append(torch.tensor([min(max(int(i * scale - lo * scale), 0), 255) for i in range(256)]))
+    return _lut(clip, torch.stack(tables).to(torch.uint8).to(clip.device))
+
+
+def equalize(clip: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation per channel over the clip (PIL ImageOps.equalize)."""
+    tables = []
+    for h in _channel_hist(clip).cpu():
+        used = h[h > 0]
+        step = int(used.sum() - used[-1]) // 255 if len(used) > 1 else 0
+        if step == 0:
+            tables.append(torch.arange(256))
+            continue
+        before = torch.cat([torch.zeros(1, dtype=h.dtype), h.cumsum(0)[:-1]])  # pixels below each value
+        tables.append(((before + step // 2) // step).clamp(max=255))
+    return _lut(clip, torch.stack(tables).to(torch.uint8).to(clip.device))
+
+
+def posterize(clip: torch.Tensor, bits: int) -> torch.Tensor:
+    """Keep the top `bits` bits (0 bits: black)."""
+    if bits >= 8:
+        return clip
+    return clip & ((0xFF << (8 - max(bits, 0))) & 0xFF)
+
+
+def solarize(clip: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Invert the pixels >= threshold."""
+    if threshold > 255:  # (a uint8 comparison with 256 would wrap to 0)
+        return clip
+    return torch.where(clip < max(threshold, 0), clip, 255 - clip)
+
+
+def solarize_add(clip: torch.Tensor, add: int, threshold: int = 128) -> torch.Tensor:
+    """Add `add` (saturating) to the pixels < threshold."""
+    return torch.where(clip.short() < threshold, (clip.short() + add).clamp_(0, 255).to(torch.uint8), clip)
+
+
+def sharpness(clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """Blend with PIL's SMOOTH filter (3x3 [[1,1,1],[1,5,1],[1,1,1]] / 13, border pixels kept)."""
+    if min(clip.shape[-2:]) < 3:
+        return clip
+    x = clip.short()  # 13 * 255 fits: integer sums are exact and 3x faster than a float conv2d
+    rows = x[..., :-2] + x[..., 1:-1] + x[..., 2:]
+    s = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :] + 4 * x[..., 1:-1, 1:-1]
+    smooth = x.clone()
+    smooth[..., 1:-1, 1:-1] = (2 * s + 13) // 26  # round(s / 13); no ties for integer s
+    return _blend(smooth, clip, factor)
+
+
+def affine(clip: torch.Tensor, matrix: Sequence[Sequence[float]], fill: int = FILL) -> torch.Tensor:
+    """Resample every frame at input = matrix @ (x, y, 1) for each output pixel (x, y), in pixel units with the
+    origin at the top-left corner (PIL's Image.transform(AFFINE) convention); bilinear, `fill` outside."""
+    c, t, h, w = clip.shape
+    a = torch.eye(3, dtype=torch.float64)
+    a[:2] = torch.as_tensor(matrix, dtype=torch.float64)
+    norm = torch.tensor([[2.0 / w, 0, -1], [0, 2.0 / h, -1], [0, 0, 1]], dtype=torch.float64)  # pixels -> [-1, 1]
+    theta = (norm @ a @ torch.linalg.inv(norm))[:2].float().unsqueeze(0).to(clip.device)
+    grid = F.affine_grid(theta, [1, c * t, h, w], align_corners=False)
+    # sampling (x - fill) with zero padding brings `fill` in from outside (with a blended edge, like antialiasing)
+    x = clip.reshape(1, c * t, h, w).float() - fill
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    return y.round_().clamp_(0, 255).to(torch.uint8).view(c, t, h, w)
+
+
+def rotate(clip: torch.Tensor, degrees: float, fill: int = FILL) -> torch.Tensor:
+    """Rotate counter-clockwise about the frame centre (PIL Image.rotate)."""
+    h, w = clip.shape[-2:]
+    a = np.deg2rad(degrees)
+    cos, sin = round(float(np.cos(a)), 15), round(float(np.sin(a)), 15)  # exact for multiples of 90
+    cx, cy = w / 2.0, h / 2.0
+    return affine(clip, [[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]], fill)
+
+
+def apply_op(clip: torch.Tensor, name: str, arg=None) -> torch.Tensor:
+    """One RandAugment op (names of RAND_OPS / RAND_INCREASING_OPS) with its argument on uint8 (C, T, H, W)."""
+    base = name[: -len("Increasing")] if name.endswith("Increasing") else name
+    h, w = clip.shape[-2:]
+    if base == "AutoContrast":
+        return autocontrast(clip)
+    if base == "Equalize":
+        return equalize(clip)
+    if base == "Invert":
+        return 255 - clip
+    if base == "Rotate":
+        return rotate(clip, arg)
+    if base == "Posterize":
+        return posterize(clip, arg)
+    if base == "Solarize":
+        return solarize(clip, arg)
+    if base == "SolarizeAdd":
+        return solarize_add(clip, arg)
+    if base == "Color":
+        return _blend(_gray(clip), clip, arg)
+    if base == "Contrast":
+        mean = int(_gray(clip).double().mean() + 0.5)
+        return _blend(torch.full((), mean), clip, arg)
+    if base == "Brightness":
+        return _blend(torch.zeros(()), clip, arg)
+    if base == "Sharpness":
+        return sharpness(clip, arg)
+    if base == "ShearX":
+        return affine(clip, [[1, arg, 0], [0, 1, 0]])
+    if base == "ShearY":
+        return affine(clip, [[1, 0, 0], [arg, 1, 0]])
+    if base == "TranslateXRel":
+        return affine(clip, [[1, 0, arg * w], [0, 1, 0]])
+    if base == "TranslateYRel":
+        return affine(clip, [[1, 0, 0], [0, 1, arg * h]])
+    raise ValueError(f"unknown RandAugment op '{name}'")
+
+
+def rand_augment(clip: torch.Tensor, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5,
+                 generator: torch.Generator = None, increasing: bool = True, prob: float = 0.5,
+                 magnitude_max: float = 10.0) -> torch.Tensor:
+    """RandAugment on a uint8 clip (C, T, H, W): `num_ops` ops drawn uniformly (with replacement), each applied
+    with probability `prob` at a magnitude ~ N(magnitude, magnitude_std) clipped to [0, magnitude_max]
+    (uniform in [0, magnitude] when magnitude_std is inf); the same ops and arguments for every frame."""
+    if clip.dtype != torch.uint8 or clip.dim() != 4:
+        raise ValueError(f"rand_augment expects a uint8 (C, T, H, W) clip, got {clip.dtype} {tuple(clip.shape)}")
+    names = RAND_INCREASING_OPS if increasing else RAND_OPS
+    for i in torch.randint(0, len(names), (num_ops,), generator=generator).tolist():
+        if float(torch.rand((), generator=generator)) > prob:
+            continue
+        m = magnitude
+        if magnitude_std == float("inf"):
+            m = magnitude * float(torch.rand((), generator=generator))
+        elif magnitude_std > 0:
+            m = magnitude + magnitude_std * float(torch.randn((), generator=generator))
+        m = min(max(m, 0.0), magnitude_max)
+        clip = apply_op(clip, names[i], rand_augment_arg(names[i], m, generator))
+    return clip
+
+
+class RandAugment:
+    """`rand_augment` with fixed settings, built from a timm-style spec such as 'rand-m7-n4-mstd0.5-inc1'
+    (keys: m magnitude, n ops, mstd magnitude std (> 100: uniform), mmax magnitude cap, inc 0/1, p op prob)."""
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5, increasing: bool = True,
+                 prob: float = 0.5, magnitude_max: float = 10.0):
+        self.num_ops, self.magnitude, self.magnitude_std = num_ops, magnitude, magnitude_std
+        self.increasing, self.prob, self.magnitude_max = increasing, prob, magnitude_max
+
+    @classmethod
+    def from_spec(cls, spec: str, key: str = "aa") -> Optional["RandAugment"]:
+        """None for '' / 'none'; a UserError naming `key` for anything that is not a valid 'rand-...' spec."""
+        from motionmae.errors import UserError
+
+        spec = (spec or "").strip()
+        if spec.lower() in ("", "none", "off"):
+            return None
+        parts = spec.split("-")
+        if parts[0] != "rand":
+            raise UserError(f"{key}='{spec}': only RandAugment specs are supported, e.g. 'rand-m7-n4-mstd0.5-inc1' "
+                            "(or '' / 'none' to turn it off)")
+        kw = dict(num_ops=2, magnitude=10.0, magnitude_std=0.0, increasing=False, prob=0.5, magnitude_max=10.0)  # timm
+        fields = {"m": ("magnitude", float), "n": ("num_ops", int), "mstd": ("magnitude_std", float),
+                  "mmax": ("magnitude_max", float), "inc": ("increasing", lambda v: bool(int(v))), "p": ("prob", float)}
+        for part in parts[1:]:
+            k = part.rstrip("0123456789.")
+            if k not in fields or k == part:
+                raise UserError(f"{key}='{spec}': cannot read '{part}'; expected parts m<magnitude>, n<ops>, mstd<std>, "
+                                "mmax<max>, inc<0|1>, p<prob>, e.g. 'rand-m7-n4-mstd0.5-inc1'")
+            name, conv = fields[k]
+            try:
+                kw[name] = conv(part[len(k):])
+            except ValueError:
+                raise UserError(f"{key}='{spec}': '{part}' has no valid number") from None
+        if kw["magnitude_std"] > 100:
+            kw["magnitude_std"] = float("inf")
+        if kw["num_ops"] < 0 or not 0 <= kw["prob"] <= 1:
+            raise UserError(f"{key}='{spec}': need n >= 0 and 0 <= p <= 1")
+        return cls(**kw)
+
+    def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return rand_augment(clip, self.num_ops, self.magnitude, self.magnitude_std, generator, self.increasing,
+                            self.prob, self.magnitude_max)
+
+    def __repr__(self):
+        return (f"RandAugment(n={self.num_ops}, m={self.magnitude}, mstd={self.magnitude_std}, inc={int(self.increasing)}, "
+                f"p={self.prob})")
