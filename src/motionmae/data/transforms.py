@@ -225,15 +225,17 @@ def _lut(clip: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     table = table.to(device=clip.device, dtype=torch.uint8)
     if table.dim() == 1:
         return torch.take(table, clip.long())
+    return torch.take(table.reshape(-1), _channel_index(clip))
+
+
+def _channel_index(clip: torch.Tensor) -> torch.Tensor:
+    """Pixel value + 256 * channel: the index into a flattened (C, 256) table."""
     c = clip.shape[0]
-    offset = (torch.arange(c, device=clip.device) * 256).view(c, 1, 1, 1)
-    return torch.take(table.reshape(-1), clip.long() + offset)
+    return clip.long() + (torch.arange(c, device=clip.device) * 256).view(c, 1, 1, 1)
 
 
 def _channel_hist(clip: torch.Tensor) -> torch.Tensor:
-    c = clip.shape[0]
-    offset = (torch.arange(c, device=clip.device) * 256).view(c, 1, 1, 1)
-    return torch.bincount((clip.long() + offset).reshape(-1), minlength=256 * c).view(c, 256)
+    return torch.bincount(_channel_index(clip).reshape(-1), minlength=256 * clip.shape[0]).view(clip.shape[0], 256)
 
 
 def autocontrast(clip: torch.Tensor) -> torch.Tensor:
