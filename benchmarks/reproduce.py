@@ -9,7 +9,7 @@ on a motion label. Everything goes through the project's own Python APIs (`data.
 
     python benchmarks/reproduce.py                  # full run (~25 min of CPU time on 2 cores)
     python benchmarks/reproduce.py --update-docs    # ... and write docs/RESULTS.md + docs/results_*.png
-    python benchmarks/reproduce.py --ablation       # also the ablation runs (masking / target normalisation / gap)
+    python benchmarks/reproduce.py --ablation all   # also the ablations (target normalisation / masking / gap)
     python benchmarks/reproduce.py --quick          # tiny, seconds (CI)
 
 Runs are resumable: a finished run (its final checkpoint exists) is not trained again; probe features are cached.
@@ -147,8 +147,8 @@ def random_probe(setup: Setup, data: Path, seed: int, quiet: bool) -> Dict[str, 
     return probe(setup, random_encoder(cfg.model, seed), data, quiet)
 
 
-def finetune_run(setup: Setup, checkpoint: Path, data: Path, seed: int, run_dir: Path, quiet: bool) -> float:
-    """Short fine-tune on `setup.finetune_column`; returns val top-1."""
+def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int, run_dir: Path, quiet: bool) -> float:
+    """Short fine-tune on `setup.finetune_column` (from `checkpoint`, or from a random init); returns val top-1."""
     from motionmae.engine.checkpoint import load_model_state
     from motionmae.engine.finetune import finetune
     from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
@@ -164,9 +164,12 @@ def finetune_run(setup: Setup, checkpoint: Path, data: Path, seed: int, run_dir:
         f"train.base_lr={setup.finetune_lr * 256 / setup.batch_size}", f"train.warmup_steps={max(1, setup.finetune_steps // 10)}",
         f"train.amp={setup.amp}", f"train.seed={seed}", f"train.save_every={10 * setup.finetune_steps}", f"train.output_dir={run_dir}",
     ]
-    cfg = load_finetune_config("", over, load_model_state(checkpoint)[1], cls=FinetuneConfig)
+    if checkpoint is None:  # the same architecture, randomly initialised
+        over += list(setup.model) + [f"model.num_frames={setup.frames}", f"model.img_size={setup.size}",
+                                     f"data.sampling_rate={setup.sampling_rate}"]
+    cfg = load_finetune_config("", over, load_model_state(checkpoint)[1] if checkpoint else None, cls=FinetuneConfig)
     with _quiet(quiet):
-        summary = finetune(cfg, pretrained=str(checkpoint), resume="none")
+        summary = finetune(cfg, pretrained=str(checkpoint) if checkpoint else "", resume="none")
     return summary["eval"]["top1"]
 
 
@@ -198,10 +201,18 @@ class Result:
     minutes: float = 0.0
 
 
-def run_all(setup: Setup, out: Path, names: Dict[str, tuple], quiet: bool, log=print) -> Dict[str, List[Result]]:
+RANDOM = "random init (no pretraining)"
+
+
+def run_all(setup: Setup, out: Path, names: Dict[str, tuple], quiet: bool, log=print, baseline: bool = True) -> Dict[str, List[Result]]:
+    """Every (seed, name) run; with `baseline`, also the random-init encoder (probe and fine-tune from scratch)."""
     data = make_data(setup, out, quiet)
-    results: Dict[str, List[Result]] = {n: [] for n in names}
+    results: Dict[str, List[Result]] = ({RANDOM: []} if baseline else {}) | {n: [] for n in names}
     step0 = {seed: random_probe(setup, data, seed, quiet) for seed in setup.seeds}
+    for seed in setup.seeds if baseline else ():
+        r = Result(RANDOM, seed, probes={0: step0[seed]})
+        r.finetune_top1 = finetune_run(setup, None, data, seed, out / "finetune" / f"random-init-seed{seed}", quiet)
+        results[RANDOM].append(r)
     for seed in setup.seeds:
         for name, (preset, extra) in names.items():
             t0 = time.time()
@@ -289,6 +300,8 @@ def curves(results: Dict[str, List[Result]], key: str):
         if not rs:
             continue
         steps = sorted({m["step"] for m in rs[0].metrics if key in m})
+        if not steps:
+            continue
         means, stds = [], []
         for s in steps:
             m, sd = mean_std([x[key] for r in rs for x in r.metrics if x.get("step") == s and key in x])
@@ -304,6 +317,8 @@ def probe_curves(results: Dict[str, List[Result]], columns: Sequence[str], metho
         if not rs:
             continue
         steps = sorted({s for r in rs for s in r.probes})
+        if len(steps) < 2:  # the random-init baseline is every curve's first point
+            continue
         means, stds = [], []
         for s in steps:
             m, sd = mean_std([100 * sum(r.probes[s][c][method] for c in columns) / len(columns) for r in rs if s in r.probes])
@@ -382,7 +397,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny everything, one seed (CI smoke test)")
     p.add_argument("--seeds", default="", help="comma list (default 0,1,2)")
     p.add_argument("--steps", type=int, default=0, help="pretraining steps (default 600)")
-    p.add_argument("--ablation", action="store_true", help="also run the ablations (one seed each unless --ablation-seeds)")
+    p.add_argument("--ablation", default="", help="'all' or a comma list of ablation names (" + ", ".join(ABLATIONS) + ")")
     p.add_argument("--ablation-seeds", default="0")
     p.add_argument("--only", default="", help="comma list of model / ablation names to run (default: the three models)")
     p.add_argument("--update-docs", action="store_true", help="write docs/RESULTS.md and docs/results_*.png")
@@ -413,8 +428,12 @@ def main(argv=None) -> int:
     results = run_all(setup, out, names, quiet, log)
     ablation = None
     if args.ablation:
+        chosen = list(ABLATIONS) if args.ablation == "all" else args.ablation.split(",")
+        for n in chosen:
+            if n not in ABLATIONS:
+                p.error(f"--ablation: unknown name '{n}'; valid: {', '.join(ABLATIONS)}")
         ab_setup = Setup(**{**setup.__dict__, "seeds": tuple(int(s) for s in args.ablation_seeds.split(","))})
-        ablation = run_all(ab_setup, out, ABLATIONS, quiet, log)
+        ablation = run_all(ab_setup, out, {n: ABLATIONS[n] for n in chosen}, quiet, log, baseline=False)
     seconds = time.time() - t0
     command = "python benchmarks/reproduce.py" + " ".join([""] + [a for a in (argv if argv is not None else sys.argv[1:])])
     docs_dir = DOCS if args.update_docs else out

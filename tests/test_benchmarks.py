@@ -81,7 +81,9 @@ def test_reproduce_quick_end_to_end(tmp_path):
     assert reproduce.main(["--quick", "--out", str(tmp_path)]) == 0
     out = tmp_path / "quick"
     res = json.loads((out / "results.json").read_text())["results"]
-    assert set(res) == set(reproduce.KINDS)
+    assert set(res) == set(reproduce.KINDS) | {reproduce.RANDOM}
+    (base,) = res.pop(reproduce.RANDOM)  # probed at step 0 and fine-tuned from scratch
+    assert list(base["probes"]) == ["0"] and 0.0 <= base["finetune_top1"] <= 1.0
     for runs in res.values():
         (r,) = runs  # one seed
         steps = sorted(int(s) for s in r["probes"])
@@ -131,3 +133,18 @@ def test_patchify_with_index_equals_gather_of_full_patchify():
     full = patchify(x, 2, 4)
     expected = torch.gather(full, 1, index[..., None].expand(-1, -1, full.shape[-1]))
     assert torch.equal(patchify(x, 2, 4, index), expected)
+
+
+@pytest.mark.parametrize("kind", ["videomae", "motionmae-ind"])
+def test_step0_probe_is_the_encoder_pretraining_starts_from(kind):
+    """reproduce.py probes `random_encoder(cfg.model, seed)` as step 0 of every run: that is only right if the
+    pretraining model, seeded the same way (engine/pretrain.py), builds exactly that encoder."""
+    from motionmae.engine.pretrain import build_model
+    from motionmae.eval.probe import random_encoder
+
+    cfg = step.build_cfg(kind, "quick")
+    torch.manual_seed(3)
+    ours = build_model(cfg).encoder.state_dict()
+    ref = random_encoder(cfg.model, 3).state_dict()
+    assert ours.keys() == ref.keys()
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
