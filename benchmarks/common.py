@@ -181,7 +181,7 @@ def line_plot(
     for _, ys, sd in series.values():
         for i, y in enumerate(ys):
             e = sd[i] if sd is not None else 0.0
-            ys_all += [f(y - e) if logy and y - e > 0 else f(y), f(y + e)]
+            ys_all += [f(max(y - e, 1e-12)) if logy else y - e, f(y + e)]
     ys_all = [y for y in ys_all if y == y and abs(y) != float("inf")]
     if not xs_all or not ys_all:
         img.save(path)
@@ -220,7 +220,7 @@ def line_plot(
         pts = [px(x, y) for x, y in zip(xs, ys)]
         if len(pts) > 1:
             d.line(pts, fill=c, width=2)
-        for p in pts:
+        for p in pts if len(pts) <= 30 else ():  # markers only on sparse series
             d.ellipse([p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2], fill=c)
         ly = top + 8 + 18 * k
         d.line([w - right + 10, ly + 6, w - right + 30, ly + 6], fill=c, width=3)

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ ABLATIONS = {
     "videomae raw-pixel target": ("videomae", ("objective.appearance_norm=false",)),
     "sha raw targets": ("motionmae-sha", ("objective.appearance_norm=false", "objective.motion_norm=false")),
     "sha tube mask": ("motionmae-sha", ("mask.kind=tube",)),
+    "videomae per-slice mask": ("videomae", ("mask.kind=per_slice",)),
     "sha gap 2": ("motionmae-sha", ("objective.motion_gap=2",)),
 }
 
@@ -332,12 +334,12 @@ def plots(results: Dict[str, List[Result]], out_dir: Path, prefix: str = "result
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     p = out_dir / f"{prefix}_loss.png"
-    line_plot(p, curves(results, "loss_appearance"), "appearance reconstruction loss (mean ± std over seeds)", "step", "MSE", logy=True)
+    line_plot(p, curves(results, "loss_appearance"), "appearance reconstruction loss (mean ± std over seeds)", "step", "MSE")
     paths.append(p)
     motion = {n: c for n, c in curves(results, "loss_motion").items() if n != "videomae" and any(v > 0 for v in c[1])}
     if motion:
         p = out_dir / f"{prefix}_motion_loss.png"
-        line_plot(p, motion, "motion (frame difference) reconstruction loss", "step", "MSE", logy=True)
+        line_plot(p, motion, "motion (frame difference) reconstruction loss", "step", "MSE")
         paths.append(p)
     for tag, cols in (("motion", MOTION_COLUMNS), ("class", ("class",))):
         p = out_dir / f"{prefix}_probe_{tag}.png"
@@ -355,8 +357,9 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
     lines = [
         "# Results: does the motion target help? (small-scale reproduction)",
         "",
-        f"Command: `{command}` ({seconds / 60:.0f} min on this machine). Machine and settings below; every number "
-        "is mean ± std over seeds " + ", ".join(map(str, setup.seeds)) + " (same data, steps, seed per model).",
+        f"Command: `{command}`. Finished runs are reused (runs are resumable), so the time of the last invocation "
+        f"({seconds / 60:.0f} min) is not the cost of the experiment: see the end of this page. Every number is "
+        "mean ± std over seeds " + ", ".join(map(str, setup.seeds)) + " (same data, steps and seed for every model).",
         "",
         f"- Data: the built-in synthetic set (`motionmae make-dataset`), {setup.num_train} train / {setup.num_val} val videos, "
         f"{setup.video_frames} frames at {setup.size}x{setup.size}; labels: class (glyph shape: appearance), direction, "
@@ -365,7 +368,7 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
         f"mask ratio {setup.mask_ratio}; videomae = tube masking + no motion head; motionmae = per-slice masking + motion head.",
         f"- Pretraining: {setup.steps} steps x batch {setup.batch_size}, AdamW, peak lr {setup.lr:g}, warm-up {setup.warmup}, "
         f"cosine, {setup.amp if setup.amp != 'none' else 'fp32'}.",
-        f"- Evaluation: frozen encoder, mean-pooled features; k-NN (k=20, DINO weighting) and linear probe "
+        f"- Evaluation: frozen encoder, mean-pooled features; k-NN (DINO weighting) and linear probe "
         f"({', '.join(setup.probe)}) at steps 0 (random init) and every {setup.probe_every} steps; fine-tune "
         f"{setup.finetune_steps} steps on `{setup.finetune_column}` (layer decay 0.75, no mixup), val top-1.",
         "",
@@ -435,7 +438,7 @@ def main(argv=None) -> int:
         ab_setup = Setup(**{**setup.__dict__, "seeds": tuple(int(s) for s in args.ablation_seeds.split(","))})
         ablation = run_all(ab_setup, out, {n: ABLATIONS[n] for n in chosen}, quiet, log, baseline=False)
     seconds = time.time() - t0
-    command = "python benchmarks/reproduce.py" + " ".join([""] + [a for a in (argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/reproduce.py"] + list(argv if argv is not None else sys.argv[1:]))
     docs_dir = DOCS if args.update_docs else out
     pictures = plots(results, docs_dir)
     text = report(results, setup, command, pictures, docs_dir, ablation, seconds)

@@ -217,16 +217,28 @@ def time_cases(cases: List[Case], repeats: int, warmup: int, probe: Optional[Cal
     return times, probes
 
 
-def peak_memory_child(kind: str, setting: str, dtype: str, device: str) -> dict:
-    """Run in a fresh process: build one case, take a few steps, report ru_maxrss growth (MiB)."""
+def _peak_rss_mib() -> float:
+    """Peak RSS of this process so far. Linux: VmHWM, which starts afresh at exec (ru_maxrss does not: a child
+    of a big benchmark process would inherit the parent's peak); elsewhere ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def peak_memory_child(kind: str, setting: str, dtype: str, device: str) -> dict:
+    """Run in a fresh process: build one case, take a few steps, report the peak RSS and its growth (MiB)."""
+    before = _peak_rss_mib()  # torch and the imports
     dev = torch.device(device)
     case = build_case(kind, setting, dtype, dev)
     for _ in range(3):
         case.step()
-    out = {"rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20}
-    out["rss_growth_mib"] = out["rss_peak_mib"] - before / 2**20
+    out = {"rss_peak_mib": _peak_rss_mib()}
+    out["rss_growth_mib"] = out["rss_peak_mib"] - before
     if dev.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return out
@@ -361,6 +373,7 @@ def main(argv=None) -> int:
     p.add_argument("--update-docs", action="store_true", help=f"write the tables into {DOCS.relative_to(ROOT)}")
     p.add_argument("--profile", default="", metavar="SETTING", help="print a torch.profiler table of one case's step and exit")
     p.add_argument("--profile-case", default="motionmae-sha", choices=CASES + EXTRA_CASES)
+    p.add_argument("--from-json", default="", help="no timing: rebuild the report from a --json file (re-measuring memory unless --no-memory)")
     p.add_argument("--child-memory", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -382,17 +395,26 @@ def main(argv=None) -> int:
         if s not in SETTINGS:
             p.error(f"unknown setting '{s}'; valid: {', '.join(SETTINGS)}")
     n = 256 if args.quick else 2048
-    peaks = {d: matmul_peak(DTYPES[d], n=n, device=args.device) for d in dtypes}
-    rows = []
     t0 = time.time()
-    for s in settings:
-        for d in dtypes:
-            rows += run_setting(s, d, device, memory=not args.no_memory, matmul_n=n, cases=tuple(args.cases.split(",")))
-            print(f"[{time.time() - t0:.0f}s] {s} {d} done", file=sys.stderr)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        rows, peaks = saved["rows"], saved["peaks"]
+        for r in rows:
+            if not args.no_memory and r["case"] in CASES:
+                r.update(peak_memory(r["case"], r["setting"], r["dtype"], args.device))
+    else:
+        peaks = {d: matmul_peak(DTYPES[d], n=n, device=args.device) for d in dtypes}
+        rows = []
+        for s in settings:
+            for d in dtypes:
+                rows += run_setting(s, d, device, memory=not args.no_memory, matmul_n=n, cases=tuple(args.cases.split(",")))
+                print(f"[{time.time() - t0:.0f}s] {s} {d} done", file=sys.stderr)
     for r in rows:
         peaks[r["dtype"]] = max([peaks[r["dtype"]]] + r["matmul_probes"])
     report = tables(rows, peaks, memory=not args.no_memory)
     command = " ".join(["python benchmarks/step.py"] + list(argv if argv is not None else sys.argv[1:]))
+    if args.from_json:
+        command = f"{saved.get('command', '?')}` (timings), then `{command}"
     clock = "elapsed time" if args.clock == "wall" else "process CPU time (so other load on the machine does not count)"
     header = f"Machine: {machine_name()}; times are {clock}. Command: `{command}`, {time.strftime('%Y-%m-%d')}."
     report = header + "\n\n" + report
@@ -400,7 +422,7 @@ def main(argv=None) -> int:
         report += "\n\n" + h100_estimate()
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_name(), "peaks": peaks, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine_name(), "command": command, "peaks": peaks, "rows": rows}, indent=1))
     if args.update_docs:
         replace_section(DOCS, BEGIN, END, report, title="Benchmarks")
     return 0
