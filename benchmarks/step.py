@@ -295,7 +295,7 @@ def tables(rows: List[dict], peaks: Dict[str, float], memory: bool) -> str:
     head = ["setting", "dtype", "model", "batch", "step (s)", "clips/s", "vs transformers", "GFLOP/step", "GFLOP/s",
             "of matmul peak", "of concurrent matmul"]
     if memory:
-        head.append("peak RSS growth (MiB)")
+        head.append("memory (MiB)")
     body = []
     for r in rows:
         hf = by.get((r["setting"], r["dtype"], "hf-videomae"))
@@ -411,12 +411,14 @@ def main(argv=None) -> int:
                 print(f"[{time.time() - t0:.0f}s] {s} {d} done", file=sys.stderr)
     for r in rows:
         peaks[r["dtype"]] = max([peaks[r["dtype"]]] + r["matmul_probes"])
-    report = tables(rows, peaks, memory=not args.no_memory)
+    report = tables(rows, peaks, memory=any("rss_growth_mib" in r for r in rows))
     command = " ".join(["python benchmarks/step.py"] + list(argv if argv is not None else sys.argv[1:]))
-    if args.from_json:
-        command = f"{saved.get('command', '?')}` (timings), then `{command}"
+    if args.from_json:  # nothing new was timed: name the commands that measured
+        command = saved.get("command", "?") if args.no_memory else f"{saved.get('command', '?')}` (timings), then `{command}` (memory)"
     clock = "elapsed time" if args.clock == "wall" else "process CPU time (so other load on the machine does not count)"
     header = f"Machine: {machine_name()}; times are {clock}. Command: `{command}`, {time.strftime('%Y-%m-%d')}."
+    if args.from_json and args.no_memory:
+        header = f"Machine: {saved.get('machine', machine_name())}; times are {clock}. Commands: `{command}`."
     report = header + "\n\n" + report
     if not args.quick:
         report += "\n\n" + h100_estimate()
