@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(STAMP)
-	$(PY) benchmarks/step.py
+	$(PY) benchmarks/step.py --settings small,base --clock cpu --threads 1
 
 clean:
 	rm -rf $(VENV) runs
