@@ -69,8 +69,8 @@ def torch_load_weights_only(path) -> object:
         first = next((ln for ln in lines if "GLOBAL" in ln), lines[-1] if lines else type(e).__name__)
         raise UserError(
             f"{path}: refused to unpickle: the file embeds Python objects, not only tensors ({first}). "
-            "Unpickling it could run code from the file. If you trust it, re-save just its state dict "
-            "(torch.save(torch.load(p, weights_only=False)['model'], 'clean.pth')) in a sandbox and convert that."
+            "Unpickling it could run code from the file. If you trust it, load it in a sandbox with "
+            "weights_only=False, re-save only its state dict ('model') with torch.save, and convert that file."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
