@@ -81,11 +81,13 @@ def machine_name() -> str:
 # attention count; norms, softmax, activations and the optimiser are free.
 
 
-def block_flops(tokens: int, dim: int, mlp_ratio: float = 4.0) -> int:
-    """Forward FLOPs of one pre-norm ViT block on `tokens` tokens of width `dim` (one clip)."""
+def block_flops(tokens: int, dim: int, mlp_ratio: float = 4.0, queries: Optional[int] = None) -> int:
+    """Forward FLOPs of one pre-norm ViT block on `tokens` tokens of width `dim` (one clip); `queries`: only
+    that many tokens attend and go through proj and the MLP (keys and values still come from all)."""
     hidden = int(dim * mlp_ratio)
-    linear = 2 * tokens * dim * (3 * dim + dim + 2 * hidden)  # qkv, proj, fc1, fc2
-    attention = 2 * 2 * tokens * tokens * dim  # q @ k^T and attn @ v over all heads
+    q = tokens if queries is None else queries
+    linear = 2 * dim * (tokens * 2 * dim + q * (dim + dim + 2 * hidden))  # kv, then q, proj, fc1, fc2
+    attention = 2 * 2 * q * tokens * dim  # q @ k^T and attn @ v over all heads
     return linear + attention
 
 
@@ -104,6 +106,7 @@ class MAEShape:
     decoders: int = 1  # decoder trunks (1: videomae / sha, 2: ind)
     mlp_ratio: float = 4.0
     embed_all: bool = True  # the tubelet embedding runs on all N cubes (transformers) or only the visible ones (ours)
+    last_block_all: bool = True  # the decoder's last block computes all N outputs (transformers) or the masked ones (ours)
 
 
 def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
@@ -117,7 +120,11 @@ def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
         "patch_embed": 2 * (s.num_tokens if s.embed_all else n_vis) * s.patch_dim * s.embed_dim,
         "encoder": s.depth * block_flops(n_vis, s.embed_dim, s.mlp_ratio),
         "decoder": s.decoders
-        * (2 * n_vis * s.embed_dim * s.decoder_embed_dim + s.decoder_depth * block_flops(s.num_tokens, s.decoder_embed_dim, s.mlp_ratio)),
+        * (
+            2 * n_vis * s.embed_dim * s.decoder_embed_dim
+            + (s.decoder_depth - 1) * block_flops(s.num_tokens, s.decoder_embed_dim, s.mlp_ratio)
+            + block_flops(s.num_tokens, s.decoder_embed_dim, s.mlp_ratio, None if s.last_block_all else n_mask)
+        ),
         "heads": s.heads * 2 * n_mask * s.decoder_embed_dim * s.patch_dim,
     }
     out = {k: batch * v * (2 if k == "patch_embed" else 3) for k, v in fwd.items()}

@@ -79,8 +79,9 @@ def build_cfg(kind: str, setting: str) -> PretrainConfig:
     return load_config(preset, over)
 
 
-def mae_shape(cfg: PretrainConfig, mask: torch.Tensor, embed_all: bool = False) -> MAEShape:
-    """The sizes that fix the step's FLOPs; `embed_all`: transformers embeds every cube, ours only the visible ones."""
+def mae_shape(cfg: PretrainConfig, mask: torch.Tensor, transformers: bool = False) -> MAEShape:
+    """The sizes that fix the step's FLOPs. `transformers`: its implementation embeds every cube and runs the
+    decoder's last block on every token; ours embeds the visible cubes and computes the masked outputs only."""
     m = cfg.model
     d, depth, _ = m.dims()
     heads = {"none": 1, "sha": 2, "ind": 2}[m.decoder]
@@ -95,7 +96,8 @@ def mae_shape(cfg: PretrainConfig, mask: torch.Tensor, embed_all: bool = False) 
         heads=heads,
         decoders=2 if m.decoder == "ind" else 1,
         mlp_ratio=m.mlp_ratio,
-        embed_all=embed_all,
+        embed_all=transformers,
+        last_block_all=transformers,
     )
 
 
@@ -110,7 +112,7 @@ class Case:
     model: torch.nn.Module
     step: Callable[[], float]  # one optimiser step; returns the loss
     mask: torch.Tensor
-    embed_all: bool = False  # FLOP accounting: does the tubelet embedding run on all cubes?
+    transformers: bool = False  # FLOP accounting: transformers' implementation (see mae_shape)
 
 
 def _autocast(dtype: str, device: torch.device):
@@ -158,7 +160,7 @@ def build_hf(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, 
         return loss.item()
 
     name = "transformers VideoMAE" + (f" ({attn} attention)" if attn != "sdpa" else "")
-    return Case(name, cfg, model, step, mask, embed_all=True)
+    return Case(name, cfg, model, step, mask, transformers=True)
 
 
 def build_ours(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, seed: int = 0) -> Case:
@@ -261,7 +263,7 @@ def run_setting(setting: str, dtype: str, device: torch.device, memory: bool, ma
     rows = []
     for kind, c in zip(cases, built):
         t = median(times[c.name])
-        flops = mae_step_flops(mae_shape(c.cfg, c.mask, c.embed_all), s["batch"])["total"]
+        flops = mae_step_flops(mae_shape(c.cfg, c.mask, c.transformers), s["batch"])["total"]
         row = dict(
             setting=setting, dtype=dtype, case=kind, name=c.name, batch=s["batch"], step_s=t, clips_per_s=s["batch"] / t,
             times=times[c.name], gflop_per_step=flops / 1e9, achieved_gflops=flops / t / 1e9, matmul_probes=probes,

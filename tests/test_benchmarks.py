@@ -38,7 +38,7 @@ def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
             if hasattr(m, "config"):
                 m.config._attn_implementation = "eager"
     counted = _count_flops(case.step)
-    expected = common.mae_step_flops(step.mae_shape(case.cfg, case.mask, case.embed_all), step.SETTINGS["quick"]["batch"])["total"]
+    expected = common.mae_step_flops(step.mae_shape(case.cfg, case.mask, case.transformers), step.SETTINGS["quick"]["batch"])["total"]
     assert counted == expected
 
 

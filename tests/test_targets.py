@@ -16,7 +16,7 @@ from motionmae.objective.targets import (
     appearance_target,
     cube_stats,
     motion_target,
-    normalize_cubes,
+    normalized_tokens,
     patchify,
     unpatchify,
 )
@@ -71,10 +71,13 @@ def test_patchify_unpatchify_identity_and_layout():
 def test_normalize_cubes_by_hand():
     # one token, 2 channels, 4 values each: channel 0 = 0, 1, 2, 3 (mean 1.5, unbiased var 5/3)
     x = torch.tensor([[0.0, 5.0], [1.0, 5.0], [2.0, 5.0], [3.0, 5.0]]).reshape(1, 1, 8)
-    out = normalize_cubes(x, 2, eps=0.0).reshape(4, 2)
+    def normalize_cubes(x, eps):  # channel-fastest tokens in and out
+        return normalized_tokens(x.reshape(1, 1, 4, 2).transpose(-1, -2), eps)
+
+    out = normalize_cubes(x, eps=0.0).reshape(4, 2)
     s = math.sqrt(5 / 3)
     torch.testing.assert_close(out[:, 0], torch.tensor([-1.5, -0.5, 0.5, 1.5]) / s)
-    assert torch.equal(normalize_cubes(x, 2, eps=1e-6).reshape(4, 2)[:, 1], torch.zeros(4))  # constant: 0
+    assert torch.equal(normalize_cubes(x, eps=1e-6).reshape(4, 2)[:, 1], torch.zeros(4))  # constant: 0
     mean, std = cube_stats(x, 2)
     torch.testing.assert_close(mean[0, 0], torch.tensor([1.5, 5.0]))
     torch.testing.assert_close(std[0, 0], torch.tensor([s, 0.0]))

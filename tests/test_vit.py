@@ -9,6 +9,7 @@ from motionmae.errors import UserError
 from motionmae.models.vit import (
     Attention,
     VisionTransformer,
+    run_blocks,
     resize_pos_embed,
     sincos3d_table,
     sinusoid_table,
@@ -119,6 +120,31 @@ def test_visible_tokens_do_not_depend_on_masked_pixels():
     for blk in model.blocks:
         t = blk(t)
     torch.testing.assert_close(out, model.norm(t))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_keep_last_equals_slicing_the_full_output(fused, checkpointing):
+    # the decoder's shortcut: the last block computes only the kept tokens; outputs and every gradient
+    # must equal running all tokens and slicing afterwards
+    torch.manual_seed(0)
+    model = VisionTransformer(tiny(depth=3))
+    for p in model.parameters():  # non-zero q/v biases so their split is exercised
+        torch.nn.init.normal_(p, std=0.2)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = fused
+    x = torch.randn(2, 10, 32)
+    ref = run_blocks(model.blocks, x, False)[:, -7:]
+    ref.square().sum().backward()
+    g_ref = [p.grad.clone() for p in model.blocks.parameters()]
+    model.zero_grad()
+    out = run_blocks(model.blocks, x, checkpointing, keep_last=7)
+    out.square().sum().backward()
+    assert out.shape == (2, 7, 32)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, p in zip(g_ref, model.blocks.parameters()):
+        torch.testing.assert_close(p.grad, a, atol=1e-4, rtol=1e-4)
 
 
 def test_grad_checkpointing_same_output_and_grads():

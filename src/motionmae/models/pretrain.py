@@ -122,8 +122,7 @@ class PretrainModel(nn.Module):
         b, n_mask = x.shape[0], ids_masked.shape[1]
         pos = decoder.pos_embed_for(grid).to(x.dtype).expand(b, -1, -1)
         x = torch.cat([x + gather_tokens(pos, ids_visible), mask_token.to(x.dtype) + gather_tokens(pos, ids_masked)], dim=1)
-        x = run_blocks(decoder.blocks, x, self.grad_checkpointing)
-        return decoder.norm(x[:, -n_mask:])
+        return decoder.norm(run_blocks(decoder.blocks, x, self.grad_checkpointing, keep_last=n_mask))
 
     def forward(self, clip: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
         """clip (B, C, T, H, W) normalised (T+g frames with motion_pad='extra_frame'); mask bool (B, N), True = masked.

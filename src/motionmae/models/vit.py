@@ -201,19 +201,29 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N, D); with `queries`, only the last `queries` tokens attend (to all N) and
+        only their outputs are computed: (B, queries, D)."""
         b, n, d = x.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)
-        q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        heads = (self.num_heads, self.head_dim)
+        if queries is None:
+            qkv = F.linear(x, self.qkv.weight, bias)
+            q, k, v = qkv.reshape(b, n, 3, *heads).permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # the same projection, split: q for the kept tokens only, k and v for all
+            w = self.qkv.weight
+            q = F.linear(x[:, n - queries :], w[:d], None if bias is None else bias[:d])
+            kv = F.linear(x, w[d:], None if bias is None else bias[d:])
+            q = q.reshape(b, queries, *heads).transpose(1, 2)
+            k, v = kv.reshape(b, n, 2, *heads).permute(2, 0, 3, 1, 4).unbind(0)
         if self.fused_attn and self.use_sdpa(q):
             x = F.scaled_dot_product_attention(q, k, v)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+        return self.proj(x.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
 class Mlp(nn.Module):
@@ -238,17 +248,24 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
+        """`queries`: compute the outputs of the last `queries` tokens only (see `Attention`)."""
+        y = self.drop_path(self.attn(self.norm1(x), queries))
+        x = x + y if queries is None else x[:, x.shape[1] - queries :] + y
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
-    for blk in blocks:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, grad_checkpointing: bool, keep_last: Optional[int] = None) -> torch.Tensor:
+    """`keep_last`: only the last `keep_last` tokens' outputs are wanted; the last block then computes
+    just those (the MAE decoder reads only the masked tokens: at mask 0.9 this skips 10% of its last block)."""
+    for i, blk in enumerate(blocks):
+        queries = keep_last if i == len(blocks) - 1 else None
         if grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(blk, x, use_reentrant=False)
+            x = checkpoint(blk, x, queries, use_reentrant=False)
         else:
-            x = blk(x)
+            x = blk(x, queries)
+    if keep_last is not None and not len(blocks):
+        x = x[:, x.shape[1] - keep_last :]
     return x
 
 
