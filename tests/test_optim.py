@@ -75,3 +75,21 @@ def test_warmup_then_cosine_by_hand():
 
 def test_no_warmup():
     assert lr_at(0, total_steps=10, warmup_steps=0, peak_lr=2.0, min_lr=0.0) == pytest.approx(2.0)
+
+
+def test_fused_adamw_follows_the_reference_loop():
+    # build_optimizer picks torch's fused AdamW where it exists; it must take the steps of the plain loop
+    torch.manual_seed(0)
+    a, b = Toy(), Toy()
+    b.load_state_dict(a.state_dict())
+    fast = build_optimizer(a, lr=1e-2, weight_decay=0.05)
+    ref = torch.optim.AdamW(param_groups(b, 0.05), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05, foreach=False)
+    assert fast.defaults.get("fused")  # torch >= 2.4 has it on CPU
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in a.parameters()]
+        for m, opt in ((a, fast), (b, ref)):
+            for p, g in zip(m.parameters(), grads):
+                p.grad = g.clone() if p.requires_grad else None
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)

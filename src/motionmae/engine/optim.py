@@ -57,7 +57,11 @@ def build_optimizer(
     groups = param_groups(model, weight_decay, no_decay, lr_scale_fn)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    kwargs = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    try:  # the fused kernel: 3.4x faster than the per-tensor loop for ViT-B on CPU (benchmarks/BENCHMARKS.md)
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # a torch or device without it
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def scaled_lr(base_lr: float, global_batch: int) -> float:
