@@ -102,7 +102,7 @@ class PretrainModel(nn.Module):
         """Appearance and motion targets of the masked tokens, (B, M, P), float32, no gradient."""
         o = self.objective_cfg
         with torch.no_grad():
-            clip01 = clip.float() * self.std + self.mean
+            clip01 = torch.addcmul(self.mean, clip.float(), self.std)
             appearance = appearance_target(clip01, o, self.tubelet, self.patch, ids_masked)
             motion = motion_target(clip01, o, self.tubelet, self.patch, ids_masked) if self.has_motion else None
         return appearance, motion

@@ -120,12 +120,13 @@ def motion_frames(clip01: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
             raise UserError(f"objective.motion_color=gray needs 3-channel clips, got {x.shape[1]} channels")
         w = x.new_tensor(LUMA).view(1, 3, 1, 1, 1)
         x = (x * w).sum(dim=1, keepdim=True)
-    d = x[:, :, g:] - x[:, :, :-g]  # D_t = X_{t+g} - X_t
-    if cfg.motion_pad == "first":
-        d = torch.cat([d[:, :, :1].expand(-1, -1, g, -1, -1), d], dim=2)
+    if cfg.motion_pad == "first":  # D_t = X_{t+g} - X_t written after g slots, which then get D_0
+        d = x.new_empty(x.shape)
+        torch.sub(x[:, :, g:], x[:, :, :-g], out=d[:, :, g:])
+        d[:, :, :g] = d[:, :, g : g + 1]
     else:
-        d = d[:, :, :t]
-    return d.abs() if cfg.motion_mode == "abs" else d
+        d = x[:, :, g:] - x[:, :, :-g]
+    return d.abs_() if cfg.motion_mode == "abs" else d
 
 
 def motion_target(
