@@ -55,7 +55,7 @@ def test_learnable_pos_embed_interpolated_to_new_size():
     pre, cfg = pretrained("model.pos_embed=learnable")
     big = dataclasses.replace(cfg.model, img_size=24, num_frames=8)
     clf = build_classifier(big, 5)
-    load_pretrained_encoder(clf, pre.state_dict())
+    load_pretrained_encoder(clf, pre.state_dict(), source_grid=cfg.model.grid())
     expect = resize_pos_embed(pre.encoder.pos_embed.detach(), (2, 4, 4), (4, 6, 6))
     torch.testing.assert_close(clf.pos_embed.detach(), expect)
     assert clf(torch.randn(1, 3, 8, 24, 24)).shape == (1, 5)
@@ -74,3 +74,17 @@ def test_strict_errors_name_the_keys():
         load_pretrained_encoder(wide, sd)
     report = load_pretrained_encoder(clf, {**sd, "encoder.blocks.9.extra": torch.zeros(1)}, strict=False)
     assert report["unexpected"] == ["blocks.9.extra"]
+
+
+def test_learnable_pos_embed_resized_from_the_checkpoint_grid():
+    # 1568 tokens fit 8x14x14 but also 2x28x28 and 32x7x7: only the checkpoint's config can tell; told, the
+    # table is resized from its true grid, and a table that does not fit the stated grid is an error
+    pre, cfg = pretrained("model.pos_embed=learnable", "model.num_frames=16", "model.img_size=56")  # grid (8, 14, 14)
+    clf = build_classifier(dataclasses.replace(cfg.model, num_frames=8, img_size=28), 5)  # grid (4, 7, 7)
+    with pytest.raises(UserError, match="cannot tell its token grid.*8x14x14"):
+        load_pretrained_encoder(clf, pre.state_dict())
+    load_pretrained_encoder(clf, pre.state_dict(), source_grid=cfg.model.grid())
+    expect = resize_pos_embed(pre.encoder.pos_embed.detach(), (8, 14, 14), (4, 7, 7))
+    torch.testing.assert_close(clf.pos_embed.detach(), expect)
+    with pytest.raises(UserError, match="1568 tokens, not the 8x7x7"):
+        load_pretrained_encoder(clf, pre.state_dict(), source_grid=(8, 7, 7))

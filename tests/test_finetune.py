@@ -124,3 +124,25 @@ def test_pretraining_preset_gives_model_and_data_only_and_pretraining_run_is_nev
     cfg = load_finetune_config("", ARCH + DATA + [f"data.train={synthetic['train']}", f"train.output_dir={run}"])
     with pytest.raises(UserError, match="not a fine-tuning checkpoint"):
         finetune(cfg)
+
+
+def test_learnable_pos_embed_resized_from_the_pretraining_grid(synthetic, tmp_path):
+    # pretrained on 4-frame clips (grid 2x4x4: 32 tokens, which also fit 8x2x2), fine-tuned on 8 frames (4x4x4):
+    # the grid comes from the checkpoint's config, not from guessing
+    from motionmae.models.pretrain import PretrainModel
+    from motionmae.models.vit import resize_pos_embed
+
+    arch = [a for a in ARCH if not a.startswith("model.num_frames")] + ["model.pos_embed=learnable"]
+    pcfg = C.load_config("motionmae-sha", arch + ["model.num_frames=4", "model.decoder_embed_dim=32",
+                                                  "model.decoder_depth=1", "model.decoder_num_heads=2"])
+    torch.manual_seed(0)
+    pre = PretrainModel(pcfg)
+    ckpt = tmp_path / "pre.safetensors"
+    save_checkpoint(ckpt, pre, state={"config": C.to_dict(pcfg), "step": 10})
+    out = tmp_path / "ft"
+    rc = cli_main(["finetune", "--pretrained", str(ckpt), f"data.train={synthetic['train']}", "model.num_frames=8",
+                   "finetune.label_column=speed", "train.batch_size=4", "train.max_steps=1", "train.base_lr=0",
+                   "train.warmup_lr=0", "train.min_lr=0", f"train.output_dir={out}"] + DATA)
+    assert rc == 0
+    expect = resize_pos_embed(pre.encoder.pos_embed.detach(), (2, 4, 4), (4, 4, 4))
+    torch.testing.assert_close(_model_tensors(out)["pos_embed"], expect)

@@ -121,8 +121,11 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
         raise UserError(f"--eval-only: no checkpoint to evaluate in {run_dir} (pass --resume PATH)")
     if pretrained and ckpt_path is None:
         from motionmae.engine.checkpoint import load_model_state
+        from motionmae.eval.features import model_config_from_dict
 
-        report = load_pretrained_encoder(model, load_model_state(pretrained)[0])
+        sd, saved = load_model_state(pretrained)
+        source_grid = model_config_from_dict(saved, str(pretrained)).grid() if saved.get("model") else None
+        report = load_pretrained_encoder(model, sd, source_grid=source_grid)
         say(f"loaded encoder from {pretrained} (new: {', '.join(report['missing']) or 'nothing'}; "
             f"left out: {len(report['dropped'])} pretraining-only tensors)")
     elif not pretrained and ckpt_path is None:

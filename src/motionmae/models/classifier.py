@@ -7,13 +7,14 @@ the token grid (B, T', H', W', D) for dense tasks; `forward_head(tokens, pre_log
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Tuple
+import math
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from motionmae.config import ModelConfig
 from motionmae.errors import UserError
-from motionmae.models.vit import VisionTransformer, resize_pos_embed
+from motionmae.models.vit import Grid, VisionTransformer, resize_pos_embed
 
 # keys a freshly initialised classifier may lack in a pretraining checkpoint
 _NEW_KEYS = ("fc_norm.", "head.")
@@ -36,11 +37,14 @@ def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def encoder_state_dict(model: VisionTransformer, pretrain_state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+def encoder_state_dict(
+    model: VisionTransformer, pretrain_state_dict: Mapping[str, torch.Tensor], source_grid: Optional[Grid] = None
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Map a pretraining state dict (`encoder.*` keys) onto `model`'s keys.
 
     Decoder keys are dropped; the encoder `norm` is dropped when `model.norm` is Identity (mean pooling,
-    as VideoMAE fine-tuning does); a learnable `pos_embed` is resized to the model's grid. A state dict
+    as VideoMAE fine-tuning does); a learnable `pos_embed` is resized from `source_grid` (the checkpoint's
+    token grid; inferred from the table's length when not given) to the model's grid. A state dict
     without `encoder.` keys is taken as already in encoder layout. Returns (state dict, dropped keys).
     """
     sd = _strip(pretrain_state_dict)
@@ -55,32 +59,43 @@ def encoder_state_dict(model: VisionTransformer, pretrain_state_dict: Mapping[st
             dropped.append("encoder." + k)
             del sd[k]
     if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
-        src = sd["pos_embed"]
-        n, grid = src.shape[1], model.grid
-        old = _guess_grid(n, grid)
-        sd["pos_embed"] = resize_pos_embed(src, old, grid)
+        n = sd["pos_embed"].shape[1]
+        old = tuple(source_grid) if source_grid is not None else _guess_grid(n, model.grid)
+        if math.prod(old) != n:
+            raise UserError(f"pos_embed has {n} tokens, not the {'x'.join(map(str, old))} token grid of the checkpoint's config")
+        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], old, model.grid)
     return sd, dropped
 
 
-def _guess_grid(n: int, grid):
-    """Token grid of a table with n tokens: same T' as `grid` and a square H'=W', else same H'=W'."""
-    for tt in (grid[0],) + tuple(range(1, n + 1)):
-        s = (n // tt) ** 0.5 if n % tt == 0 else 0
-        if s and int(s) == s:
-            return tt, int(s), int(s)
-    raise UserError(f"pos_embed with {n} tokens does not fit any T' x S x S token grid")
+def _guess_grid(n: int, grid: Grid) -> Grid:
+    """Token grid T' x S x S of a table with n tokens when the checkpoint does not say: the one with the
+    model's T', else the only one there is; several candidates are an error rather than a silent guess."""
+    fits = [(t, int(round((n // t) ** 0.5))) for t in range(1, n + 1) if n % t == 0]
+    fits = [(t, s, s) for t, s in fits if s * s * t == n]
+    same_t = [g for g in fits if g[0] == grid[0]]
+    if same_t or len(fits) == 1:
+        return (same_t or fits)[0]
+    shown = ", ".join("x".join(map(str, g)) for g in fits[:6]) or "none"
+    raise UserError(
+        f"pos_embed with {n} tokens: cannot tell its token grid (T' x S x S candidates: {shown}); "
+        "start from a motionmae checkpoint, which records its model config"
+    )
 
 
 def load_pretrained_encoder(
-    model: VisionTransformer, pretrain_state_dict: Mapping[str, torch.Tensor], strict: bool = True
+    model: VisionTransformer,
+    pretrain_state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    source_grid: Optional[Grid] = None,
 ) -> Dict[str, List[str]]:
     """Load a pretraining checkpoint's encoder into a classifier (or a bare encoder).
 
     Strict: any model key other than the new `fc_norm.*` / `head.*` that the checkpoint lacks, any encoder
     key the model does not have, or any shape mismatch is a `UserError` naming the keys.
+    `source_grid`: the checkpoint's token grid, for resizing a learnable pos_embed (see `encoder_state_dict`).
     Returns {'missing': [...], 'unexpected': [...], 'dropped': [...]} (dropped = decoder keys etc. left out on purpose).
     """
-    sd, dropped = encoder_state_dict(model, pretrain_state_dict)
+    sd, dropped = encoder_state_dict(model, pretrain_state_dict, source_grid)
     own = model.state_dict()
     bad_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     if bad_shape:
