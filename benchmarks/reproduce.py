@@ -351,9 +351,6 @@ def plots(results: Dict[str, List[Result]], out_dir: Path, prefix: str = "result
 
 def report(results: Dict[str, List[Result]], setup: Setup, command: str, pictures: Sequence[Path], rel_to: Path,
            ablation: Optional[Dict[str, List[Result]]] = None, seconds: float = 0.0) -> str:
-    from dataclasses import asdict
-
-    s = asdict(setup)
     lines = [
         "# Results: does the motion target help? (small-scale reproduction)",
         "",

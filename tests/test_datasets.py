@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from motionmae.config import DataConfig
-from motionmae.data.datasets import (VideoClipDataset, build_dataset, collate, dense_indices, dense_view_indices,
+from motionmae.data.datasets import (build_dataset, collate, dense_indices, dense_view_indices,
                                      read_annotation_list, resolve_source, segment_indices)
 from motionmae.data.decode import write_video
 from motionmae.errors import UserError

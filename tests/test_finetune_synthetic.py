@@ -10,7 +10,6 @@ smoothing, warm-up + cosine, AdamW) is on.
 
 import json
 
-import torch
 
 from motionmae.engine.finetune import finetune
 from motionmae.engine.finetune_config import load_finetune_config

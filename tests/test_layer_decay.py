@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from motionmae.config import ModelConfig
 from motionmae.engine.finetune import layer_decay_fn, layer_id

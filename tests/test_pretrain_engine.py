@@ -162,5 +162,5 @@ def test_init_starts_a_new_run_from_given_weights(videos, tmp_path):
     assert ck.read_state(tmp_path / "b")["step"] == 1  # a new run, not a resume of a's step 2
     pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
-    with pytest.raises(C.UserError, match=r"train.init=.*does not match the model: missing \['motion_decoder"):
+    with pytest.raises(C.UserError, match=r"train.init=.*does not match the model: missing keys \['motion_mask_token"):
         pretrain(_cfg(videos, tmp_path / "c", *frozen, "model.decoder=ind", f"train.init={a['checkpoint']}"))

@@ -32,9 +32,9 @@ import gzip
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 

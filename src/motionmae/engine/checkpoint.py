@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from motionmae.engine.distributed import unwrap_model
 from motionmae.errors import UserError
+from motionmae.models.state import load_matching
 
 META_KEY = "motionmae"
 FORMAT_VERSION = 1
@@ -87,9 +88,7 @@ def load_checkpoint(path, model=None, optimizer=None, strict: bool = True, resto
     meta, tensors = _read(path, map_location)
     if model is not None:
         sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        missing, unexpected = unwrap_model(model).load_state_dict(sd, strict=False)
-        if strict and (missing or unexpected):
-            raise UserError(f"{path}: checkpoint does not match the model: missing keys {list(missing)[:8]}, unexpected keys {list(unexpected)[:8]}")
+        load_matching(unwrap_model(model), sd, str(path), strict=strict)
     if optimizer is not None:
         if "optimizer" not in meta:
             raise UserError(f"{path}: checkpoint has no optimiser state (a weights-only file); cannot resume training from it")

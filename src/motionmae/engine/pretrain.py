@@ -35,6 +35,7 @@ from motionmae.engine import distributed as D
 from motionmae.engine.logger import MetricLogger, ProgressBar
 from motionmae.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from motionmae.errors import UserError
+from motionmae.models.state import load_matching
 
 
 class NonFiniteLossError(UserError):
@@ -73,16 +74,7 @@ def build_model(cfg: C.PretrainConfig) -> torch.nn.Module:
 def init_weights_from(model: torch.nn.Module, path: str) -> None:
     """Load every tensor of a checkpoint's model into `model`; any missing, extra or mis-shaped key is an error."""
     sd, _ = ck.load_model_state(path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise UserError(
-            f"train.init={path} does not match the model: missing {missing[:8]}, unexpected {unexpected[:8]}, "
-            f"shape mismatches {shapes[:8]} (convert it with the same model.decoder, or check model.* settings)"
-        )
-    model.load_state_dict(sd)
+    load_matching(model, sd, f"train.init={path}", hint="convert it with the same model.decoder, or check model.* settings")
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Optional
 import torch
 
 from motionmae.errors import UserError
+from motionmae.models.state import load_matching
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -99,26 +100,8 @@ def refuse_leftovers(src: StateDict, where: str) -> None:
 
 
 def load_strict(model: torch.nn.Module, sd: StateDict, where: str, fresh_prefixes: Iterable[str] = ()) -> List[str]:
-    """Load `sd` (our names) into `model`; every model key must be covered, except fixed buffers and `fresh_prefixes`.
+    """Load `sd` (our names) into `model`; every model key must be covered except `fresh_prefixes`.
 
     Returns the keys left at their initial value.
     """
-    own = model.state_dict()
-    persistent_buffers = {n for n, _ in model.named_buffers() if n in own}
-    unexpected = sorted(set(sd) - set(own))
-    if unexpected:
-        raise UserError(f"{where}: converted keys not in our model: {', '.join(unexpected[:8])}")
-    fresh = []
-    for k in own:
-        if k in sd:
-            if tuple(sd[k].shape) != tuple(own[k].shape):
-                raise UserError(f"{where}: '{k}' has shape {tuple(sd[k].shape)}, our model expects {tuple(own[k].shape)}")
-        elif k in persistent_buffers:
-            pass  # fixed sin-cos tables: the model rebuilds them; parity checks prove they agree
-        elif any(k.startswith(p) for p in fresh_prefixes):
-            fresh.append(k)
-        else:
-            raise UserError(f"{where}: no weights for '{k}' in the source")
-    merged = {k: (sd[k].to(own[k].dtype) if k in sd else own[k]) for k in own}
-    model.load_state_dict(merged, strict=True)
-    return fresh
+    return load_matching(model, sd, where, fresh=tuple(fresh_prefixes))["fresh"]

@@ -14,6 +14,7 @@ import torch
 
 from motionmae.config import ModelConfig
 from motionmae.errors import UserError
+from motionmae.models.state import load_matching
 from motionmae.models.vit import Grid, VisionTransformer, resize_pos_embed
 
 # keys a freshly initialised classifier may lack in a pretraining checkpoint
@@ -96,19 +97,5 @@ def load_pretrained_encoder(
     Returns {'missing': [...], 'unexpected': [...], 'dropped': [...]} (dropped = decoder keys etc. left out on purpose).
     """
     sd, dropped = encoder_state_dict(model, pretrain_state_dict, source_grid)
-    own = model.state_dict()
-    bad_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    if bad_shape:
-        raise UserError("checkpoint shapes do not match the model: " + "; ".join(bad_shape))
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    bad_missing = [k for k in missing if not k.startswith(_NEW_KEYS)]
-    if strict and (bad_missing or unexpected):
-        raise UserError(
-            "checkpoint does not match the encoder: "
-            + (f"missing keys {bad_missing}" if bad_missing else "")
-            + ("; " if bad_missing and unexpected else "")
-            + (f"unexpected keys {unexpected}" if unexpected else "")
-        )
-    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-    return {"missing": missing, "unexpected": unexpected, "dropped": dropped}
+    report = load_matching(model, sd, "checkpoint encoder", fresh=_NEW_KEYS, strict=strict)
+    return {"missing": report["missing"] + report["fresh"], "unexpected": report["unexpected"], "dropped": dropped}

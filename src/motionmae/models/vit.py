@@ -8,7 +8,6 @@ which the Conv3d output is flattened.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch

@@ -1,0 +1,37 @@
+"""Loading a state dict into a model with every key accounted for (checkpoints, conversions, fine-tuning)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+
+from motionmae.errors import UserError
+
+
+def load_matching(
+    model: torch.nn.Module, sd: Dict[str, torch.Tensor], where: str, fresh: Sequence[str] = (), strict: bool = True, hint: str = ""
+) -> Dict[str, List[str]]:
+    """Load `sd` into `model` with every key accounted for; the one strict loader of the code base.
+
+    A model key `sd` lacks ('missing'; keys starting with one of `fresh` are allowed to, and keep their
+    initial values), a key the model lacks ('unexpected') or a shape mismatch is one UserError starting
+    with `where` and naming the keys (`strict=False`: only shape mismatches; the rest is returned).
+    Returns {'missing': [...], 'unexpected': [...], 'fresh': [...]}.
+    """
+    own = model.state_dict()
+    fresh = tuple(fresh)
+    absent = [k for k in own if k not in sd]
+    out = {
+        "missing": [k for k in absent if not (fresh and k.startswith(fresh))],
+        "unexpected": [k for k in sd if k not in own],
+        "fresh": [k for k in absent if fresh and k.startswith(fresh)],
+    }
+    shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    problems = [f"shape mismatches {shapes[:8]}"] if shapes else []
+    if strict:
+        problems += [f"{name} keys {out[name][:8]}" for name in ("missing", "unexpected") if out[name]]
+    if problems:
+        raise UserError(f"{where}: does not match the model: " + "; ".join(problems) + (f" ({hint})" if hint else ""))
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    return out
