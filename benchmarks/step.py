@@ -54,7 +54,7 @@ BEGIN, END = "<!-- step.py:begin -->", "<!-- step.py:end -->"
 # name -> (size preset, frames, pixels, batch, measured rounds, warm-up rounds)
 SETTINGS = {
     "small": dict(size="small", frames=16, px=112, batch=8, repeats=7, warmup=2),
-    "base": dict(size="base", frames=16, px=224, batch=2, repeats=4, warmup=1),
+    "base": dict(size="base", frames=16, px=224, batch=2, repeats=6, warmup=1),
     "quick": dict(size="tiny", frames=4, px=32, batch=2, repeats=2, warmup=1, embed_dim=32, depth=1, num_heads=2, decoder=(32, 1, 2)),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
