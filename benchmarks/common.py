@@ -73,7 +73,8 @@ def machine_name() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    n = torch.get_num_threads()
+    return f"{cpu or platform.machine()}, {n} thread{'s' if n > 1 else ''}, torch {torch.__version__}"
 
 
 # ----------------------------------------------------------------------------------------------

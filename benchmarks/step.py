@@ -415,18 +415,21 @@ def main(argv=None) -> int:
         peaks[r["dtype"]] = max([peaks[r["dtype"]]] + r["matmul_probes"])
     report = tables(rows, peaks, memory=any("rss_growth_mib" in r for r in rows))
     command = " ".join(["python benchmarks/step.py"] + list(argv if argv is not None else sys.argv[1:]))
-    if args.from_json:  # nothing new was timed: name the commands that measured
-        command = saved.get("command", "?") if args.no_memory else f"{saved.get('command', '?')}` (timings), then `{command}` (memory)"
-    clock = "elapsed time" if args.clock == "wall" else "process CPU time (so other load on the machine does not count)"
-    header = f"Machine: {machine_name()}; times are {clock}. Command: `{command}`, {time.strftime('%Y-%m-%d')}."
-    if args.from_json and args.no_memory:
-        header = f"Machine: {saved.get('machine', machine_name())}; times are {clock}. Commands: `{command}`."
+    clock = saved.get("clock", args.clock) if args.from_json else args.clock
+    clock = "elapsed time" if clock == "wall" else "process CPU time (so other load on the machine does not count)"
+    date = time.strftime("%Y-%m-%d")
+    if args.from_json:  # the timings come from the run that wrote the file
+        timed = f"`{saved.get('command', '?')}`"
+        commands = timed if args.no_memory else f"{timed} (timings), then `{command}` (memory)"
+        header = f"Machine: {saved.get('machine', machine_name())}; times are {clock}. Commands: {commands}, {date}."
+    else:
+        header = f"Machine: {machine_name()}; times are {clock}. Command: `{command}`, {date}."
     report = header + "\n\n" + report
     if not args.quick:
         report += "\n\n" + h100_estimate()
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_name(), "command": command, "peaks": peaks, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine_name(), "command": command, "clock": args.clock, "peaks": peaks, "rows": rows}, indent=1))
     if args.update_docs:
         replace_section(DOCS, BEGIN, END, report, title="Benchmarks")
     return 0
