@@ -1,7 +1,7 @@
 """Shared pieces of the checkpoint converters: safe reading, strict loading, the imported config.
 
 Every converter maps a foreign state dict to our names (`models/vit.py`, `models/pretrain.py`), then
-`load_strict` puts it into a freshly built model: a key we did not map, a key our model expects but
+`models.state.load_matching` puts it into a freshly built model: a key we did not map, a key our model expects but
 the file lacks, or a shape that disagrees is a `UserError` naming the key. Nothing is silently left
 at its initial value except what the caller names as fresh (the motion head of an imported VideoMAE).
 """
@@ -13,12 +13,11 @@ import contextlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from motionmae.errors import UserError
-from motionmae.models.state import load_matching
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -97,11 +96,3 @@ def refuse_leftovers(src: StateDict, where: str) -> None:
         keys = sorted(src)
         more = f" (and {len(keys) - 8} more)" if len(keys) > 8 else ""
         raise UserError(f"{where}: {len(keys)} key(s) have no counterpart in our model: {', '.join(keys[:8])}{more}")
-
-
-def load_strict(model: torch.nn.Module, sd: StateDict, where: str, fresh_prefixes: Iterable[str] = ()) -> List[str]:
-    """Load `sd` (our names) into `model`; every model key must be covered except `fresh_prefixes`.
-
-    Returns the keys left at their initial value.
-    """
-    return load_matching(model, sd, where, fresh=tuple(fresh_prefixes))["fresh"]

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from motionmae.errors import UserError
-from motionmae.interop.common import Converted, load_strict
+from motionmae.interop.common import Converted
+from motionmae.models.state import load_matching
 
 FORMATS_IN = ("hf", "videomae", "motionmae")
 FORMATS_OUT = ("hf", "motionmae")
@@ -63,7 +64,7 @@ def load_motionmae(src, decoder: str = "") -> Converted:
     else:
         kind, num_classes = "encoder", 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_strict(model, sd, str(src), fresh_prefixes=MOTION_PREFIXES if decoder else ())
+    fresh = load_matching(model, sd, str(src), fresh=MOTION_PREFIXES if decoder else ())["fresh"]
     notes = list(state.get("converted_notes", []))
     names = state.get("class_names")
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, names if isinstance(names, list) else None)

@@ -30,12 +30,12 @@ from motionmae.errors import UserError
 from motionmae.interop.common import (
     Converted,
     StateDict,
-    load_strict,
     pretrain_config,
     refuse_leftovers,
     take,
     torch_load_weights_only,
 )
+from motionmae.models.state import load_matching
 
 HF_LN_DEFAULT_EPS = 1e-5  # nn.LayerNorm default: transformers' fc_norm and decoder.norm
 ARCH = {
@@ -365,7 +365,7 @@ def load_hf(path, decoder: str = "sha", kind: Optional[str] = None) -> Converted
     num_classes = int(sd["classifier.weight"].shape[0]) if kind == "classifier" and "classifier.weight" in sd else 0
     ours = hf_to_ours(sd, cfg, kind, where)
     model = build_model(cfg, kind, num_classes)
-    fresh = load_strict(model, ours, where, fresh_prefixes=MOTION_PREFIXES)
+    fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
     notes = [f"motion branch initialised fresh ({len(fresh)} tensors)"] if fresh else []
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, _class_names(hf_cfg, num_classes))
 

@@ -18,11 +18,11 @@ from motionmae.interop.common import (
     Converted,
     StateDict,
     block_count,
-    load_strict,
     pretrain_config,
     refuse_leftovers,
     torch_load_weights_only,
 )
+from motionmae.models.state import load_matching
 
 # heads are invisible in weight shapes; VideoMAE's (and v2's) model zoo uses these
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
@@ -194,7 +194,7 @@ def load_videomae(
     ours, kind = videomae_to_ours(sd, cfg, where)
     num_classes = int(ours["head.weight"].shape[0]) if kind == "classifier" else 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_strict(model, ours, where, fresh_prefixes=MOTION_PREFIXES)
+    fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
     notes = []
     if num_heads is None:
         notes.append(f"heads inferred from the width: {cfg.model.num_heads}")

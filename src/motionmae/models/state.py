@@ -20,12 +20,12 @@ def load_matching(
     Returns {'missing': [...], 'unexpected': [...], 'fresh': [...]}.
     """
     own = model.state_dict()
-    fresh = tuple(fresh)
+    fresh = tuple(fresh)  # str.startswith(()) is False: no prefix, nothing fresh
     absent = [k for k in own if k not in sd]
     out = {
-        "missing": [k for k in absent if not (fresh and k.startswith(fresh))],
+        "missing": [k for k in absent if not k.startswith(fresh)],
         "unexpected": [k for k in sd if k not in own],
-        "fresh": [k for k in absent if fresh and k.startswith(fresh)],
+        "fresh": [k for k in absent if k.startswith(fresh)],
     }
     shapes = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     problems = [f"shape mismatches {shapes[:8]}"] if shapes else []
