@@ -1,4 +1,4 @@
-"""Shared pieces of the checkpoint converters: safe reading, strict loading, the imported config.
+"""Shared pieces of the checkpoint converters: safe reading, key mapping helpers, the imported config.
 
 Every converter maps a foreign state dict to our names (`models/vit.py`, `models/pretrain.py`), then
 `models.state.load_matching` puts it into a freshly built model: a key we did not map, a key our model expects but
