@@ -162,7 +162,7 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
         f"data.train={data / 'train.csv'}", f"data.val={data / 'val.csv'}", "data.flip=false", f"data.num_workers={setup.workers}",
         "data.test_clips=1", "data.test_crops=1", f"finetune.label_column={setup.finetune_column}",
         "finetune.mixup=0", "finetune.cutmix=0", "finetune.reprob=0", "finetune.label_smoothing=0", "finetune.aa=none",
-        "finetune.layer_decay=0.75",
+        "finetune.crop=multiscale", "finetune.layer_decay=0.75",
         "model.drop_path=0", f"train.max_steps={setup.finetune_steps}", f"train.batch_size={setup.batch_size}",
         f"train.base_lr={setup.finetune_lr * 256 / setup.batch_size}", f"train.warmup_steps={max(1, setup.finetune_steps // 10)}",
         f"train.amp={setup.amp}", f"train.seed={seed}", f"train.save_every={10 * setup.finetune_steps}", f"train.output_dir={run_dir}",
@@ -368,8 +368,8 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
         f"cosine, {setup.amp if setup.amp != 'none' else 'fp32'}.",
         f"- Evaluation: frozen encoder, mean-pooled features; k-NN (DINO weighting) and linear probe "
         f"({', '.join(setup.probe)}) at steps 0 (random init) and every {setup.probe_every} steps; fine-tune "
-        f"{setup.finetune_steps} steps on `{setup.finetune_column}` (layer decay 0.75; no mixup, cutmix, "
-        "random erasing, label smoothing or RandAugment), val top-1.",
+        f"{setup.finetune_steps} steps on `{setup.finetune_column}` (layer decay 0.75; the multi-scale crop; no mixup, "
+        "cutmix, random erasing, label smoothing or RandAugment), val top-1.",
         "",
         f"## Linear probe at the last step ({setup.steps}), and fine-tuning (%)",
         "",

@@ -224,3 +224,26 @@ def test_config_defaults():
     assert FinetuneOptions().aa == SPEC  # VideoMAE's fine-tuning setting
     with pytest.raises(UserError, match="unknown config key 'data.aa'"):  # pretraining has no such switch
         load_config("", ["data.aa=" + SPEC])
+
+
+def test_videomae_crop_augments_the_decoded_frames_then_crops(folder, monkeypatch):
+    # finetune.crop=rrc (VideoMAE's order): RandAugment sees the decoded 24x32 frames, the random resized crop
+    # comes after; 'multiscale' crops first. Pretraining clips keep the multi-scale crop whatever is asked.
+    seen = []
+    real = T.RandAugment.__call__
+
+    def spy(self, clip, g):
+        seen.append(tuple(clip.shape[-2:]))
+        return real(self, clip, g)
+
+    monkeypatch.setattr(T.RandAugment, "__call__", spy)
+    cfg = _cfg(folder)
+    rrc = build_dataset(cfg, "train", "finetune", seed=3, aa=SPEC, crop="rrc")
+    assert rrc[0]["video"].shape[-2:] == (16, 16) and seen == [(24, 32)]
+    seen.clear()
+    assert build_dataset(cfg, "train", "finetune", seed=3, aa=SPEC, crop="multiscale")[0]["video"].shape[-2:] == (16, 16)
+    assert seen == [(16, 16)]
+    assert build_dataset(cfg, "train", "pretrain", crop="rrc").crop == "multiscale"
+    assert FinetuneOptions().crop == "rrc"
+    with pytest.raises(UserError, match="finetune.crop"):
+        build_dataset(cfg, "train", "finetune", crop="center")

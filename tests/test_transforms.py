@@ -87,3 +87,23 @@ def test_uint8_resize_matches_float_path():
         ref = T.resize(clip.float(), size).round().clamp(0, 255)
         assert fast.dtype == torch.uint8 and fast.shape == (3, 4, *size)
         assert (fast.float() - ref).abs().max() <= 1
+
+
+def test_random_resized_crop_draws_within_area_and_aspect():
+    # torchvision's draw: area fraction in scale, aspect w/h in ratio (up to rounding), box inside the frame
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        top, left, h, w = T.random_resized_crop_params(240, 320, (0.08, 1.0), (3 / 4, 4 / 3), g)
+        assert 0 <= top <= 240 - h and 0 <= left <= 320 - w
+        assert 0.08 - 0.01 <= h * w / (240 * 320) <= 1.0
+        assert 3 / 4 - 0.02 <= w / h <= 4 / 3 + 0.02
+    clip = torch.randint(0, 256, (3, 2, 24, 32), dtype=torch.uint8, generator=g)
+    assert T.random_resized_crop(clip, 16, g).shape == (3, 2, 16, 16)
+
+
+def test_random_resized_crop_fallback_by_hand():
+    # no draw can fit: the centre crop of the whole frame, clamped to the aspect range
+    g = torch.Generator().manual_seed(0)
+    assert T.random_resized_crop_params(240, 320, (2.0, 2.0), (3 / 4, 4 / 3), g) == (0, 0, 240, 320)
+    assert T.random_resized_crop_params(240, 320, (2.0, 2.0), (2.0, 2.0), g) == (40, 0, 160, 320)  # w/h 4/3 < 2
+    assert T.random_resized_crop_params(320, 240, (2.0, 2.0), (0.5, 0.5), g) == (0, 40, 320, 160)  # w/h 3/4 > 1/2

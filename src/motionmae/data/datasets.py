@@ -233,9 +233,11 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 class VideoClipDataset(Dataset):
     """Clips from a list of `VideoEntry`.
 
-    mode: 'train' (random temporal sample, multi-scale crop, flip, then RandAugment when `aa` is a spec such as
-    'rand-m7-n4-mstd0.5-inc1'), 'val' (centre clip, short-side resize, centre crop), 'test' (K temporal x
-    `test_crops` spatial views, returned stacked with "view" ids). `aa` is ignored outside 'train'.
+    mode: 'train' (random temporal sample, then the spatial train transform of `crop`), 'val' (centre clip,
+    short-side resize, centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with
+    "view" ids). `aa`: RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', 'train' only.
+    crop='multiscale' (pretraining): multi-scale crop, flip, then RandAugment if any. crop='rrc' (VideoMAE
+    fine-tuning): RandAugment on the decoded frames, random resized crop, flip.
     """
 
     def __init__(self, entries: Sequence[VideoEntry], *, num_frames: int = 16, sampling_rate: int = 4,
@@ -243,13 +245,15 @@ class VideoClipDataset(Dataset):
                  scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66), flip: bool = True, num_samples: int = 1,
                  short_video: str = "loop", test_clips: int = 2, test_crops: int = 3, seed: int = 0,
                  max_skip_fraction: float = 0.5, class_names: Optional[List[str]] = None, max_attempts: int = 50,
-                 aa: str = ""):
+                 aa: str = "", crop: str = "multiscale"):
         if mode not in ("train", "val", "test"):
             raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
         if sampling not in ("dense", "segment"):
             raise UserError(f"data.sampling must be 'dense' or 'segment', got '{sampling}'")
         if short_video not in ("loop", "clamp"):
             raise UserError(f"data.short_video must be 'loop' or 'clamp', got '{short_video}'")
+        if crop not in ("multiscale", "rrc"):
+            raise UserError(f"finetune.crop must be 'rrc' or 'multiscale', got '{crop}'")
         if test_crops not in (1, 3):
             raise UserError(f"data.test_crops must be 1 or 3, got {test_crops}")
         if num_samples < 1 or num_frames < 1 or sampling_rate < 1:
@@ -261,7 +265,7 @@ class VideoClipDataset(Dataset):
             raise UserError(f"videos carry different numbers of labels {sorted(widths)}")
         self.entries = list(entries)
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
-        self.input_size, self.scales, self.flip = input_size, tuple(scales), flip
+        self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
         self.short_side = short_side or int(round(input_size * 256 / 224))
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
@@ -321,15 +325,22 @@ class VideoClipDataset(Dataset):
         clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
         clips = clip.split([len(g) for g in groups], dim=1)
         if self.mode == "train":
-            views = [T.train_transform(c, self.input_size, self.scales, self.flip, gen) for c in clips]
-            if self.rand_augment is not None:
-                views = [self.rand_augment(v, gen) for v in views]
+            views = [self._train_view(c, gen) for c in clips]
             return torch.stack(views) if self.num_samples > 1 else views[0], None
         views = [v for c in clips for v in T.eval_views(c, self.input_size, self.short_side,
                                                          self.test_crops if self.mode == "test" else 1)]
         if self.mode == "val":
             return views[0], None
         return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
+
+    def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        flip = 0.5 if self.flip else 0.0
+        if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment at the decoded size, then the crop
+            if self.rand_augment is not None:
+                clip = self.rand_augment(clip, gen)
+            return T.random_flip(T.random_resized_crop(clip, self.input_size, gen), gen, flip)
+        clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
+        return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
 
     def _record_failure(self, index: int, err: Exception) -> None:
         self._failed[index] = str(err)
@@ -385,14 +396,15 @@ def collate(batch: List[dict]) -> dict:
 
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
-                  require_labels: Optional[bool] = None, aa: str = "") -> VideoClipDataset:
+                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale") -> VideoClipDataset:
     """The dataset for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test').
 
     train split: random clips and crops (pretrain, finetune); val split: the centre clip and crop; mode 'test':
     K temporal x 3 spatial views (data.test_clips, data.test_crops). `num_frames` overrides data.num_frames and
     `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
-    `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) applies
-    to the finetune train split only: pretraining clips are never augmented.
+    `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) and
+    `crop` (finetune.crop, see `VideoClipDataset`) apply to the finetune train split only: pretraining clips get
+    the multi-scale crop and are never augmented.
     """
     if split not in ("train", "val"):
         raise UserError(f"split must be 'train' or 'val', got '{split}'")
@@ -419,4 +431,5 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
         scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
         short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
         seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names,
-        aa=aa if mode == "finetune" and split == "train" else "")
+        aa=aa if mode == "finetune" and split == "train" else "",
+        crop=crop if mode == "finetune" and split == "train" else "multiscale")

@@ -9,12 +9,14 @@ distortion of at most one scale step, offset from a fixed 13-point grid), resize
 horizontal flip. Test: `short_side_resize`, then `center_crop` or `three_crop` (along the long side).
 `to_model_input` is where uint8 becomes normalised float on the device.
 
-Fine-tuning train clips may then get `RandAugment` (timm's 'rand-m7-n4-mstd0.5-inc1', VideoMAE's setting): one
-draw of ops and arguments per clip, applied to every frame alike; `apply_op(clip, name, arg)` is one op.
+Fine-tuning train clips (VideoMAE's recipe): `RandAugment` (timm's 'rand-m7-n4-mstd0.5-inc1') on the decoded
+frames, one draw of ops and arguments per clip applied to every frame alike (`apply_op(clip, name, arg)` is one
+op), then `random_resized_crop` (torchvision's RandomResizedCrop draw: area 8-100%, aspect 3/4-4/3), then the flip.
 """
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -77,6 +79,39 @@ def multi_scale_crop(clip: torch.Tensor, input_size: int, scales: Sequence[float
                      max_distort: int = 1) -> torch.Tensor:
     """Random multi-scale crop of (C, T, H, W), resized to (input_size, input_size)."""
     top, left, ch, cw = multi_scale_crop_params(clip.shape[-2], clip.shape[-1], input_size, scales, generator, max_distort)
+    return resize(crop(clip, top, left, ch, cw), (input_size, input_size))
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+def random_resized_crop_params(height: int, width: int, scale: Tuple[float, float], ratio: Tuple[float, float],
+                               generator: torch.Generator) -> Tuple[int, int, int, int]:
+    """(top, left, crop_h, crop_w) as torchvision's RandomResizedCrop draws them (VideoMAE fine-tuning): up to 10
+    tries of an area fraction in `scale` and a log-uniform aspect (w / h) in `ratio`; else the centre crop of the
+    whole frame clamped to `ratio`."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * _uniform(scale[0], scale[1], generator)
+        aspect = math.exp(_uniform(log_lo, log_hi, generator))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return _randint(0, height - h, generator), _randint(0, width - w, generator), h, w
+    if width / height < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(clip: torch.Tensor, input_size: int, generator: torch.Generator,
+                        scale: Tuple[float, float] = (0.08, 1.0), ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Random resized crop of (C, T, H, W), the same box for every frame, resized to (input_size, input_size)."""
+    top, left, ch, cw = random_resized_crop_params(clip.shape[-2], clip.shape[-1], scale, ratio, generator)
     return resize(crop(clip, top, left, ch, cw), (input_size, input_size))
 
 

@@ -1,7 +1,8 @@
 """`motionmae finetune`: a pretrained encoder + a linear head, trained for action recognition.
 
 VideoMAE's recipe (SPEC.md): mean-pooled tokens -> fc_norm -> head, AdamW (0.9, 0.999), wd 0.05, layer-wise
-lr decay 0.75, drop path 0.1, RandAugment rand-m7-n4-mstd0.5-inc1 (finetune.aa), mixup 0.8 / cutmix 1.0 with
+lr decay 0.75, drop path 0.1, RandAugment rand-m7-n4-mstd0.5-inc1 (finetune.aa) then a random resized crop
+(finetune.crop=rrc), mixup 0.8 / cutmix 1.0 with
 label smoothing 0.1, random erasing 0.25, warm-up + cosine, bf16, DDP. Evaluation with data.test_clips x
 data.test_crops views per video, softmax scores averaged: top-1, top-5, per-class accuracy, confusion matrix (PNG)
 -> `eval_metrics.json`.
@@ -103,7 +104,7 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
 
     # ---- data: the label column and the number of classes come from the lists
     check_data_source(cfg.data)
-    train_ds = build_dataset(cfg.data, "train", "finetune", seed=t.seed, aa=ft.aa)
+    train_ds = build_dataset(cfg.data, "train", "finetune", seed=t.seed, aa=ft.aa, crop=ft.crop)
     names = label_names(cfg.data.train, train_ds.num_labels)
     col = resolve_label_column(ft.label_column, names)
     val_ds = build_dataset(cfg.data, "val", "test", seed=t.seed) if cfg.data.val else None
@@ -168,6 +169,7 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
         f"{info.world_size} ranks; lr = {t.base_lr:g} x {plan.global_batch}/256 = {plan.lr:.3e}, layer decay {ft.layer_decay}")
     say(f"  {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), warm-up {plan.warmup_steps}; mixup {ft.mixup} / cutmix "
         f"{ft.cutmix}, label smoothing {ft.label_smoothing}, random erasing {ft.reprob}, RandAugment {ft.aa or 'off'}, "
+        f"crop {ft.crop}, "
         f"drop path {cfg.model.drop_path}; run dir {run_dir}")
     bar = ProgressBar(plan.total_steps, "finetune", enabled=main, initial=step)
     params = [p for p in model.parameters() if p.requires_grad]
