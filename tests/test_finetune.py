@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from PIL import Image
 
 from motionmae import config as C
 from motionmae.cli import main as cli_main
-from motionmae.engine.checkpoint import load_model_state, save_checkpoint
+from motionmae.engine.checkpoint import load_model_state, read_state, save_checkpoint
 from motionmae.engine.finetune import finetune
 from motionmae.engine.finetune_config import load_finetune_config
 from motionmae.errors import UserError
@@ -146,3 +147,11 @@ def test_learnable_pos_embed_resized_from_the_pretraining_grid(synthetic, tmp_pa
     assert rc == 0
     expect = resize_pos_embed(pre.encoder.pos_embed.detach(), (2, 4, 4), (4, 4, 4))
     torch.testing.assert_close(_model_tensors(out)["pos_embed"], expect)
+
+
+def test_fp16_fine_tuning_keeps_its_loss_scale_in_the_checkpoint(synthetic, tmp_path):
+    over = ARCH + DATA + [f"data.train={synthetic['train']}", "train.batch_size=4", "train.max_steps=2",
+                          "finetune.label_column=direction", "train.amp=fp16", f"train.output_dir={tmp_path}"]
+    out = finetune(load_finetune_config("", over), resume="none")
+    assert out["step"] == 2 and math.isfinite(out["loss"])
+    assert read_state(tmp_path)["loss_scaler"]["scale"] == 2.0**16  # nothing overflowed: torch's initial scale

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -164,3 +165,27 @@ def test_init_starts_a_new_run_from_given_weights(videos, tmp_path):
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     with pytest.raises(C.UserError, match=r"train.init=.*does not match the model: missing keys \['motion_mask_token"):
         pretrain(_cfg(videos, tmp_path / "c", *frozen, "model.decoder=ind", f"train.init={a['checkpoint']}"))
+
+
+def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path, monkeypatch):
+    # amp=fp16 (GPUs without bf16). Started at 2^23, the loss scale overflows this model's fp16 gradients: those
+    # steps are skipped and the scale halved instead of stopping the run. The scale is in the checkpoint, so a
+    # run resumed at step 4 takes the same steps as the uninterrupted one.
+    from motionmae.engine.optim import LossScaler
+
+    monkeypatch.setattr(LossScaler, "INIT_SCALE", 2.0**23)
+    over = ["train.amp=fp16", "train.batch_size=2", "train.max_steps=8", "train.save_every=4"]
+    with _one_thread():
+        pretrain(_cfg(videos, tmp_path / "full", *over), resume="none")
+    rows = _rows(tmp_path / "full")
+    scales = [r["loss_scale"] for r in rows]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert not math.isfinite(rows[0]["grad_norm"]) and scales[0] == 2.0**22  # overflow: skipped, scale halved
+    assert math.isfinite(rows[-1]["grad_norm"]) and all(b <= a for a, b in zip(scales, scales[1:]))
+    mid = tmp_path / "full" / "checkpoints" / "step_00000004.safetensors"
+    assert ck.read_state(mid)["loss_scaler"]["scale"] == scales[3]
+    with _one_thread():
+        pretrain(_cfg(videos, tmp_path / "resumed", *over), resume=str(mid))
+    assert [r["loss_scale"] for r in _rows(tmp_path / "resumed")] == scales[4:]
+    a, b = _params(tmp_path / "full"), _params(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)

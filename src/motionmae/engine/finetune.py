@@ -26,7 +26,7 @@ from motionmae.engine import distributed as D
 from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
 from motionmae.engine.logger import MetricLogger, ProgressBar
 from motionmae.engine.mixup import Mixup, RandomErasing, soft_cross_entropy
-from motionmae.engine.optim import build_optimizer, lr_at, set_lr
+from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, set_lr
 from motionmae.errors import UserError
 
 # parameter-name parts that belong to the embedding, "layer 0"
@@ -135,6 +135,7 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
     depth = cfg.model.dims()[1]
     optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas,
                                 lr_scale_fn=layer_decay_fn(depth, ft.layer_decay))
+    scaler = LossScaler(amp_dtype, device)
     torch.manual_seed(D.derive_seed(t.seed, info.rank))  # drop path draws differ per rank
 
     step, epoch, pos = 0, 0, 0
@@ -144,6 +145,7 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
                             "directory of its own, pass the pretraining checkpoint as --pretrained")
         state = ck.load_checkpoint(ckpt_path, model, None if eval_only else optimizer, restore_rng=info.world_size == 1)
         step, epoch, pos = state.get("step", 0), state.get("epoch", 0), state.get("epoch_pos", 0)
+        scaler.load_state_dict(state.get("loss_scaler", {}))
         say(f"{'evaluating' if eval_only else 'resumed from'} {ckpt_path} at step {step}")
     evaluator = Evaluator(cfg, val_ds, col, names[col], num_classes, info, amp_dtype, run_dir)
     if eval_only:
@@ -200,15 +202,17 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
                     with autocast():
                         logits = net(x)
                     loss = soft_cross_entropy(logits, soft)
-                    (loss / t.accum_steps).backward()
+                    scaler.backward(loss / t.accum_steps)
                 sums += torch.tensor([loss.item(), (logits.argmax(-1) == soft.argmax(-1)).sum().item(), y.shape[0]],
                                      dtype=torch.float64)
                 pos += 1
+            scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
             red = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(norm)], dtype=torch.float64)])) if ddp else \
                 torch.cat([sums, torch.tensor([float(norm)], dtype=torch.float64)])
             loss_v = float(red[0]) / (t.accum_steps * info.world_size)
-            if not (math.isfinite(loss_v) and math.isfinite(float(red[3]))):
+            # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
+            if not (math.isfinite(loss_v) and (scaler.enabled or math.isfinite(float(red[3])))):
                 bar.close()
                 logger.close()
                 where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
@@ -216,18 +220,21 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
                                          "Lower train.base_lr, set train.clip_grad, or try train.amp=none")
             lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, t.min_lr, t.warmup_lr)
             set_lr(optimizer, lr)
-            optimizer.step()
+            scaler.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % t.log_every == 0 or step == plan.total_steps:
                 row = {"loss": loss_v, "train_acc": float(red[1] / red[2]), "lr": lr,
                        "grad_norm": float(red[3]) / info.world_size, "epoch": epoch}
+                if scaler.enabled:
+                    row["loss_scale"] = scaler.scale()
                 logger.log(step, row)
                 bar.update(step, loss=loss_v, lr=lr)
                 summary["loss"] = loss_v
             if step % t.save_every == 0 or step == plan.total_steps:
                 state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": to_dict(cfg), "kind": "finetune",
-                         "num_classes": num_classes, "label_column": names[col], "world_size": info.world_size}
+                         "num_classes": num_classes, "label_column": names[col], "world_size": info.world_size,
+                         "loss_scaler": scaler.state_dict()}
                 if main:
                     last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
                                                        numbered=step % t.save_every == 0, keep_last=t.keep_last)

@@ -80,7 +80,7 @@ class ProbeOptions:
     batch_size: int = 8  # clips per feature-extraction batch
     views: int = 1  # temporal clips per video averaged into one feature (centre crop)
     cache_dir: str = ""  # '' = <run dir>/probe_cache for a checkpoint, runs/probe_cache for an encoder object
-    amp: str = "auto"  # feature extraction autocast: auto (bf16 where fast) | bf16 | none
+    amp: str = "auto"  # feature extraction autocast: auto (bf16 where fast) | bf16 | fp16 | none
     seed: int = 0
 
 

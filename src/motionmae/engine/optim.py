@@ -64,6 +64,47 @@ def build_optimizer(
         return torch.optim.AdamW(groups, **kwargs)
 
 
+class LossScaler:
+    """fp16 loss scaling around the optimiser step (torch's GradScaler): fp16 gradients underflow without it,
+    and an overflowing step is skipped and the scale halved instead of stopping the run. A pass-through for
+    fp32 and bf16, which need none. Both training loops call `backward(loss)`, `unscale_(optimizer)` before
+    clipping, `step(optimizer)`, and keep `state_dict()` in the checkpoint (exact resume)."""
+
+    INIT_SCALE = 2.0**16  # torch's default
+
+    def __init__(self, amp_dtype: Optional[torch.dtype], device: torch.device):
+        fp16 = amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=self.INIT_SCALE) if fp16 else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.scaler is not None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.enabled else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.enabled:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.enabled:
+            self.scaler.step(optimizer)  # skipped when the gradients hold inf/nan
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def scale(self) -> float:
+        return float(self.scaler.get_scale()) if self.enabled else 1.0
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.enabled else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.enabled and state:
+            self.scaler.load_state_dict(state)
+
+
 def scaled_lr(base_lr: float, global_batch: int) -> float:
     """The linear scaling rule of MAE / VideoMAE: lr = base_lr * global_batch / 256."""
     return base_lr * global_batch / 256

@@ -33,7 +33,7 @@ from motionmae import config as C
 from motionmae.engine import checkpoint as ck
 from motionmae.engine import distributed as D
 from motionmae.engine.logger import MetricLogger, ProgressBar
-from motionmae.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, scaled_lr, set_lr
 from motionmae.errors import UserError
 from motionmae.models.state import load_matching
 
@@ -78,14 +78,15 @@ def init_weights_from(model: torch.nn.Module, path: str) -> None:
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for `train.amp`: 'none' -> None (fp32); 'bf16' -> bfloat16;
-    'auto' -> bfloat16 on CUDA GPUs that support it and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
+    """The autocast dtype for `train.amp`: 'none' -> None (fp32); 'bf16' -> bfloat16; 'fp16' -> float16 with loss
+    scaling (GPUs without bf16, e.g. V100 / T4: VideoMAE's own setting); 'auto' -> bfloat16 on CUDA GPUs that
+    support it and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
     if amp == "none":
         return None
-    if amp == "bf16":
-        return torch.bfloat16
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
     if amp != "auto":
-        raise UserError(f"train.amp='{amp}' is not one of auto, bf16, none")
+        raise UserError(f"train.amp='{amp}' is not one of auto, bf16, fp16, none")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     if device.type == "cpu":
@@ -211,6 +212,7 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
     optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas)
+    scaler = LossScaler(amp_dtype, device)
     torch.manual_seed(D.derive_seed(t.seed, info.rank))  # any global-RNG use (drop path) differs per rank
 
     # ---- resume (or start from given weights)
@@ -222,6 +224,7 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
     if ckpt_path is not None:
         state = ck.load_checkpoint(ckpt_path, model, optimizer, restore_rng=info.world_size == 1)
         step, epoch, pos = state["step"], state["epoch"], state["epoch_pos"]
+        scaler.load_state_dict(state.get("loss_scaler", {}))
         _warn_config_changes(state.get("config", {}), cfg, say)
         say(f"resumed from {ckpt_path} at step {step} (epoch {epoch}, batch {pos})")
     if info.world_size > 1:  # every rank must continue from the same checkpoint (rank 0 writes it; others read it)
@@ -279,11 +282,12 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
                 with (contextlib.nullcontext() if sync else net.no_sync()):
                     with autocast():
                         out = net(x, mask)
-                    (out["loss"] / t.accum_steps).backward()
+                    scaler.backward(out["loss"] / t.accum_steps)
                 sums[:3] += torch.tensor([out["loss"].item(), _item(out, "loss_appearance"), _item(out, "loss_motion")], dtype=torch.float64)
                 sums[4] += int(batch.get("skipped", 0))
                 clips_done += x.shape[0]
                 pos += 1
+            scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
             sums[3], sums[5] = float(norm), float(stop_request["signal"] is not None)
             # one small collective: mean losses over ranks, and every rank sees the same finiteness / stop verdict
@@ -291,7 +295,8 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
             loss, loss_a, loss_m = (red[:3] / t.accum_steps).tolist()
             skipped_epoch += int(round(float(red[4]) * info.world_size))
             stop = float(red[5]) > 0
-            if not (math.isfinite(loss) and math.isfinite(float(red[3]))):
+            # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
+            if not (math.isfinite(loss) and (scaler.enabled or math.isfinite(float(red[3])))):
                 bar.close()
                 logger.close()
                 where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
@@ -299,7 +304,7 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
                                          f"(epoch {epoch}); stopping, {where}. Lower train.base_lr, set train.clip_grad, or try train.amp=none")
             lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, plan.min_lr, plan.warmup_lr)
             set_lr(optimizer, lr)
-            optimizer.step()
+            scaler.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
             step += 1
             dt = time.perf_counter() - t0
@@ -309,6 +314,8 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
                 row = {"loss": loss, "loss_appearance": loss_a, "loss_motion": loss_m, "lr": lr, "grad_norm": float(red[3]),
                        "epoch": epoch, "clips_per_s": rate, "step_time": dt, "skipped_videos_epoch": skipped_epoch,
                        "peak_mem_mb": peak_memory_mb(device)}
+                if scaler.enabled:
+                    row["loss_scale"] = scaler.scale()
                 logger.log(step, row)
                 bar.update(step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
                 summary.update(loss=loss, clips_per_s=rate, peak_mem_mb=row["peak_mem_mb"])
@@ -316,7 +323,8 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
             if epoch_done and main and skipped_epoch:
                 bar.write(f"epoch {epoch}: skipped {skipped_epoch} unreadable video(s) (see warnings above)")
             if step % t.save_every == 0 or step == plan.total_steps or stop:
-                state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": C.to_dict(cfg), "world_size": info.world_size}
+                state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": C.to_dict(cfg), "world_size": info.world_size,
+                         "loss_scaler": scaler.state_dict()}
                 if main:
                     last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
                                                        numbered=step % t.save_every == 0, keep_last=t.keep_last)

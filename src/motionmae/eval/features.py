@@ -155,7 +155,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--views", type=int, default=1, help="temporal clips per video, features averaged (default 1: the centre clip)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"), help="autocast dtype (auto: bf16 where fast)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"), help="autocast dtype (auto: bf16 where fast)")
     parser.add_argument("--root", default="", help="prefix for relative paths in the list")
     parser.add_argument("--num-workers", type=int, default=2)
 

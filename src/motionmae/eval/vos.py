@@ -276,7 +276,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=d.temperature)
     parser.add_argument("--batch-size", type=int, default=8, help="frames per encoder call")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "none"], help="encoder autocast: auto (bf16 where fast) | bf16 | none")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"], help="encoder autocast: auto (bf16 where fast) | bf16 | fp16 | none")
 
 
 def config_from_args(args) -> VOSConfig:
