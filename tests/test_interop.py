@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from motionmae.config import ModelConfig, PretrainConfig
+from motionmae.config import ModelConfig, PretrainConfig, load_config
 from motionmae.errors import UserError
 from motionmae.interop import export_hf, load_hf, load_videomae
 # fp32 outputs cannot tell a LayerNorm eps of 1e-5 from 1e-12 at 1e-4 (measured: ~3e-6 apart on these models), so the
@@ -354,3 +354,18 @@ def test_transformers_load_with_dropped_biases_is_caught(tmp_path):
     hf = VideoMAEForVideoClassification.from_pretrained(tmp_path).eval()
     with pytest.raises(UserError, match="outputs differ"):
         check_parity(model, hf, "classifier", cfg)
+
+
+def test_hf_preset_suffix_gives_exportable_weights(tmp_path):
+    # '<preset>-hf' = the preset with what transformers can express; such a model exports with identical outputs
+    from motionmae.models.pretrain import PretrainModel
+
+    cfg = load_config("videomae-tiny-hf", ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.num_frames=4",
+                                           "model.img_size=32", "model.decoder_embed_dim=32", "model.decoder_depth=1",
+                                           "model.decoder_num_heads=2"])
+    assert (cfg.model.pos_embed, cfg.model.head_norm_eps, cfg.model.decoder, cfg.mask.kind) == ("sincos1d", 1e-5, "none", "tube")
+    assert load_config("motionmae-sha-base-hf").model.size == "base"
+    report = export_hf(randomize(PretrainModel(cfg), seed=3), cfg, tmp_path)
+    assert report["kind"] == "pretrain" and report["max_abs_diff"] < ATOL
+    with pytest.raises(UserError, match="each also with '-hf'"):
+        load_config("videomae-enormous-hf")

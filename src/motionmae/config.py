@@ -164,6 +164,12 @@ def _objective_preset(kind: str) -> dict:
     raise KeyError(kind)
 
 
+# Appended to any preset name: what transformers' VideoMAE can express (its fixed 1D sin-cos table; eps 1e-5 on
+# fc_norm and decoder.norm), so the trained weights export to transformers with identical outputs.
+HF_SUFFIX = "-hf"
+HF_COMPATIBLE = {"model": {"pos_embed": "sincos1d", "head_norm_eps": 1e-5}}
+
+
 def preset_names() -> list:
     names = [f"{k}-{s}" for k in ("videomae", "motionmae-sha", "motionmae-ind") for s in SIZES]
     names += ["videomae", "motionmae-sha", "motionmae-ind"]
@@ -180,6 +186,8 @@ def preset_dict(name: str) -> dict:
     yaml_path = _preset_dir() / f"{name}.yaml"
     if yaml_path.exists():
         return spec_dict(str(yaml_path))
+    if name.endswith(HF_SUFFIX):
+        return _merge(preset_dict(name[: -len(HF_SUFFIX)]), HF_COMPATIBLE)
     for kind in ("motionmae-sha", "motionmae-ind", "videomae"):
         if name == kind:
             return _objective_preset(kind)
@@ -187,7 +195,8 @@ def preset_dict(name: str) -> dict:
             d = _objective_preset(kind)
             d["model"]["size"] = name[len(kind) + 1 :]
             return d
-    raise UserError(f"unknown preset '{name}'; valid presets: {', '.join(preset_names())}")
+    raise UserError(f"unknown preset '{name}'; valid presets: {', '.join(preset_names())} "
+                    f"(each also with '{HF_SUFFIX}': exportable to transformers)")
 
 
 def spec_dict(spec: str, preset_fn=None) -> dict:

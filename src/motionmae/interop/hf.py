@@ -126,7 +126,8 @@ def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Option
     if m.pos_embed != "sincos1d":
         raise UserError(
             f"model.pos_embed='{m.pos_embed}' cannot be exported: transformers' VideoMAE only has the fixed 1D sinusoid "
-            "table. Train (or fine-tune) with model.pos_embed=sincos1d to export; see docs/INTEROP.md"
+            "table. Train (or fine-tune) with model.pos_embed=sincos1d to export, e.g. from a '-hf' preset such as "
+            "motionmae-sha-base-hf; see docs/INTEROP.md"
         )
     head_eps = m.norm_eps if m.head_norm_eps is None else m.head_norm_eps
     uses_head_norm = (kind == "classifier" and m.pooling == "mean") or (kind == "pretrain")
