@@ -162,6 +162,39 @@ def measure_fed(cfg, tmp: Path, quick: bool, live: bool = False):
     return rows, desc, text
 
 
+def measure_augment(cfg, repeats: int) -> list:
+    """CPU ms per clip of the spatial train transforms alone, on random uint8 clips of each source size: the
+    pretraining crop, the same + RandAugment, and the fine-tuning pipeline (finetune.crop=rrc: down to the short
+    side, RandAugment, random resized crop, flip)."""
+    from motionmae.data import transforms as T
+
+    ra = T.RandAugment.from_spec("rand-m7-n4-mstd0.5-inc1", "finetune.aa")
+    px, short = cfg["px"], int(round(cfg["px"] * 256 / 224))
+    scales = (1.0, 0.875, 0.75, 0.66)
+
+    def rrc(clip, g):
+        clip = T.short_side_resize(clip, short) if min(clip.shape[-2:]) > short else clip
+        return T.random_flip(T.random_resized_crop(ra(clip, g), px, g), g)
+
+    pipelines = {
+        "multi-scale crop + flip (pretraining)": lambda c, g: T.train_transform(c, px, scales, True, g),
+        "multi-scale crop + flip, then RandAugment (finetune.crop=multiscale)": lambda c, g: ra(T.train_transform(c, px, scales, True, g), g),
+        f"down to {short} px, RandAugment, random resized crop, flip (finetune.crop=rrc)": rrc,
+    }
+    rows = []
+    for w, h in cfg["resolutions"]:
+        clip = torch.randint(0, 256, (3, cfg["clip"], h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        for name, fn in pipelines.items():
+            times = []
+            for i in range(repeats):
+                g = torch.Generator().manual_seed(i)
+                t = time.process_time()
+                fn(clip, g)
+                times.append(time.process_time() - t)
+            rows.append([f"{w}x{h}", name, 1e3 * sum(times) / len(times)])
+    return rows
+
+
 NOTE = ("\nReading it: on a machine shared with other jobs, trust CPU ms/clip; each worker with a core to itself "
         "delivers about 1000 / (CPU ms/clip) clips/s. Repeated sampling (num_samples > 1) amortises decoding; "
         "0 workers costs more CPU per clip because the main process's intra-op threads spin while they wait.\n")
@@ -174,6 +207,7 @@ def run(quick: bool = False, update_docs: bool = False, fed: bool = True, live: 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         rows = measure_loader(cfg, tmp)
+        aug_rows = measure_augment(cfg, 2 if quick else 30)
         fed_rows, fed_desc, fed_text = measure_fed(cfg, tmp, quick, live) if fed else ([], "", "")
     clip = f"{cfg['clip']}x{cfg['px']}x{cfg['px']}"
     cmd = "python benchmarks/loader.py" + (" --quick" if quick else "") + " --update-docs"
@@ -185,6 +219,9 @@ def run(quick: bool = False, update_docs: bool = False, fed: bool = True, live: 
             f"{cfg['visits']} videos, worker start-up included; CPU ms/clip sums the main process and its workers and does not depend on other load (1-min load average at the start: {load:.1f}).\n\n")
     text += markdown_table(["video", "MB/file", "num_samples", "workers", "clips/s", "ms/clip", "CPU ms/clip"], rows) + "\n"
     text += NOTE
+    text += (f"\nThe train transforms alone (random uint8 clips of {cfg['clip']} frames, one thread, mean over "
+             "draws; RandAugment rand-m7-n4-mstd0.5-inc1). Fine-tuning clips cost this on top of decoding:\n\n")
+    text += markdown_table(["source", "transform", "CPU ms/clip"], aug_rows) + "\n"
     if fed_rows:
         text += (f"\nIs a small-model training step fed? {fed_desc}; clips decoded from the "
                  f"{cfg['resolutions'][0][0]}x{cfg['resolutions'][0][1]} files, num_samples 1. The worker and the step share "

@@ -227,8 +227,9 @@ def test_config_defaults():
 
 
 def test_videomae_crop_augments_the_decoded_frames_then_crops(folder, monkeypatch):
-    # finetune.crop=rrc (VideoMAE's order): RandAugment sees the decoded 24x32 frames, the random resized crop
-    # comes after; 'multiscale' crops first. Pretraining clips keep the multi-scale crop whatever is asked.
+    # finetune.crop=rrc (VideoMAE's order): RandAugment sees the whole frames, brought from 24x32 down to the short
+    # side 16 (16x21), and the random resized crop comes after; 'multiscale' crops first. Pretraining clips keep
+    # the multi-scale crop whatever is asked.
     seen = []
     real = T.RandAugment.__call__
 
@@ -239,7 +240,7 @@ def test_videomae_crop_augments_the_decoded_frames_then_crops(folder, monkeypatc
     monkeypatch.setattr(T.RandAugment, "__call__", spy)
     cfg = _cfg(folder)
     rrc = build_dataset(cfg, "train", "finetune", seed=3, aa=SPEC, crop="rrc")
-    assert rrc[0]["video"].shape[-2:] == (16, 16) and seen == [(24, 32)]
+    assert rrc[0]["video"].shape[-2:] == (16, 16) and seen == [(16, 21)]
     seen.clear()
     assert build_dataset(cfg, "train", "finetune", seed=3, aa=SPEC, crop="multiscale")[0]["video"].shape[-2:] == (16, 16)
     assert seen == [(16, 16)]

@@ -104,7 +104,7 @@ class DataConfig:
     sampling_rate: int = 4  # frame stride (SSv2: 2, K400/UCF101: 4)
     sampling: str = "dense"  # dense | segment (TSN, for SSv2)
     input_size: int = 224
-    short_side: int = 0  # test-time short-side resize (0: input_size * 256 / 224)
+    short_side: int = 0  # short side of test views, and at most of fine-tuning frames before RandAugment (0: input_size * 256 / 224)
     scales: Tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     flip: bool = True  # off for SSv2 (left/right matters)
     num_samples: int = 1  # clips drawn from one decoded video per visit (repeated sampling)

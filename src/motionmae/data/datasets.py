@@ -237,7 +237,8 @@ class VideoClipDataset(Dataset):
     short-side resize, centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with
     "view" ids). `aa`: RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', 'train' only.
     crop='multiscale' (pretraining): multi-scale crop, flip, then RandAugment if any. crop='rrc' (VideoMAE
-    fine-tuning): RandAugment on the decoded frames, random resized crop, flip.
+    fine-tuning): frames larger than `short_side` resized down to it (VideoMAE decodes at about that size),
+    RandAugment, random resized crop, flip.
     """
 
     def __init__(self, entries: Sequence[VideoEntry], *, num_frames: int = 16, sampling_rate: int = 4,
@@ -335,7 +336,9 @@ class VideoClipDataset(Dataset):
 
     def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         flip = 0.5 if self.flip else 0.0
-        if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment at the decoded size, then the crop
+        if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment on the frames, then the crop
+            if min(clip.shape[-2:]) > self.short_side:  # VideoMAE decodes at ~256 px; RandAugment cost grows with pixels
+                clip = T.short_side_resize(clip, self.short_side)
             if self.rand_augment is not None:
                 clip = self.rand_augment(clip, gen)
             return T.random_flip(T.random_resized_crop(clip, self.input_size, gen), gen, flip)

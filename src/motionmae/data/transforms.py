@@ -9,8 +9,8 @@ distortion of at most one scale step, offset from a fixed 13-point grid), resize
 horizontal flip. Test: `short_side_resize`, then `center_crop` or `three_crop` (along the long side).
 `to_model_input` is where uint8 becomes normalised float on the device.
 
-Fine-tuning train clips (VideoMAE's recipe): `RandAugment` (timm's 'rand-m7-n4-mstd0.5-inc1') on the decoded
-frames, one draw of ops and arguments per clip applied to every frame alike (`apply_op(clip, name, arg)` is one
+Fine-tuning train clips (VideoMAE's recipe): `RandAugment` (timm's 'rand-m7-n4-mstd0.5-inc1') on the frames
+(brought down to the short side the dataset evaluates at), one draw of ops and arguments per clip applied to every frame alike (`apply_op(clip, name, arg)` is one
 op), then `random_resized_crop` (torchvision's RandomResizedCrop draw: area 8-100%, aspect 3/4-4/3), then the flip.
 """
 

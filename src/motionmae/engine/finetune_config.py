@@ -46,8 +46,8 @@ class FinetuneOptions:
     label_smoothing: float = 0.1
     reprob: float = 0.25  # random erasing probability per clip
     aa: str = "rand-m7-n4-mstd0.5-inc1"  # RandAugment of train clips (timm spec, same ops on every frame); '' or none: off
-    # train crop: 'rrc' = VideoMAE's (RandAugment on the decoded frames, then a random resized crop, area 8-100%,
-    # aspect 3/4-4/3); 'multiscale' = the pretraining crop (data.scales), then RandAugment
+    # train crop: 'rrc' = VideoMAE's (frames down to data.short_side, RandAugment, then a random resized crop, area
+    # 8-100%, aspect 3/4-4/3); 'multiscale' = the pretraining crop (data.scales), then RandAugment
     crop: str = "rrc"
     eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
     eval_batch_size: int = 0  # videos per eval batch (each carries data.test_clips x data.test_crops views); 0 = train.batch_size
