@@ -236,6 +236,16 @@ def from_dict(cls, d: dict, where: str = ""):
     return update(cls(), d, where)
 
 
+def model_config_from_dict(config_dict: Optional[dict], where: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig saved in a checkpoint's config (keys unknown to this version are ignored)."""
+    model = dict((config_dict or {}).get("model") or {})
+    if not model:
+        raise UserError(f"{where}: carries no model config; it was not written by motionmae "
+                        "(convert foreign weights with `motionmae convert` first)")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return from_dict(ModelConfig, {k: v for k, v in model.items() if k in known}, "model")
+
+
 def update(obj, d: dict, where: str = ""):
     """Return a copy of dataclass `obj` with the nested dict `d` applied."""
     if not isinstance(d, dict):

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from motionmae.config import save_config, to_dict
+from motionmae.config import model_config_from_dict, save_config, to_dict
 from motionmae.engine import checkpoint as ck
 from motionmae.engine import distributed as D
 from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
@@ -122,7 +122,6 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
         raise UserError(f"--eval-only: no checkpoint to evaluate in {run_dir} (pass --resume PATH)")
     if pretrained and ckpt_path is None:
         from motionmae.engine.checkpoint import load_model_state
-        from motionmae.eval.features import model_config_from_dict
 
         sd, saved = load_model_state(pretrained)
         source_grid = model_config_from_dict(saved, str(pretrained)).grid() if saved.get("model") else None

@@ -19,21 +19,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from motionmae.config import DataConfig, ModelConfig, from_dict
+from motionmae.config import DataConfig, from_dict, model_config_from_dict
 from motionmae.errors import UserError
 
 # ----------------------------------------------------------------------------------------------
 # encoders
-
-
-def model_config_from_dict(config_dict: Optional[dict], where: str = "checkpoint") -> ModelConfig:
-    """The ModelConfig saved in a checkpoint's config (keys unknown to this version are ignored)."""
-    model = dict((config_dict or {}).get("model") or {})
-    if not model:
-        raise UserError(f"{where}: carries no model config; it was not written by motionmae "
-                        "(convert foreign weights with `motionmae convert` first)")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    return from_dict(ModelConfig, {k: v for k, v in model.items() if k in known}, "model")
 
 
 def encoder_from_state(state_dict: dict, config_dict: Optional[dict], where: str = "checkpoint"):
