@@ -357,7 +357,9 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
         "",
         f"Command: `{command}`. Finished runs are reused (runs are resumable), so the time of the last invocation "
         f"({seconds / 60:.0f} min) is not the cost of the experiment: see the end of this page. Every number is "
-        "mean ± std over seeds " + ", ".join(map(str, setup.seeds)) + " (same data, steps and seed for every model).",
+        "mean ± std over seeds " + ", ".join(map(str, setup.seeds)) + " (same data, steps and seed for every model)"
+        + (", ablation rows over seeds " + ", ".join(map(str, sorted({r.seed for rs in ablation.values() for r in rs})))
+           if ablation else "") + ".",
         "",
         f"- Data: the built-in synthetic set (`motionmae make-dataset`), {setup.num_train} train / {setup.num_val} val videos, "
         f"{setup.video_frames} frames at {setup.size}x{setup.size}; labels: class (glyph shape: appearance), direction, "
