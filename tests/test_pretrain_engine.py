@@ -189,3 +189,15 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path,
     assert [r["loss_scale"] for r in _rows(tmp_path / "resumed")] == scales[4:]
     a, b = _params(tmp_path / "full"), _params(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resolve_amp(monkeypatch):
+    from motionmae.engine.pretrain import resolve_amp
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [resolve_amp(a, cpu) for a in ("none", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
+    for has_bf16, want in ((True, torch.bfloat16), (False, torch.float16)):  # A100/H100 vs V100/T4
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: has_bf16)
+        assert resolve_amp("auto", cuda) == want
+    with pytest.raises(C.UserError, match="auto, bf16, fp16, none"):
+        resolve_amp("fp8", cpu)

@@ -133,7 +133,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: Tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 0.0  # 0: off
-    amp: str = "auto"  # auto (bf16 where fast) | bf16 | fp16 (with loss scaling) | none
+    amp: str = "auto"  # auto (bf16 where fast; fp16 on GPUs without bf16) | bf16 | fp16 (with loss scaling) | none
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     output_dir: str = "runs/pretrain"

@@ -78,17 +78,16 @@ def init_weights_from(model: torch.nn.Module, path: str) -> None:
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for `train.amp`: 'none' -> None (fp32); 'bf16' -> bfloat16; 'fp16' -> float16 with loss
-    scaling (GPUs without bf16, e.g. V100 / T4: VideoMAE's own setting); 'auto' -> bfloat16 on CUDA GPUs that
-    support it and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
-    if amp == "none":
-        return None
-    if amp in ("bf16", "fp16"):
-        return torch.bfloat16 if amp == "bf16" else torch.float16
+    """The autocast dtype for `train.amp`: 'none' -> None (fp32); 'bf16' -> bfloat16; 'fp16' -> float16 (training
+    adds loss scaling; VideoMAE's own setting); 'auto' -> bfloat16 on CUDA GPUs that support it, float16 on
+    older ones (V100, T4), bfloat16 on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
+    fixed = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp in fixed:
+        return fixed[amp]
     if amp != "auto":
         raise UserError(f"train.amp='{amp}' is not one of auto, bf16, fp16, none")
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":
         return torch.bfloat16 if _cpu_has_native_bf16() else None
     return None
