@@ -67,3 +67,24 @@ def test_two_gloo_ranks_equal_one_process_with_double_batch(tmp_path):
     for k in pa:
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
     assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoints", "config.yaml", "metrics.jsonl", "tb"]  # rank 0 only
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_gloo_ranks_fp16_loss_scaling_matches_one_process(tmp_path):
+    # fp16 with loss scaling under DDP (V100 clusters): the ranks take the same steps with the same scale as
+    # one process with the double batch
+    videos = tiny_videos(tmp_path / "videos", n=8)
+    common = [*TINY, f"data.train={videos}", "train.max_steps=3", "train.save_every=100", "train.amp=fp16"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "motionmae.cli",
+                          "pretrain", *common, "train.batch_size=2", f"train.output_dir={tmp_path / 'ddp'}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *common, "train.batch_size=4",
+                          f"train.output_dir={tmp_path / 'one'}"], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
+    assert [r["loss_scale"] for r in a] == [r["loss_scale"] for r in b] == [2.0**16] * 3
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-3)
+    assert ck.read_state(tmp_path / "ddp")["loss_scaler"] == ck.read_state(tmp_path / "one")["loss_scaler"]
