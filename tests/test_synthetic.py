@@ -135,3 +135,24 @@ def test_fashion_mnist_reader_and_glyphs(tmp_path):
 def test_fashion_glyphs(tmp_path):
     info = make_dataset(tmp_path, num_train=2, num_val=1, frames=4, size=32, glyphs="fashion", workers=1)
     assert info["glyphs"] == "fashion-mnist"
+
+
+def test_written_clips_depend_on_the_spec_only(tmp_path):
+    # the same clip written again, after others, is the same file: datasets (and the demo's scores) reproduce.
+    # With x264's SIMD code on, PyAV's tight frame buffers made some files depend on the process's heap; a fresh
+    # interpreter writing this sequence showed it (clip 6 came out two ways).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from motionmae.data.synthetic import CLASSES, _write_one, clip_specs\n"
+        "specs = clip_specs(40, 16, 32, 0, 'train', len(CLASSES)); seen = {}\n"
+        "for n, k in enumerate((1, 6, 1, 6, 2, 6, 3, 1, 6)):\n"
+        "    p = Path(sys.argv[1]) / f'{n}.mp4'; _write_one((str(p), specs[k], 8, 18, False))\n"
+        "    seen.setdefault(k, set()).add(p.read_bytes())\n"
+        "print(max(len(v) for v in seen.values()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"  # one file per clip

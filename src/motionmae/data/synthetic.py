@@ -182,7 +182,10 @@ def _write_one(job):
 
     path, spec, fps, crf, use_fashion = job
     fashion = load_fashion_mnist() if use_fashion else None
-    write_video(path, render_clip(spec, fashion=fashion), fps=fps, options={"crf": str(crf), "preset": "fast"})
+    # no-asm: x264's SIMD code reads past the end of the tight frame buffers PyAV hands it, so with it the same
+    # frames gave files that depended on the process's heap (different datasets, and demo scores, run to run)
+    options = {"crf": str(crf), "preset": "fast", "x264-params": "no-asm=1"}
+    write_video(path, render_clip(spec, fashion=fashion), fps=fps, options=options)
 
 
 def make_dataset(out_dir, num_train: int = 800, num_val: int = 200, frames: int = 16, size: int = 64, seed: int = 0,
