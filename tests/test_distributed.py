@@ -43,21 +43,25 @@ def test_derive_seed_is_stable_and_separates_keys():
     assert len({derive_seed(0, e, i) for e in range(10) for i in range(10)}) == 100
 
 
+def _pretrain(args, ranks: int = 1) -> subprocess.CompletedProcess:
+    """`motionmae pretrain ARGS` in a fresh process (under torchrun with `ranks` > 1); fails the test if it fails."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+    out = subprocess.run([sys.executable, *launcher, "-m", "motionmae.cli", "pretrain", *args],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_gloo_ranks_equal_one_process_with_double_batch(tmp_path):
     videos = tiny_videos(tmp_path / "videos", n=8)
     common = [*TINY, f"data.train={videos}", "train.max_steps=3", "train.save_every=100", "train.clip_grad=1.0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     # each rank: 2 micro-batches of 2 (DDP no_sync on the first) with activation checkpointing = 4 clips per rank
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "motionmae.cli",
-                          "pretrain", *common, "train.batch_size=2", "train.accum_steps=2", "model.grad_checkpointing=true",
-                          f"train.output_dir={tmp_path / 'ddp'}"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp = _pretrain([*common, "train.batch_size=2", "train.accum_steps=2", "model.grad_checkpointing=true",
+                     f"train.output_dir={tmp_path / 'ddp'}"], ranks=2)
     assert "x 2 rank(s)" in ddp.stdout and "effective batch 8 clips" in ddp.stdout
-    one = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *common, "train.batch_size=8",
-                          f"train.output_dir={tmp_path / 'one'}"], capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    _pretrain([*common, "train.batch_size=8", f"train.output_dir={tmp_path / 'one'}"])
 
     a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     assert [r["step"] for r in a] == [1, 2, 3] and [r["lr"] for r in a] == [r["lr"] for r in b]
@@ -75,14 +79,8 @@ def test_two_gloo_ranks_fp16_loss_scaling_matches_one_process(tmp_path):
     # one process with the double batch
     videos = tiny_videos(tmp_path / "videos", n=8)
     common = [*TINY, f"data.train={videos}", "train.max_steps=3", "train.save_every=100", "train.amp=fp16"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "motionmae.cli",
-                          "pretrain", *common, "train.batch_size=2", f"train.output_dir={tmp_path / 'ddp'}"],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *common, "train.batch_size=4",
-                          f"train.output_dir={tmp_path / 'one'}"], capture_output=True, text=True, env=env, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
+    _pretrain([*common, "train.batch_size=2", f"train.output_dir={tmp_path / 'ddp'}"], ranks=2)
+    _pretrain([*common, "train.batch_size=4", f"train.output_dir={tmp_path / 'one'}"])
     a, b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "one")
     assert [r["loss_scale"] for r in a] == [r["loss_scale"] for r in b] == [2.0**16] * 3
     for x, y in zip(a, b):
