@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader
 
 from motionmae.config import model_config_from_dict, save_config, to_dict
+from motionmae.data.loader import Batches, make_loader
 from motionmae.engine import checkpoint as ck
 from motionmae.engine import distributed as D
 from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
@@ -184,66 +184,65 @@ def _finetune(cfg: FinetuneConfig, info: D.DistInfo, pretrained: str, resume: st
             epoch, pos = epoch + 1, 0
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch, start=pos * t.batch_size)
-        loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                            collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda", generator=loader_gen)
-        batches = iter(loader)
-        while pos < micro_per_epoch and step < plan.total_steps:
-            sums = torch.zeros(3, dtype=torch.float64)  # loss, correct (vs the dominant label), clips
-            for micro in range(t.accum_steps):
-                batch = next(batches)
-                x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
-                y = batch["label"][:, col].to(device)
-                # batch-level draws, seeded by (seed, rank, step, micro): a resumed run repeats them
-                g = torch.Generator().manual_seed(D.derive_seed(t.seed, info.rank, step, micro))
-                x, soft = mixup(erase(x, g), y, g)
-                sync = micro == t.accum_steps - 1 or not ddp
-                with (contextlib.nullcontext() if sync else net.no_sync()):
-                    with autocast():
-                        logits = net(x)
-                    loss = soft_cross_entropy(logits, soft)
-                    scaler.backward(loss / t.accum_steps)
-                sums += torch.tensor([loss.item(), (logits.argmax(-1) == soft.argmax(-1)).sum().item(), y.shape[0]],
-                                     dtype=torch.float64)
-                pos += 1
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
-            red = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(norm)], dtype=torch.float64)])) if ddp else \
-                torch.cat([sums, torch.tensor([float(norm)], dtype=torch.float64)])
-            loss_v = float(red[0]) / (t.accum_steps * info.world_size)
-            # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
-            if not (math.isfinite(loss_v) and (scaler.enabled or math.isfinite(float(red[3])))):
-                bar.close()
-                logger.close()
-                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"non-finite loss or gradient at step {step} (epoch {epoch}); stopping, {where}. "
-                                         "Lower train.base_lr, set train.clip_grad, or try train.amp=none")
-            lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, t.min_lr, t.warmup_lr)
-            set_lr(optimizer, lr)
-            scaler.step(optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % t.log_every == 0 or step == plan.total_steps:
-                row = {"loss": loss_v, "train_acc": float(red[1] / red[2]), "lr": lr,
-                       "grad_norm": float(red[3]) / info.world_size, "epoch": epoch}
-                if scaler.enabled:
-                    row["loss_scale"] = scaler.scale()
-                logger.log(step, row)
-                bar.update(step, loss=loss_v, lr=lr)
-                summary["loss"] = loss_v
-            if step % t.save_every == 0 or step == plan.total_steps:
-                state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": to_dict(cfg), "kind": "finetune",
-                         "num_classes": num_classes, "label_column": names[col], "world_size": info.world_size,
-                         "loss_scaler": scaler.state_dict()}
-                if main:
-                    last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
-                                                       numbered=step % t.save_every == 0, keep_last=t.keep_last)
-                D.barrier()
-            if val_ds is not None and ((ft.eval_every > 0 and step % ft.eval_every == 0) or step == plan.total_steps):
-                metrics = evaluator(model, step, bar)
-                logger.log(step, {k: metrics[k] for k in ("top1", "top5", "mean_class_acc")}, prefix="val/")
-                summary["eval"] = metrics
-                net.train()
-        del batches, loader
+        loader = make_loader(train_ds, t.batch_size, cfg.data.num_workers, sampler=sampler, collate_fn=collate, drop_last=True,
+                             pin_memory=device.type == "cuda", generator=loader_gen, train=True)
+        with Batches(loader) as batches:  # workers are reaped on every way out, errors included
+            while pos < micro_per_epoch and step < plan.total_steps:
+                sums = torch.zeros(3, dtype=torch.float64)  # loss, correct (vs the dominant label), clips
+                for micro in range(t.accum_steps):
+                    batch = next(batches)
+                    x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
+                    y = batch["label"][:, col].to(device)
+                    # batch-level draws, seeded by (seed, rank, step, micro): a resumed run repeats them
+                    g = torch.Generator().manual_seed(D.derive_seed(t.seed, info.rank, step, micro))
+                    x, soft = mixup(erase(x, g), y, g)
+                    sync = micro == t.accum_steps - 1 or not ddp
+                    with (contextlib.nullcontext() if sync else net.no_sync()):
+                        with autocast():
+                            logits = net(x)
+                        loss = soft_cross_entropy(logits, soft)
+                        scaler.backward(loss / t.accum_steps)
+                    sums += torch.tensor([loss.item(), (logits.argmax(-1) == soft.argmax(-1)).sum().item(), y.shape[0]],
+                                         dtype=torch.float64)
+                    pos += 1
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
+                red = D.all_reduce_sum(torch.cat([sums, torch.tensor([float(norm)], dtype=torch.float64)])) if ddp else \
+                    torch.cat([sums, torch.tensor([float(norm)], dtype=torch.float64)])
+                loss_v = float(red[0]) / (t.accum_steps * info.world_size)
+                # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
+                if not (math.isfinite(loss_v) and (scaler.enabled or math.isfinite(float(red[3])))):
+                    bar.close()
+                    logger.close()
+                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise NonFiniteLossError(f"non-finite loss or gradient at step {step} (epoch {epoch}); stopping, {where}. "
+                                             "Lower train.base_lr, set train.clip_grad, or try train.amp=none")
+                lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, t.min_lr, t.warmup_lr)
+                set_lr(optimizer, lr)
+                scaler.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % t.log_every == 0 or step == plan.total_steps:
+                    row = {"loss": loss_v, "train_acc": float(red[1] / red[2]), "lr": lr,
+                           "grad_norm": float(red[3]) / info.world_size, "epoch": epoch}
+                    if scaler.enabled:
+                        row["loss_scale"] = scaler.scale()
+                    logger.log(step, row)
+                    bar.update(step, loss=loss_v, lr=lr)
+                    summary["loss"] = loss_v
+                if step % t.save_every == 0 or step == plan.total_steps:
+                    state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": to_dict(cfg), "kind": "finetune",
+                             "num_classes": num_classes, "label_column": names[col], "world_size": info.world_size,
+                             "loss_scaler": scaler.state_dict()}
+                    if main:
+                        last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
+                                                           numbered=step % t.save_every == 0, keep_last=t.keep_last)
+                    D.barrier()
+                if val_ds is not None and ((ft.eval_every > 0 and step % ft.eval_every == 0) or step == plan.total_steps):
+                    metrics = evaluator(model, step, bar)
+                    logger.log(step, {k: metrics[k] for k in ("top1", "top5", "mean_class_acc")}, prefix="val/")
+                    summary["eval"] = metrics
+                    net.train()
 
     bar.close()
     logger.close()
@@ -275,8 +274,8 @@ class Evaluator:
             raise UserError("no data.val to evaluate on")
         cfg = self.cfg
         sampler = D.ShardedSampler(len(self.ds), self.info.world_size, self.info.rank, shuffle=False, drop_last=False)
-        loader = DataLoader(self.ds, batch_size=cfg.finetune.eval_batch_size or cfg.train.batch_size, sampler=sampler,
-                            num_workers=cfg.data.num_workers, collate_fn=collate)
+        loader = make_loader(self.ds, cfg.finetune.eval_batch_size or cfg.train.batch_size, cfg.data.num_workers,
+                             sampler=sampler, collate_fn=collate)
         scores, labels, _ = predict_multiview(model, loader, self.info.device, cfg.data.mean, cfg.data.std,
                                               self.amp_dtype, max_videos=cfg.finetune.eval_max_videos)
         m = classification_metrics(scores, labels[:, self.col], self.num_classes)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.utils.data import DataLoader
 
 from motionmae import config as C
 from motionmae.engine import checkpoint as ck
@@ -194,6 +193,7 @@ def pretrain(cfg: C.PretrainConfig, resume: str = "auto") -> dict:
 
 def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request: dict) -> dict:
     from motionmae.data.datasets import build_dataset, collate
+    from motionmae.data.loader import Batches, make_loader
     from motionmae.data.transforms import to_model_input
 
     t, device, main = cfg.train, info.device, info.is_main
@@ -266,74 +266,72 @@ def _pretrain(cfg: C.PretrainConfig, info: D.DistInfo, resume: str, stop_request
             skipped_epoch = 0
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, start=pos * t.batch_size)
-        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                            collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda", generator=loader_gen,
-                            persistent_workers=False, worker_init_fn=_ignore_sigterm)
-        batches = iter(loader)
-        while pos < micro_per_epoch and step < plan.total_steps:
-            t0 = time.perf_counter()
-            sums = torch.zeros(6, dtype=torch.float64)  # loss, appearance, motion, grad norm, skipped videos, stop request
-            for micro in range(t.accum_steps):
-                batch = _next_batch(batches)
-                x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
-                mask = clip_masks(cfg, batch["index"], epoch, device)
-                sync = micro == t.accum_steps - 1 or not ddp
-                with (contextlib.nullcontext() if sync else net.no_sync()):
-                    with autocast():
-                        out = net(x, mask)
-                    scaler.backward(out["loss"] / t.accum_steps)
-                sums[:3] += torch.tensor([out["loss"].item(), _item(out, "loss_appearance"), _item(out, "loss_motion")], dtype=torch.float64)
-                sums[4] += int(batch.get("skipped", 0))
-                clips_done += x.shape[0]
-                pos += 1
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
-            sums[3], sums[5] = float(norm), float(stop_request["signal"] is not None)
-            # one small collective: mean losses over ranks, and every rank sees the same finiteness / stop verdict
-            red = D.all_reduce_mean(sums) if ddp else sums
-            loss, loss_a, loss_m = (red[:3] / t.accum_steps).tolist()
-            skipped_epoch += int(round(float(red[4]) * info.world_size))
-            stop = float(red[5]) > 0
-            # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
-            if not (math.isfinite(loss) and (scaler.enabled or math.isfinite(float(red[3])))):
-                bar.close()
-                logger.close()
-                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
-                                         f"(epoch {epoch}); stopping, {where}. Lower train.base_lr, set train.clip_grad, or try train.amp=none")
-            lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, plan.min_lr, plan.warmup_lr)
-            set_lr(optimizer, lr)
-            scaler.step(optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            dt = time.perf_counter() - t0
+        loader = make_loader(dataset, t.batch_size, cfg.data.num_workers, sampler=sampler, collate_fn=collate, drop_last=True,
+                             pin_memory=device.type == "cuda", generator=loader_gen, train=True)
+        with Batches(loader) as batches:  # workers are reaped on every way out, errors included
+            while pos < micro_per_epoch and step < plan.total_steps:
+                t0 = time.perf_counter()
+                sums = torch.zeros(6, dtype=torch.float64)  # loss, appearance, motion, grad norm, skipped videos, stop request
+                for micro in range(t.accum_steps):
+                    batch = next(batches)
+                    x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
+                    mask = clip_masks(cfg, batch["index"], epoch, device)
+                    sync = micro == t.accum_steps - 1 or not ddp
+                    with (contextlib.nullcontext() if sync else net.no_sync()):
+                        with autocast():
+                            out = net(x, mask)
+                        scaler.backward(out["loss"] / t.accum_steps)
+                    sums[:3] += torch.tensor([out["loss"].item(), _item(out, "loss_appearance"), _item(out, "loss_motion")], dtype=torch.float64)
+                    sums[4] += int(batch.get("skipped", 0))
+                    clips_done += x.shape[0]
+                    pos += 1
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
+                sums[3], sums[5] = float(norm), float(stop_request["signal"] is not None)
+                # one small collective: mean losses over ranks, and every rank sees the same finiteness / stop verdict
+                red = D.all_reduce_mean(sums) if ddp else sums
+                loss, loss_a, loss_m = (red[:3] / t.accum_steps).tolist()
+                skipped_epoch += int(round(float(red[4]) * info.world_size))
+                stop = float(red[5]) > 0
+                # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
+                if not (math.isfinite(loss) and (scaler.enabled or math.isfinite(float(red[3])))):
+                    bar.close()
+                    logger.close()
+                    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+                    raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
+                                             f"(epoch {epoch}); stopping, {where}. Lower train.base_lr, set train.clip_grad, or try train.amp=none")
+                lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, plan.min_lr, plan.warmup_lr)
+                set_lr(optimizer, lr)
+                scaler.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                dt = time.perf_counter() - t0
 
-            if step % t.log_every == 0 or step == plan.total_steps:
-                rate = clips_done * info.world_size / (time.perf_counter() - t_start)
-                row = {"loss": loss, "loss_appearance": loss_a, "loss_motion": loss_m, "lr": lr, "grad_norm": float(red[3]),
-                       "epoch": epoch, "clips_per_s": rate, "step_time": dt, "skipped_videos_epoch": skipped_epoch,
-                       "peak_mem_mb": peak_memory_mb(device)}
-                if scaler.enabled:
-                    row["loss_scale"] = scaler.scale()
-                logger.log(step, row)
-                bar.update(step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
-                summary.update(loss=loss, clips_per_s=rate, peak_mem_mb=row["peak_mem_mb"])
-            epoch_done = pos >= micro_per_epoch
-            if epoch_done and main and skipped_epoch:
-                bar.write(f"epoch {epoch}: skipped {skipped_epoch} unreadable video(s) (see warnings above)")
-            if step % t.save_every == 0 or step == plan.total_steps or stop:
-                state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": C.to_dict(cfg), "world_size": info.world_size,
-                         "loss_scaler": scaler.state_dict()}
-                if main:
-                    last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
-                                                       numbered=step % t.save_every == 0, keep_last=t.keep_last)
-                D.barrier()
-            # viz_every > 0: every so many steps and at the end; 0: at the end only; < 0: never
-            if main and t.viz_every >= 0 and (step == plan.total_steps or (t.viz_every > 0 and step % t.viz_every == 0)):
-                _pictures(cfg, model, dataset, run_dir, step, device, amp_dtype, bar)
-            if stop:
-                break
-        del batches, loader
+                if step % t.log_every == 0 or step == plan.total_steps:
+                    rate = clips_done * info.world_size / (time.perf_counter() - t_start)
+                    row = {"loss": loss, "loss_appearance": loss_a, "loss_motion": loss_m, "lr": lr, "grad_norm": float(red[3]),
+                           "epoch": epoch, "clips_per_s": rate, "step_time": dt, "skipped_videos_epoch": skipped_epoch,
+                           "peak_mem_mb": peak_memory_mb(device)}
+                    if scaler.enabled:
+                        row["loss_scale"] = scaler.scale()
+                    logger.log(step, row)
+                    bar.update(step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", clips_s=f"{rate:.1f}")
+                    summary.update(loss=loss, clips_per_s=rate, peak_mem_mb=row["peak_mem_mb"])
+                epoch_done = pos >= micro_per_epoch
+                if epoch_done and main and skipped_epoch:
+                    bar.write(f"epoch {epoch}: skipped {skipped_epoch} unreadable video(s) (see warnings above)")
+                if step % t.save_every == 0 or step == plan.total_steps or stop:
+                    state = {"step": step, "epoch": epoch, "epoch_pos": pos, "config": C.to_dict(cfg), "world_size": info.world_size,
+                             "loss_scaler": scaler.state_dict()}
+                    if main:
+                        last_ckpt = ck.save_run_checkpoint(run_dir, step, model, optimizer, state,
+                                                           numbered=step % t.save_every == 0, keep_last=t.keep_last)
+                    D.barrier()
+                # viz_every > 0: every so many steps and at the end; 0: at the end only; < 0: never
+                if main and t.viz_every >= 0 and (step == plan.total_steps or (t.viz_every > 0 and step % t.viz_every == 0)):
+                    _pictures(cfg, model, dataset, run_dir, step, device, amp_dtype, bar)
+                if stop:
+                    break
         if stop:
             bar.close()
             logger.close()
@@ -374,24 +372,6 @@ def _catch_sigterm():
         box["signal"] = signum
 
     return box, signal.signal(signal.SIGTERM, handler)
-
-
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM (sent to the whole process group by schedulers) to the main process,
-    which saves a checkpoint and then shuts them down."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _next_batch(batches):
-    """next() on a DataLoader iterator; a UserError raised in a worker comes back with the worker's traceback
-    glued to its message: keep only the message (one line for the CLI)."""
-    try:
-        return next(batches)
-    except UserError as e:
-        msg = str(e)
-        if "Original Traceback" in msg:
-            msg = msg.strip().splitlines()[-1].split("UserError: ", 1)[-1]
-        raise UserError(msg) from None
 
 
 def _item(out: dict, key: str) -> float:

@@ -82,27 +82,28 @@ def extract_features(model, loader, device, mean: Sequence[float], std: Sequence
                      amp_dtype: Optional[torch.dtype] = None, progress=None) -> dict:
     """Features of every video of `loader`, averaged over its views: {"features": (N, D) or (N, T', H', W', D)
     float32, "labels": (N, L) int64, "index": (N,) int64}, sorted by dataset index."""
+    from motionmae.data.loader import Batches
     from motionmae.data.transforms import to_model_input
     from motionmae.eval.multiview import PerVideoMean, autocast
 
     acc = PerVideoMean()
-    for i, batch in enumerate(loader):
-        x = to_model_input(batch["video"], mean, std, device)
-        with autocast(device, amp_dtype):
-            f = model.forward_grid(x) if grid else pooled_features(model, x)
-        acc.add(batch["index"], f.float().cpu(), batch["label"])
-        if progress is not None:
-            progress(i + 1, len(loader))
+    with Batches(loader) as batches:
+        for i, batch in enumerate(batches):
+            x = to_model_input(batch["video"], mean, std, device)
+            with autocast(device, amp_dtype):
+                f = model.forward_grid(x) if grid else pooled_features(model, x)
+            acc.add(batch["index"], f.float().cpu(), batch["label"])
+            if progress is not None:
+                progress(i + 1, len(loader))
     feats, labels, index = acc.result()
     return {"features": feats, "labels": labels, "index": index}
 
 
 def make_loader(dataset, batch_size: int, num_workers: int):
-    from torch.utils.data import DataLoader
-
+    from motionmae.data import loader
     from motionmae.data.datasets import collate
 
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    return loader.make_loader(dataset, batch_size, num_workers, collate_fn=collate)
 
 
 def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -> Path:

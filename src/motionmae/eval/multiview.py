@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from motionmae.data.loader import Batches
 from motionmae.data.transforms import to_model_input
 from motionmae.engine.distributed import get_world_size, is_dist
 
@@ -80,14 +81,15 @@ def predict_multiview(model: torch.nn.Module, loader, device: torch.device, mean
     was_training = model.training
     model.eval()
     acc = PerVideoMean()
-    for i, batch in enumerate(loader):
-        x = to_model_input(batch["video"], mean, std, device)
-        with autocast(device, amp_dtype):
-            logits = model(x)
-        acc.add(batch["index"], logits.float().softmax(-1).cpu(), batch["label"])
-        if progress is not None:
-            progress(i + 1, len(loader))
-        if max_videos and len(acc) * get_world_size() >= max_videos:
-            break
+    with Batches(loader) as batches:
+        for i, batch in enumerate(batches):
+            x = to_model_input(batch["video"], mean, std, device)
+            with autocast(device, amp_dtype):
+                logits = model(x)
+            acc.add(batch["index"], logits.float().softmax(-1).cpu(), batch["label"])
+            if progress is not None:
+                progress(i + 1, len(loader))
+            if max_videos and len(acc) * get_world_size() >= max_videos:
+                break
     model.train(was_training)
     return acc.result()
