@@ -1,18 +1,23 @@
-"""Small-scale reproduction of MotionMAE's claim on the built-in synthetic dataset.
+"""Small-scale test of MotionMAE's claims on the built-in synthetic dataset (docs/RESULTS.md).
 
-Claim (SPEC.md): reconstructing frame differences as well as pixels helps motion-sensitive labels and
-converges faster, without hurting appearance labels. Test: pretrain videomae (tube masking, no motion
-target), motionmae-sha and motionmae-ind with the same architecture, steps, data and seed, for several seeds;
-probe the frozen encoder (k-NN and linear, every label column) at intermediate checkpoints; fine-tune briefly
-on a motion label. Everything goes through the project's own Python APIs (`data.synthetic.make_dataset`,
-`engine.pretrain.pretrain`, `eval.probe.run_probe`, `engine.finetune.finetune`): no second code path.
+Claims (SPEC.md), tested as hypotheses: reconstructing frame differences as well as pixels (1) helps
+motion-sensitive labels (2) without hurting appearance labels, (3) converges faster and (4) gives better
+features for video object segmentation. Test: pretrain videomae (tube masking, no motion target), motionmae-sha
+and motionmae-ind with the same architecture, steps, data and seeds (the `demo` config: its settings are the
+ones shown to learn); probe the frozen encoder (k-NN and linear, every label column) at intermediate
+checkpoints; fine-tune briefly on a motion label; label propagation (J&F) on the synthetic VOS set; the
+held-out reconstruction loss beside predicting zero. Random init (the step-0 encoder of each seed) is the floor.
+Everything goes through the project's own Python APIs: no second code path.
 
-    python benchmarks/reproduce.py                  # full run (~25 min of CPU time on 2 cores)
-    python benchmarks/reproduce.py --update-docs    # ... and write docs/RESULTS.md + docs/results_*.png
-    python benchmarks/reproduce.py --ablation all   # also the ablations (target normalisation / masking / gap)
-    python benchmarks/reproduce.py --quick          # tiny, seconds (CI)
+    python benchmarks/reproduce.py --threads 1                      # the three models + random init, 5 seeds
+    python benchmarks/reproduce.py --threads 1 --ablation all       # ... and the ablations (3 seeds)
+    python benchmarks/reproduce.py --threads 1 --ablation all --update-docs   # write docs/RESULTS.md + PNGs
+    python benchmarks/reproduce.py --quick                          # tiny, seconds (CI)
 
-Runs are resumable: a finished run (its final checkpoint exists) is not trained again; probe features are cached.
+Resumable: a pretraining run continues from its last checkpoint, finished runs are not trained again, probe
+features are cached, finished fine-tunes and VOS runs are read back. CPU time of every piece of work is
+added to `<out>/cost.json` as it is done (one process, data loading in it: process time is all the work), so
+the cost of the whole study survives interruptions. SIGTERM stops the current run at a checkpoint and exits.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -40,54 +46,53 @@ MOTION_COLUMNS = ("direction", "speed", "arrow")
 
 @dataclass
 class Setup:
-    """Everything that fixes one reproduction (sizes chosen so the full run fits ~25 min on 2 CPU cores)."""
+    """Everything that fixes one study: the `demo` config, longer, on the default synthetic data."""
 
-    size: int = 32  # frame side of the synthetic videos and of the model input
-    video_frames: int = 16  # frames per synthetic video
-    frames: int = 8  # clip length (sampled with stride `sampling_rate`)
-    sampling_rate: int = 2
+    config: str = "demo"  # pretraining preset (model, clip, mask, optimiser); the kinds below change the objective
+    video_size: int = 64  # written frames (the model sees `demo`'s 32 px)
+    video_frames: int = 16
     num_train: int = 800
     num_val: int = 200
-    model: Sequence[str] = (
-        "model.size=tiny", "model.embed_dim=128", "model.depth=4", "model.num_heads=4", "model.patch_size=8",
-        "model.decoder_embed_dim=64", "model.decoder_depth=2", "model.decoder_num_heads=4",
-    )
-    mask_ratio: float = 0.75  # 4 visible tokens of 16 per time slice (0.9 would leave 2 at this tiny grid)
-    steps: int = 600
-    probe_every: int = 200  # intermediate checkpoints probed
-    batch_size: int = 16
-    lr: float = 1e-3  # peak lr (base_lr = lr * 256 / batch)
-    warmup: int = 40
-    amp: str = "none"  # tiny models: fp32 is as fast as bf16 on CPU and removes one variable
-    workers: int = 1
-    seeds: Sequence[int] = (0, 1, 2)
+    style: Dict[str, object] = field(default_factory=dict)  # synthetic.Style overrides ({} = the default data)
+    steps: int = 3000
+    probe_every: int = 500  # intermediate checkpoints probed (convergence)
+    extra: Sequence[str] = ("train.amp=none", "train.warmup_steps=100")  # fp32: tiny models gain nothing from bf16
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
     probe: Sequence[str] = ("probe.linear_epochs=100", "probe.batch_size=64")
     finetune_column: str = "direction"
-    finetune_steps: int = 150
-    finetune_lr: float = 2e-3
+    finetune_steps: int = 300
+    finetune_lr: float = 1e-3
+    vos_sequences: int = 8  # synthetic 'glyphs' VOS set (0: no VOS)
+    vos_size: int = 64
 
 
 QUICK = Setup(
-    size=16, video_frames=4, frames=4, sampling_rate=1, num_train=16, num_val=8,
-    model=("model.size=tiny", "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.patch_size=4",
+    video_size=16, video_frames=4, num_train=16, num_val=8, steps=4, probe_every=4, seeds=(0,),
+    extra=("train.amp=none", "train.warmup_steps=1", "train.batch_size=4", "model.num_frames=4", "data.num_frames=4", "data.sampling_rate=1", "data.input_size=16",
+           "model.img_size=16", "data.short_side=16", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
            "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2"),
-    steps=4, probe_every=4, batch_size=4, warmup=1, workers=0, seeds=(0,),
-    probe=("probe.linear_epochs=5", "probe.batch_size=8", "probe.k=3"), finetune_steps=2,
+    probe=("probe.linear_epochs=5", "probe.batch_size=8", "probe.k=3"), finetune_steps=2, vos_sequences=1, vos_size=16,
 )
 
-# name -> (preset, extra overrides). The three compared models, then the ablations (one change each).
+# name -> overrides of the objective. The three compared models, then the ablations (one change each).
+VIDEOMAE = ("model.decoder=none", "mask.kind=tube", "objective.w_motion=0")
+SHA = ("model.decoder=sha", "mask.kind=per_slice")
 KINDS = {
-    "videomae": ("videomae", ()),
-    "motionmae-sha": ("motionmae-sha", ()),
-    "motionmae-ind": ("motionmae-ind", ()),
+    "videomae": VIDEOMAE,
+    "motionmae-sha": SHA,
+    "motionmae-ind": ("model.decoder=ind", "mask.kind=per_slice"),
 }
 ABLATIONS = {
-    "videomae raw-pixel target": ("videomae", ("objective.appearance_norm=false",)),
-    "sha raw targets": ("motionmae-sha", ("objective.appearance_norm=false", "objective.motion_norm=false")),
-    "sha tube mask": ("motionmae-sha", ("mask.kind=tube",)),
-    "videomae per-slice mask": ("videomae", ("mask.kind=per_slice",)),
-    "sha gap 2": ("motionmae-sha", ("objective.motion_gap=2",)),
+    "sha without motion target": ("model.decoder=none", "mask.kind=per_slice", "objective.w_motion=0"),
+    "sha tube mask": (*SHA, "mask.kind=tube"),
+    "videomae + motion target": (*VIDEOMAE, "model.decoder=sha", "objective.w_motion=1"),
+    "sha gap 2": (*SHA, "objective.motion_gap=2"),
+    "sha abs motion": (*SHA, "objective.motion_mode=abs"),
+    "sha motion unnormalised": (*SHA, "objective.motion_norm=false"),
 }
+# TODO(recipes issue): differences of raw adjacent frames (decoded at stride 1) instead of the sampled frames, once
+# that option exists: add its row here, e.g. "sha raw adjacent frames": (*SHA, "objective.<option>=..."),
+PENDING_ABLATIONS = {"sha raw adjacent frames": "needs the raw-adjacent-frame motion option (recipes issue)"}
 
 
 def slug(name: str) -> str:
@@ -95,62 +100,107 @@ def slug(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# cost ledger
+
+
+class Ledger:
+    """CPU seconds per category, added as work is done and kept in a JSON file (survives interruptions)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: Dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    @contextlib.contextmanager
+    def charge(self, key: str):
+        t0 = time.process_time()
+        try:
+            yield
+        finally:
+            self.data[key] = self.data.get(key, 0.0) + time.process_time() - t0
+            self.path.write_text(json.dumps(self.data, indent=1))
+
+    def hours(self, prefix: str = "") -> float:
+        return sum(v for k, v in self.data.items() if k.startswith(prefix)) / 3600
+
+
+# ----------------------------------------------------------------------------------------------
 # the steps
 
 
 def make_data(setup: Setup, out: Path, quiet: bool) -> Path:
-    from motionmae.data.synthetic import make_dataset
+    from motionmae.data.synthetic import Style, make_dataset
 
-    root = out / f"data-{setup.size}px-{setup.video_frames}f-{setup.num_train}"
+    key = "-".join(f"{k}{v}" for k, v in sorted(setup.style.items()))
+    root = out / f"data-{setup.video_size}px-{setup.video_frames}f-{setup.num_train}{'-' + slug(key) if key else ''}"
     if not (root / "labels.json").exists():
         with _quiet(quiet):
-            make_dataset(root, num_train=setup.num_train, num_val=setup.num_val, frames=setup.video_frames, size=setup.size, seed=0)
+            make_dataset(root, num_train=setup.num_train, num_val=setup.num_val, frames=setup.video_frames,
+                         size=setup.video_size, seed=0, style=Style.from_dict(setup.style), workers=1)
     return root
 
 
-def pretrain_cfg(setup: Setup, preset: str, extra: Sequence[str], data: Path, seed: int, run_dir: Path):
+def make_vos(setup: Setup, out: Path) -> Optional[Path]:
+    from motionmae.data.synthetic_vos import make_vos_dataset
+
+    if not setup.vos_sequences:
+        return None
+    root = out / f"vos-{setup.vos_sequences}x{setup.vos_size}"
+    if not (root / "ImageSets").exists():
+        h = setup.vos_size
+        make_vos_dataset(root, setup.vos_sequences, 24, h, max(8, round(h * 4 / 3 / 8) * 8), seed=0)
+    return root
+
+
+def pretrain_cfg(setup: Setup, kind: Sequence[str], data: Path, seed: int, run_dir: Path):
     from motionmae.config import load_config
 
-    over = list(setup.model) + [
-        f"model.num_frames={setup.frames}", f"model.img_size={setup.size}",
-        f"data.train={data / 'train.csv'}", f"data.num_frames={setup.frames}", f"data.input_size={setup.size}",
-        f"data.sampling_rate={setup.sampling_rate}", "data.flip=false", f"data.num_workers={setup.workers}",
-        f"mask.ratio={setup.mask_ratio}", f"train.max_steps={setup.steps}", f"train.batch_size={setup.batch_size}", f"train.base_lr={setup.lr * 256 / setup.batch_size}",
-        f"train.warmup_steps={setup.warmup}", f"train.amp={setup.amp}", f"train.seed={seed}", "train.log_every=5",
-        f"train.save_every={setup.probe_every}", "train.keep_last=1000", "train.viz_every=-1", f"train.output_dir={run_dir}",
-    ] + list(extra)
-    return load_config(preset, over)
+    over = [f"data.train={data / 'train.csv'}", "data.num_workers=0", f"train.max_steps={setup.steps}",
+            f"train.seed={seed}", "train.log_every=10", f"train.save_every={setup.probe_every}", "train.keep_last=1000",
+            "train.viz_every=-1", f"train.output_dir={run_dir}", *setup.extra, *kind]
+    return load_config(setup.config, over)
 
 
-def pretrain_run(setup: Setup, preset: str, extra, data: Path, seed: int, run_dir: Path, quiet: bool) -> list:
-    """Train (or find the finished run); returns [(step, checkpoint)] for every saved (probed) step."""
+def pretrain_run(setup: Setup, kind, data: Path, seed: int, run_dir: Path, quiet: bool, ledger: Ledger) -> list:
+    """Train (or continue, or find the finished run); returns [(step, checkpoint)] for every saved step."""
     from motionmae.engine.checkpoint import numbered_checkpoints
     from motionmae.engine.pretrain import pretrain
 
-    cfg = pretrain_cfg(setup, preset, extra, data, seed, run_dir)
-    with _quiet(quiet):
-        pretrain(cfg, resume="auto")
+    cfg = pretrain_cfg(setup, kind, data, seed, run_dir)
+    with _quiet(quiet), ledger.charge(f"pretrain/{run_dir.name}"):
+        summary = pretrain(cfg, resume="auto")
+    if summary.get("stopped"):
+        raise SystemExit(f"stopped by signal in {run_dir}; run the same command again to continue")
     return [(int(p.stem.split("_")[-1]), p) for p in numbered_checkpoints(run_dir)]
 
 
-def probe(setup: Setup, encoder, data: Path, quiet: bool) -> Dict[str, Dict[str, float]]:
+def _data_overrides(setup: Setup, data: Path) -> list:
+    """Evaluation clips as the pretraining config sees them (the whole frame, no flip), one process."""
+    from motionmae.config import load_config
+
+    d = pretrain_cfg(setup, (), data, 0, Path("unused")).data
+    return ["data.num_workers=0", "data.flip=false", f"data.short_side={d.short_side}",
+            "data.scales=[" + ",".join(map(str, d.scales)) + "]"]
+
+
+def probe(setup: Setup, encoder, data: Path, out: Path, quiet: bool, ledger: Ledger, key: str) -> Dict[str, Dict[str, float]]:
     from motionmae.eval.probe import run_probe
 
-    over = list(setup.probe) + [f"data.num_workers={setup.workers}", "data.flip=false"]
-    with _quiet(quiet):
+    over = [*setup.probe, *_data_overrides(setup, data), f"probe.cache_dir={out / 'probe_cache'}"]
+    with _quiet(quiet), ledger.charge(f"probe/{key}"):
         return run_probe(encoder, str(data / "train.csv"), str(data / "val.csv"), overrides=over, verbose=False)
 
 
-def random_probe(setup: Setup, data: Path, seed: int, quiet: bool) -> Dict[str, Dict[str, float]]:
-    """Step 0: the encoder every run starts from (the pretraining model builds its encoder first, from the seed)."""
+def random_encoder_for(setup: Setup, data: Path, seed: int):
+    """Step 0: the encoder every run of this seed starts from (the pretraining model builds its encoder first)."""
     from motionmae.eval.probe import random_encoder
 
-    cfg = pretrain_cfg(setup, "videomae", (), data, seed, Path("unused"))
-    return probe(setup, random_encoder(cfg.model, seed), data, quiet)
+    return random_encoder(pretrain_cfg(setup, VIDEOMAE, data, seed, Path("unused")).model, seed)
 
 
-def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int, run_dir: Path, quiet: bool) -> float:
+def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int, run_dir: Path, quiet: bool,
+                 ledger: Ledger) -> float:
     """Short fine-tune on `setup.finetune_column` (from `checkpoint`, or from a random init); returns val top-1."""
+    from motionmae import config as C
     from motionmae.engine.checkpoint import load_model_state
     from motionmae.engine.finetune import finetune
     from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
@@ -158,22 +208,56 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
     done = run_dir / "eval_metrics.json"
     if done.exists():
         return json.loads(done.read_text())["top1"]
+    base = pretrain_cfg(setup, VIDEOMAE, data, seed, Path("unused"))
     over = [
-        f"data.train={data / 'train.csv'}", f"data.val={data / 'val.csv'}", "data.flip=false", f"data.num_workers={setup.workers}",
+        f"data.train={data / 'train.csv'}", f"data.val={data / 'val.csv'}", *_data_overrides(setup, data),
         "data.test_clips=1", "data.test_crops=1", f"finetune.label_column={setup.finetune_column}",
         "finetune.mixup=0", "finetune.cutmix=0", "finetune.reprob=0", "finetune.label_smoothing=0", "finetune.aa=none",
-        "finetune.crop=multiscale", "finetune.layer_decay=0.75",
-        "model.drop_path=0", f"train.max_steps={setup.finetune_steps}", f"train.batch_size={setup.batch_size}",
-        f"train.base_lr={setup.finetune_lr * 256 / setup.batch_size}", f"train.warmup_steps={max(1, setup.finetune_steps // 10)}",
-        f"train.amp={setup.amp}", f"train.seed={seed}", f"train.save_every={10 * setup.finetune_steps}", f"train.output_dir={run_dir}",
+        "finetune.crop=multiscale", "finetune.layer_decay=0.75", "model.drop_path=0",
+        f"train.max_steps={setup.finetune_steps}", f"train.batch_size={base.train.batch_size}",
+        f"train.base_lr={setup.finetune_lr * 256 / base.train.batch_size}", f"train.warmup_steps={max(1, setup.finetune_steps // 10)}",
+        "train.amp=none", f"train.seed={seed}", f"train.save_every={10 * setup.finetune_steps}", f"train.output_dir={run_dir}",
     ]
-    if checkpoint is None:  # the same architecture, randomly initialised
-        over += list(setup.model) + [f"model.num_frames={setup.frames}", f"model.img_size={setup.size}",
-                                     f"data.sampling_rate={setup.sampling_rate}"]
-    cfg = load_finetune_config("", over, load_model_state(checkpoint)[1] if checkpoint else None, cls=FinetuneConfig)
-    with _quiet(quiet):
+    # the architecture of the checkpoint, or (from scratch) of the pretraining config
+    arch = load_model_state(checkpoint)[1] if checkpoint else C.to_dict(base)
+    cfg = load_finetune_config("", over, arch, cls=FinetuneConfig)
+    with _quiet(quiet), ledger.charge(f"finetune/{run_dir.name}"):
         summary = finetune(cfg, pretrained=str(checkpoint) if checkpoint else "", resume="none")
     return summary["eval"]["top1"]
+
+
+def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger: Ledger, quiet: bool) -> Optional[dict]:
+    """J&F of label propagation with the frozen encoder on the synthetic VOS set (read back when done)."""
+    from motionmae.eval.features import clip_data_config, encoder_from_state
+    from motionmae.eval.vos import EncoderFeatures, VOSConfig, segment_davis
+
+    if vos_root is None:
+        return None
+    done = run_dir / "results-val.json"
+    if not done.exists():
+        mean_std_cfg = None
+        if not hasattr(encoder, "patch_embed"):  # a checkpoint
+            from motionmae.engine.checkpoint import load_model_state
+
+            sd, config_dict = load_model_state(encoder)
+            encoder, mean_std_cfg = encoder_from_state(sd, config_dict, str(encoder)), clip_data_config(config_dict)
+        kw = {"mean": mean_std_cfg.mean, "std": mean_std_cfg.std} if mean_std_cfg else {}
+        with _quiet(quiet), ledger.charge(f"vos/{run_dir.name}"):
+            segment_davis(EncoderFeatures(encoder, size=size, **kw), vos_root, run_dir, "val", VOSConfig(size=size),
+                          log=lambda *_: None)
+    g = json.loads(done.read_text())["global"]
+    return {"J&F": g["J&F-Mean"], "J": g["J-Mean"], "F": g["F-Mean"]}
+
+
+def heldout(run_dir: Path, data: Path, ledger: Ledger) -> dict:
+    """Held-out reconstruction loss of the final checkpoint beside predicting zero (cached in the run dir)."""
+    from motionmae.engine.demo import reconstruction_vs_zero
+
+    path = run_dir / "heldout.json"
+    if not path.exists():
+        with ledger.charge(f"heldout/{run_dir.name}"):
+            path.write_text(json.dumps(reconstruction_vs_zero(run_dir, str(data / "val.csv"))))
+    return json.loads(path.read_text())
 
 
 @contextlib.contextmanager
@@ -201,36 +285,45 @@ class Result:
     probes: Dict[int, dict] = field(default_factory=dict)  # step -> {column: {knn, linear, chance}}
     finetune_top1: float = float("nan")
     metrics: List[dict] = field(default_factory=list)
-    minutes: float = 0.0
+    cpu_s: float = 0.0  # pretraining CPU seconds (all invocations)
+    heldout: dict = field(default_factory=dict)
+    vos: Optional[dict] = None
 
 
 RANDOM = "random init (no pretraining)"
 
 
-def run_all(setup: Setup, out: Path, names: Dict[str, tuple], quiet: bool, log=print, baseline: bool = True) -> Dict[str, List[Result]]:
-    """Every (seed, name) run; with `baseline`, also the random-init encoder (probe and fine-tune from scratch)."""
-    data = make_data(setup, out, quiet)
+def run_all(setup: Setup, out: Path, names: Dict[str, tuple], quiet: bool, ledger: Ledger, log=print,
+            baseline: bool = True) -> Dict[str, List[Result]]:
+    """Every (seed, name) run; with `baseline`, also the random-init encoder (probe, fine-tune from scratch, VOS)."""
+    data, vos_root = make_data(setup, out, quiet), make_vos(setup, out)
     results: Dict[str, List[Result]] = ({RANDOM: []} if baseline else {}) | {n: [] for n in names}
-    step0 = {seed: random_probe(setup, data, seed, quiet) for seed in setup.seeds}
-    for seed in setup.seeds if baseline else ():
-        r = Result(RANDOM, seed, probes={0: step0[seed]})
-        r.finetune_top1 = finetune_run(setup, None, data, seed, out / "finetune" / f"random-init-seed{seed}", quiet)
-        results[RANDOM].append(r)
+    step0 = {}
     for seed in setup.seeds:
-        for name, (preset, extra) in names.items():
+        enc = random_encoder_for(setup, data, seed)
+        step0[seed] = probe(setup, enc, data, out, quiet, ledger, f"random-seed{seed}")
+        if baseline:
+            r = Result(RANDOM, seed, probes={0: step0[seed]})
+            r.finetune_top1 = finetune_run(setup, None, data, seed, out / "finetune" / f"random-init-seed{seed}", quiet, ledger)
+            r.vos = vos_run(enc, vos_root, out / "vos" / f"random-init-seed{seed}", setup.vos_size, ledger, quiet)
+            results[RANDOM].append(r)
+    for seed in setup.seeds:
+        for name, kind in names.items():
             t0 = time.time()
             run_dir = out / "runs" / f"{slug(name)}-seed{seed}"
-            ckpts = pretrain_run(setup, preset, extra, data, seed, run_dir, quiet)
-            r = Result(name, seed, probes={0: step0[seed]})
+            ckpts = pretrain_run(setup, kind, data, seed, run_dir, quiet, ledger)
+            r = Result(name, seed, probes={0: step0[seed]}, cpu_s=ledger.data.get(f"pretrain/{run_dir.name}", 0.0))
             for step, path in ckpts:
-                r.probes[step] = probe(setup, path, data, quiet)
-            r.finetune_top1 = finetune_run(setup, ckpts[-1][1], data, seed, out / "finetune" / f"{slug(name)}-seed{seed}", quiet)
+                r.probes[step] = probe(setup, path, data, out, quiet, ledger, run_dir.name)
+            r.finetune_top1 = finetune_run(setup, ckpts[-1][1], data, seed, out / "finetune" / run_dir.name, quiet, ledger)
+            r.vos = vos_run(ckpts[-1][1], vos_root, out / "vos" / run_dir.name, setup.vos_size, ledger, quiet)
+            r.heldout = heldout(run_dir, data, ledger)
             r.metrics = read_metrics(run_dir)
-            r.minutes = (time.time() - t0) / 60
             final = r.probes[max(r.probes)]
-            log(f"[{name} seed {seed}] {r.minutes:.1f} min; linear probe "
-                + " ".join(f"{c} {100 * final[c]['linear']:.1f}" for c in final)
-                + f"; fine-tune {setup.finetune_column} {100 * r.finetune_top1:.1f}")
+            log(f"[{name} seed {seed}] {(time.time() - t0) / 60:.1f} min; loss {r.heldout['ratio_appearance']:.3f} of "
+                f"predict-zero; linear probe " + " ".join(f"{c} {100 * final[c]['linear']:.1f}" for c in final)
+                + f"; fine-tune {setup.finetune_column} {100 * r.finetune_top1:.1f}"
+                + (f"; VOS J&F {r.vos['J&F']:.3f}" if r.vos else ""))
             results[name].append(r)
             seeds = "-".join(map(str, setup.seeds))
             (out / f"partial-seeds{seeds}.json").write_text(json.dumps(to_json(results, setup), indent=1))
@@ -238,8 +331,6 @@ def run_all(setup: Setup, out: Path, names: Dict[str, tuple], quiet: bool, log=p
 
 
 def to_json(results: Dict[str, List[Result]], setup: Setup) -> dict:
-    from dataclasses import asdict
-
     return {"setup": asdict(setup), "results": {n: [asdict(r) for r in rs] for n, rs in results.items()}}
 
 
@@ -256,26 +347,48 @@ def final_step(rs: List[Result]) -> int:
     return max(max(r.probes) for r in rs)
 
 
-def summary_table(results: Dict[str, List[Result]], setup: Setup, method: str = "linear") -> str:
+def motion_mean(probes: dict, method: str = "linear") -> float:
+    return sum(probes[c][method] for c in MOTION_COLUMNS) / len(MOTION_COLUMNS)
+
+
+def _vos(r: Result) -> float:
+    return r.vos["J&F"] if r.vos else float("nan")
+
+
+def summary_table(results: Dict[str, List[Result]], setup: Setup, method: str = "linear", extra_rows=()) -> str:
     names = [n for n, rs in results.items() if rs]
-    columns = [c for c in COLUMNS if any(c in r.probes[final_step(results[n])] for n in names for r in results[n])]
-    head = ["model"] + [f"{c} ({'appearance' if c == 'class' else 'motion'})" for c in columns]
-    head += ["motion mean", f"fine-tune {setup.finetune_column}", "final appearance loss"]
+    head = ["model"] + [f"{c} ({'appearance' if c == 'class' else 'motion'})" for c in COLUMNS]
+    head += ["motion mean", f"fine-tune {setup.finetune_column}", "VOS J&F", "loss / predict-zero", "CPU-h / run"]
     rows = []
     for n in names:
         rs, step = results[n], final_step(results[n])
-        row = [n] + [pm([r.probes[step][c][method] for r in rs if c in r.probes[step]]) for c in columns]
-        row.append(pm([sum(r.probes[step][c][method] for c in MOTION_COLUMNS if c in r.probes[step]) / len(MOTION_COLUMNS) for r in rs]))
+        row = [n] + [pm([r.probes[step][c][method] for r in rs]) for c in COLUMNS]
+        row.append(pm([motion_mean(r.probes[step], method) for r in rs]))
         row.append(pm([r.finetune_top1 for r in rs]))
-        row.append(pm([_last(r.metrics, "loss_appearance") for r in rs], scale=1.0, digits=3))
+        row.append(pm([_vos(r) for r in rs], scale=1.0, digits=3))
+        row.append(pm([r.heldout.get("ratio_appearance", float("nan")) for r in rs], scale=1.0, digits=3))
+        row.append(pm([r.cpu_s / 3600 for r in rs], scale=1.0, digits=2) if n != RANDOM else "-")
         rows.append(row)
+    rows += [[n, *(["(pending)"] + [""] * (len(head) - 2))] for n in extra_rows]
     any_r = results[names[0]][0].probes[final_step(results[names[0]])]
-    rows.append(["chance"] + [f"{100 * any_r[c]['chance']:.1f}" for c in columns] + ["", "", ""])
+    rows.append(["chance"] + [f"{100 * any_r[c]['chance']:.1f}" for c in COLUMNS] + [""] * 5)
+    return markdown_table(head, rows)
+
+
+def per_seed_table(results: Dict[str, List[Result]]) -> str:
+    head = ["model", "seed"] + list(COLUMNS) + ["fine-tune", "VOS J&F", "loss / predict-zero"]
+    rows = []
+    for n, rs in results.items():
+        for r in rs:
+            p = r.probes[max(r.probes)]
+            rows.append([n, r.seed] + [f"{100 * p[c]['linear']:.1f}" for c in COLUMNS]
+                        + [f"{100 * r.finetune_top1:.1f}", f"{_vos(r):.3f}",
+                           f"{r.heldout['ratio_appearance']:.3f}" if r.heldout else "-"])
     return markdown_table(head, rows)
 
 
 def convergence_table(results: Dict[str, List[Result]], method: str = "linear") -> str:
-    """Mean motion-column and class accuracy at every probed step."""
+    """Mean motion-column and class accuracy at every probed step, and the CPU-hours to get there."""
     names = [n for n, rs in results.items() if rs]
     steps = sorted({s for n in names for r in results[n] for s in r.probes})
     head = ["model"] + [f"step {s}: motion / class" for s in steps]
@@ -284,11 +397,52 @@ def convergence_table(results: Dict[str, List[Result]], method: str = "linear") 
         row = [n]
         for s in steps:
             rs = [r for r in results[n] if s in r.probes]
-            mot = [sum(r.probes[s][c][method] for c in MOTION_COLUMNS) / len(MOTION_COLUMNS) for r in rs]
-            cls = [r.probes[s]["class"][method] for r in rs]
-            row.append(f"{pm(mot)} / {pm(cls)}")
+            row.append(f"{pm([motion_mean(r.probes[s], method) for r in rs])} / {pm([r.probes[s]['class'][method] for r in rs])}"
+                       if rs else "-")
         rows.append(row)
     return markdown_table(head, rows)
+
+
+def paired(results: Dict[str, List[Result]], a: str, b: str, value) -> tuple:
+    """Per-seed differences value(a) - value(b) over the seeds both have: (mean, std, t, wins, n, diffs)."""
+    rb = {r.seed: r for r in results.get(b, [])}
+    diffs = [value(r) - value(rb[r.seed]) for r in results.get(a, []) if r.seed in rb]
+    diffs = [d for d in diffs if d == d]
+    if not diffs:
+        return (float("nan"),) * 3 + (0, 0, [])
+    m, s = mean_std(diffs)
+    t = m / (s / math.sqrt(len(diffs))) if s > 0 else float("inf") * (1 if m > 0 else -1 if m < 0 else 0)
+    return m, s, t, sum(d > 0 for d in diffs), len(diffs), diffs
+
+
+def hypotheses_table(results: Dict[str, List[Result]], setup: Setup) -> str:
+    """The claims, as paired per-seed differences (motionmae minus videomae; same seed = same init and data order)."""
+    def final(r, col):
+        return 100 * r.probes[max(r.probes)][col]["linear"]
+
+    def early(col):
+        steps = sorted({s for r in results.get("videomae", []) for s in r.probes if s > 0})
+        s0 = steps[0] if steps else 0
+        return s0, lambda r: 100 * (motion_mean(r.probes[s0]) if col == "motion" else r.probes[s0][col]["linear"]) if s0 in r.probes else float("nan")
+
+    s_early, early_motion = early("motion")
+    tests = [
+        ("motion labels: linear probe, motion mean", lambda r: 100 * motion_mean(r.probes[max(r.probes)]), "points"),
+        ("motion labels: linear probe, direction", lambda r: final(r, "direction"), "points"),
+        (f"motion labels: fine-tune {setup.finetune_column}", lambda r: 100 * r.finetune_top1, "points"),
+        ("appearance not hurt: linear probe, class", lambda r: final(r, "class"), "points"),
+        (f"faster: motion mean at step {s_early}", early_motion, "points"),
+        ("VOS: J&F", lambda r: 100 * _vos(r), "J&F x 100"),
+    ]
+    rows = []
+    for other in ("motionmae-sha", "motionmae-ind"):
+        for what, fn, unit in tests:
+            m, s, t, wins, n, diffs = paired(results, other, "videomae", fn)
+            if not n:
+                continue
+            rows.append([f"{other} - videomae", what, f"{m:+.1f} ± {s:.1f} {unit}", f"{t:+.1f}", f"{wins}/{n}",
+                         " ".join(f"{d:+.1f}" for d in diffs)])
+    return markdown_table(["comparison", "claim", "mean difference ± std", "t (paired)", "seeds ahead", "per seed"], rows)
 
 
 def _last(metrics: List[dict], key: str) -> float:
@@ -296,15 +450,13 @@ def _last(metrics: List[dict], key: str) -> float:
     return vals[-1] if vals else float("nan")
 
 
-def curves(results: Dict[str, List[Result]], key: str):
+def curves(results: Dict[str, List[Result]], key: str, every: int = 1):
     """{name: (steps, mean, std)} of a logged metric over seeds."""
     out = {}
     for n, rs in results.items():
-        if not rs:
+        if not rs or not rs[0].metrics:
             continue
-        steps = sorted({m["step"] for m in rs[0].metrics if key in m})
-        if not steps:
-            continue
+        steps = sorted({m["step"] for m in rs[0].metrics if key in m})[::every]
         means, stds = [], []
         for s in steps:
             m, sd = mean_std([x[key] for r in rs for x in r.metrics if x.get("step") == s and key in x])
@@ -314,68 +466,87 @@ def curves(results: Dict[str, List[Result]], key: str):
     return out
 
 
-def probe_curves(results: Dict[str, List[Result]], columns: Sequence[str], method: str = "linear"):
+def probe_curves(results: Dict[str, List[Result]], columns: Sequence[str], cpu_hours: bool = False, method: str = "linear"):
+    """{name: (x, mean, std)}: x = pretraining step, or the CPU-hours of pretraining to reach it."""
     out = {}
     for n, rs in results.items():
-        if not rs:
-            continue
         steps = sorted({s for r in rs for s in r.probes})
-        if len(steps) < 2:  # the random-init baseline is every curve's first point
+        if not rs or len(steps) < 2:  # the random-init baseline is every curve's first point
             continue
         means, stds = [], []
         for s in steps:
             m, sd = mean_std([100 * sum(r.probes[s][c][method] for c in columns) / len(columns) for r in rs if s in r.probes])
             means.append(m)
             stds.append(sd)
-        out[n] = (steps, means, stds)
+        per_step_h = mean_std([r.cpu_s / 3600 / max(steps) for r in rs])[0]
+        out[n] = ([s * per_step_h for s in steps] if cpu_hours else steps, means, stds)
     return out
 
 
 def plots(results: Dict[str, List[Result]], out_dir: Path, prefix: str = "results") -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    p = out_dir / f"{prefix}_loss.png"
-    line_plot(p, curves(results, "loss_appearance"), "appearance reconstruction loss (mean ± std over seeds)", "step", "MSE")
-    paths.append(p)
-    motion = {n: c for n, c in curves(results, "loss_motion").items() if n != "videomae" and any(v > 0 for v in c[1])}
-    if motion:
-        p = out_dir / f"{prefix}_motion_loss.png"
-        line_plot(p, motion, "motion (frame difference) reconstruction loss", "step", "MSE")
+    zero = mean_std([r.heldout["zero_appearance"] for rs in results.values() for r in rs if r.heldout])[0]
+    for key, title in (("loss_appearance", "appearance"), ("loss_motion", "motion (frame difference)")):
+        series = {n: c for n, c in curves(results, key, every=5).items() if any(v > 0 for v in c[1])}
+        if not series:
+            continue
+        if zero == zero:  # the trivial line: predicting zero for every masked cube (held out, mean over runs)
+            xs = sorted({x for c in series.values() for x in c[0]})
+            series["predict zero"] = ([xs[0], xs[-1]], [zero, zero], None)
+        p = out_dir / f"{prefix}_{key.replace('loss_', '')}_loss.png"
+        line_plot(p, series, f"{title} reconstruction loss (training, mean ± std over seeds)", "step", "MSE")
         paths.append(p)
     for tag, cols in (("motion", MOTION_COLUMNS), ("class", ("class",))):
-        p = out_dir / f"{prefix}_probe_{tag}.png"
         title = "linear probe, mean of " + ("direction / speed / arrow" if tag == "motion" else "class (appearance)")
-        line_plot(p, probe_curves(results, cols), title + " (%)", "pretraining step", "accuracy %")
-        paths.append(p)
+        for cpu in (False, True):
+            p = out_dir / f"{prefix}_probe_{tag}{'_cpu' if cpu else ''}.png"
+            line_plot(p, probe_curves(results, cols, cpu), title + " (%)", "pretraining CPU-hours" if cpu else "pretraining step",
+                      "accuracy %")
+            paths.append(p)
     return paths
 
 
 def report(results: Dict[str, List[Result]], setup: Setup, command: str, pictures: Sequence[Path], rel_to: Path,
-           ablation: Optional[Dict[str, List[Result]]] = None, seconds: float = 0.0) -> str:
+           ledger: Ledger, ablation: Optional[Dict[str, List[Result]]] = None, ablation_seeds=()) -> str:
+    from motionmae.config import load_config
+
+    cfg = pretrain_cfg(setup, SHA, Path("data"), 0, Path("run"))
+    m = cfg.model
     lines = [
-        "# Results: does the motion target help? (small-scale reproduction)",
+        "# Results: does the motion target help? (small-scale study)",
         "",
-        f"Command: `{command}`. Finished runs are reused (runs are resumable), so the time of the last invocation "
-        f"({seconds / 60:.0f} min) is not the cost of the experiment: see the end of this page. Every number is "
-        "mean ± std over seeds " + ", ".join(map(str, setup.seeds)) + " (same data, steps and seed for every model)"
-        + (", ablation rows over seeds " + ", ".join(map(str, sorted({r.seed for rs in ablation.values() for r in rs})))
-           if ablation else "") + ".",
+        f"Command: `{command}` (runs resume; a finished run is read back, so the command also just rebuilds this page). "
+        f"Every number is mean ± std over seeds {', '.join(map(str, setup.seeds))} (same data, steps and seed for every model)"
+        + (f"; ablation rows over seeds {', '.join(map(str, ablation_seeds))}" if ablation else "") + ". "
+        f"CPU time of the whole study so far: **{ledger.hours():.1f} CPU-hours** (pretraining {ledger.hours('pretrain/'):.1f}, "
+        f"probes {ledger.hours('probe/'):.1f}, fine-tuning {ledger.hours('finetune/'):.1f}, VOS {ledger.hours('vos/'):.2f}), "
+        "one thread, one process at a time.",
         "",
-        f"- Data: the built-in synthetic set (`motionmae make-dataset`), {setup.num_train} train / {setup.num_val} val videos, "
-        f"{setup.video_frames} frames at {setup.size}x{setup.size}; labels: class (glyph shape: appearance), direction, "
-        "speed, arrow of time (motion: not readable from one frame).",
-        f"- Model: {' '.join(setup.model)}; clips {setup.frames} frames (stride {setup.sampling_rate}), tubelet 2, "
-        f"mask ratio {setup.mask_ratio}; videomae = tube masking + no motion head; motionmae = per-slice masking + motion head.",
-        f"- Pretraining: {setup.steps} steps x batch {setup.batch_size}, AdamW, peak lr {setup.lr:g}, warm-up {setup.warmup}, "
-        f"cosine, {setup.amp if setup.amp != 'none' else 'fp32'}.",
-        f"- Evaluation: frozen encoder, mean-pooled features; k-NN (DINO weighting) and linear probe "
-        f"({', '.join(setup.probe)}) at steps 0 (random init) and every {setup.probe_every} steps; fine-tune "
-        f"{setup.finetune_steps} steps on `{setup.finetune_column}` (layer decay 0.75; the multi-scale crop; no mixup, "
-        "cutmix, random erasing, label smoothing or RandAugment), val top-1.",
+        f"- Data: the built-in synthetic set (`motionmae make-dataset`, default settings{', style ' + str(setup.style) if setup.style else ''}), "
+        f"{setup.num_train} train / {setup.num_val} val videos, {setup.video_frames} frames at {setup.video_size}x{setup.video_size}; "
+        "labels: class (glyph shape: appearance), direction, speed, arrow of time (motion: not readable from one frame).",
+        f"- Model (config `{setup.config}`): ViT {m.dims()[0]}x{m.dims()[1]}, patch {m.patch_size}, tubelet {m.tubelet_size}, "
+        f"{m.num_frames} frames (stride {cfg.data.sampling_rate}) at {m.img_size} px, pos-embed {m.pos_embed}; decoder "
+        f"{m.decoder_embed_dim}x{m.decoder_depth}; mask ratio {cfg.mask.ratio}. videomae = tube masking + no motion target; "
+        "motionmae = per-slice masking + motion target (sha: shared decoder, ind: two decoders).",
+        f"- Pretraining: {setup.steps} steps x batch {cfg.train.batch_size}, AdamW, peak lr {cfg.train.base_lr * cfg.train.batch_size / 256:g}, "
+        f"warm-up {cfg.train.warmup_steps}, cosine, {'fp32' if cfg.train.amp == 'none' else cfg.train.amp}.",
+        f"- Evaluation: frozen encoder, mean-pooled features, whole frames; k-NN (DINO weighting) and linear probe "
+        f"({', '.join(setup.probe)}) at step 0 (random init) and every {setup.probe_every} steps; fine-tune "
+        f"{setup.finetune_steps} steps on `{setup.finetune_column}` (layer decay 0.75, no mixup / cutmix / random erasing / "
+        "label smoothing / RandAugment), val top-1; label propagation on the synthetic VOS set "
+        f"(`make-dataset --kind vos`, {setup.vos_sequences} sequences, frames at {setup.vos_size} px, default DINO settings); "
+        "held-out reconstruction loss of the final checkpoint / the loss of predicting zero for every masked cube "
+        "(200 val clips, one seeded mask each).",
         "",
-        f"## Linear probe at the last step ({setup.steps}), and fine-tuning (%)",
+        f"## Linear probe at the last step ({setup.steps}), fine-tuning, VOS, reconstruction (%)",
         "",
         summary_table(results, setup, "linear"),
+        "",
+        "## The claims, seed by seed (paired: motionmae minus videomae)",
+        "",
+        hypotheses_table(results, setup),
         "",
         "## k-NN at the last step (%)",
         "",
@@ -385,10 +556,16 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
         "",
         convergence_table(results, "linear"),
         "",
+        "## Per seed (linear probe at the last step)",
+        "",
+        per_seed_table(results),
+        "",
     ]
     if ablation:
-        lines += ["## Ablation (one change each from the models above)", "", summary_table(ablation, setup, "linear"), "",
-                  convergence_table(ablation, "linear"), ""]
+        lines += ["## Ablations (one change each from the models above)", "",
+                  summary_table(ablation, setup, "linear", extra_rows=PENDING_ABLATIONS), "",
+                  "Pending: " + "; ".join(f"{k}: {v}" for k, v in PENDING_ABLATIONS.items()) + ".", "",
+                  convergence_table(ablation, "linear"), "", per_seed_table(ablation), ""]
     lines += ["## Plots", ""]
     lines += [f"![{p.stem}]({p.relative_to(rel_to).as_posix()})" for p in pictures]
     lines += ["", "## What we find", "", "FINDINGS", ""]
@@ -399,59 +576,88 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/reproduce", help="work directory (data, runs, probe caches, results.json)")
     p.add_argument("--quick", action="store_true", help="tiny everything, one seed (CI smoke test)")
-    p.add_argument("--seeds", default="", help="comma list (default 0,1,2)")
-    p.add_argument("--steps", type=int, default=0, help="pretraining steps (default 600)")
+    p.add_argument("--seeds", default="", help="comma list (default 0,1,2,3,4)")
+    p.add_argument("--steps", type=int, default=0, help="pretraining steps (default 3000)")
     p.add_argument("--ablation", default="", help="'all' or a comma list of ablation names (" + ", ".join(ABLATIONS) + ")")
-    p.add_argument("--ablation-seeds", default="0")
-    p.add_argument("--only", default="", help="comma list of model / ablation names to run (default: the three models)")
+    p.add_argument("--ablation-seeds", default="0,1,2")
+    p.add_argument("--only", default="", help="comma list of model names to run (default: the three models)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-init rows")
+    p.add_argument("--report-only", action="store_true", help="train nothing new: report the runs that are finished")
     p.add_argument("--update-docs", action="store_true", help="write docs/RESULTS.md and docs/results_*.png")
     p.add_argument("--verbose", action="store_true", help="show the training progress bars")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default). Seeds can run in parallel "
-                   "processes (--seeds 1 --threads 1 ...); a last run over all seeds then only reads what they left")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; the study uses 1)")
     args = p.parse_args(argv)
 
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
-    setup = QUICK if args.quick else Setup()
+    setup = Setup(**asdict(QUICK)) if args.quick else Setup()
     if args.seeds:
         setup.seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.steps:
         setup.steps = args.steps
     out = Path(args.out) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
-    known = {**KINDS, **ABLATIONS}
+    ledger = Ledger(out / "cost.json")
     for n in args.only.split(",") if args.only else ():
-        if n not in known:
-            p.error(f"--only: unknown name '{n}'; valid: {', '.join(known)}")
-    names = {n: known[n] for n in args.only.split(",")} if args.only else dict(KINDS)
+        if n not in KINDS:
+            p.error(f"--only: unknown name '{n}'; valid: {', '.join(KINDS)}")
+    names = {n: KINDS[n] for n in args.only.split(",")} if args.only else dict(KINDS)
+    chosen = list(ABLATIONS) if args.ablation == "all" else [a for a in args.ablation.split(",") if a]
+    for n in chosen:
+        if n not in ABLATIONS:
+            p.error(f"--ablation: unknown name '{n}'; valid: {', '.join(ABLATIONS)}")
     quiet = not args.verbose
     t0 = time.time()
-    log = lambda msg: print(f"[{(time.time() - t0) / 60:5.1f} min] {msg}", flush=True)  # noqa: E731
-    results = run_all(setup, out, names, quiet, log)
-    ablation = None
-    if args.ablation:
-        chosen = list(ABLATIONS) if args.ablation == "all" else args.ablation.split(",")
-        for n in chosen:
-            if n not in ABLATIONS:
-                p.error(f"--ablation: unknown name '{n}'; valid: {', '.join(ABLATIONS)}")
-        ab_setup = Setup(**{**setup.__dict__, "seeds": tuple(int(s) for s in args.ablation_seeds.split(","))})
-        ablation = run_all(ab_setup, out, {n: ABLATIONS[n] for n in chosen}, quiet, log, baseline=False)
-    seconds = time.time() - t0
+    log = lambda msg: print(f"[{(time.time() - t0) / 60:6.1f} min] {msg}", flush=True)  # noqa: E731
+    if args.report_only:
+        results = reread(out, setup, names, not args.no_baseline)
+    else:
+        results = run_all(setup, out, names, quiet, ledger, log, baseline=not args.no_baseline)
+    ablation, ab_seeds = None, tuple(int(s) for s in args.ablation_seeds.split(","))
+    if chosen:
+        ab_setup = Setup(**{**asdict(setup), "seeds": ab_seeds})
+        ablation = (reread(out, ab_setup, {n: ABLATIONS[n] for n in chosen}, False) if args.report_only else
+                    run_all(ab_setup, out, {n: ABLATIONS[n] for n in chosen}, quiet, ledger, log, baseline=False))
     command = shlex.join(["python", "benchmarks/reproduce.py"] + list(argv if argv is not None else sys.argv[1:]))
     docs_dir = DOCS if args.update_docs else out
     pictures = plots(results, docs_dir)
-    text = report(results, setup, command, pictures, docs_dir, ablation, seconds)
+    text = report(results, setup, command, pictures, docs_dir, ledger, ablation, ab_seeds)
     target = docs_dir / "RESULTS.md"
     findings = ""
     if target.exists() and "## What we find" in target.read_text():  # keep the hand-written reading of the numbers
         findings = target.read_text().split("## What we find", 1)[1].strip()
     target.write_text(text.replace("FINDINGS", findings or "(to be written after reading the tables)"))
-    (out / "results.json").write_text(json.dumps({**to_json(results, setup), "ablation": to_json(ablation, setup) if ablation else None}, indent=1))
+    (out / "results.json").write_text(json.dumps({**to_json(results, setup), "ablation": to_json(ablation, setup) if ablation else None,
+                                                  "cpu_seconds": ledger.data}, indent=1))
     print(summary_table(results, setup, "linear"))
     print(f"wrote {target}")
     return 0
+
+
+def reread(out: Path, setup: Setup, names: Dict[str, tuple], baseline: bool) -> Dict[str, List[Result]]:
+    """The results of runs that are finished (no training; a run without its final checkpoint is left out)."""
+    data = make_data(setup, out, True)
+    got = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    stored = {}
+    for block in (got.get("results") or {}, (got.get("ablation") or {}).get("results") or {}):
+        for n, rs in block.items():
+            for r in rs:
+                stored[(n, r["seed"])] = r
+    for f in sorted(out.glob("partial-seeds*.json")):
+        for n, rs in json.loads(f.read_text())["results"].items():
+            for r in rs:
+                stored.setdefault((n, r["seed"]), r)
+    results: Dict[str, List[Result]] = ({RANDOM: []} if baseline else {}) | {n: [] for n in names}
+    for n in results:
+        for seed in setup.seeds:
+            r = stored.get((n, seed))
+            if r is not None:
+                r = Result(**{**r, "probes": {int(k): v for k, v in r["probes"].items()}})
+                results[n].append(r)
+    del data
+    return {n: rs for n, rs in results.items() if rs}
 
 
 if __name__ == "__main__":

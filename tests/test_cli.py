@@ -1,3 +1,4 @@
+import json
 """The real `motionmae pretrain` CLI (a subprocess): user mistakes end in one clear stderr line, exit code 2, no traceback."""
 
 import pytest
@@ -67,6 +68,11 @@ def test_demo_story_end_to_end_tiny(tmp_path, capsys):
     assert set(out["probe"]["random init"]) == {"class", "direction", "speed", "arrow"}
     for line in ("checkpoint", "pictures", "metrics"):
         assert f"  {line} " in text
+    assert "probe accuracy (%)" in text and "MotionMAE pretrained  linear" in text and "random init  linear" in text
+    saved = json.loads((tmp_path / "demo" / "probe.json").read_text())  # the table and the losses, as JSON
+    assert saved["probe"]["random init"]["class"]["linear"] == out["probe"]["random init"]["class"]["linear"]
+    rec = saved["reconstruction"]
+    assert f"predict-zero {rec['zero_appearance']:.4f}" in text and rec["ratio_appearance"] > 0
     again = run_demo(tmp_path / "demo", overrides=tiny, num_train=8, num_val=4, probe=False)  # reuses data and the run
     assert "reusing" in capsys.readouterr().out and again["checkpoint"] == out["checkpoint"]
 
@@ -80,3 +86,32 @@ def test_overrides_may_follow_options(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--resume", "none", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_reconstruction_vs_zero_by_hand(tmp_path):
+    """A model whose heads output zero reaches exactly the predict-zero loss, and on textured clips (no flat
+    cube) that loss is (n-1)/n: the mean square of a cube normalised with the unbiased std."""
+    import torch
+
+    from motionmae import config as C
+    from motionmae.data.synthetic import make_dataset
+    from motionmae.engine.checkpoint import save_checkpoint
+    from motionmae.engine.demo import reconstruction_vs_zero
+    from motionmae.models.pretrain import PretrainModel
+
+    data = make_dataset(tmp_path / "d", num_train=2, num_val=6, frames=8, size=32, workers=1)
+    cfg = C.load_config("demo", ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32",
+                                 "model.decoder_depth=1", "model.decoder_num_heads=2", f"data.train={data['train']}"])
+    torch.manual_seed(0)
+    model = PretrainModel(cfg)
+    save_checkpoint(tmp_path / "random.safetensors", model, state={"config": C.to_dict(cfg)})
+    for head in (model.decoder.head, model.decoder.motion_head):
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.zeros_(head.bias)
+    save_checkpoint(tmp_path / "zero.safetensors", model, state={"config": C.to_dict(cfg)})
+    res = reconstruction_vs_zero(tmp_path / "zero.safetensors", data["val"], batch_size=4)
+    n = cfg.model.tubelet_size * cfg.model.patch_size ** 2
+    assert res["clips"] == 6 and res["ratio_appearance"] == 1.0 and res["ratio_motion"] == 1.0
+    assert abs(res["zero_appearance"] - (n - 1) / n) < 1e-3
+    other = reconstruction_vs_zero(tmp_path / "random.safetensors", data["val"], batch_size=3)  # same masks (seed 0)
+    assert abs(other["zero_appearance"] - res["zero_appearance"]) < 1e-6 and other["ratio_appearance"] > 1.2  # random heads: worse

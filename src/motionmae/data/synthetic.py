@@ -1,29 +1,33 @@
-"""The built-in labelled video dataset: moving glyphs on textured, drifting backgrounds, written as real mp4.
+"""The built-in labelled video dataset: moving glyphs on smooth, drifting textures, written as real mp4.
 
 `make_dataset(out_dir, ...)` writes `train/*.mp4`, `val/*.mp4` (H.264, yuv420p, through PyAV), the lists
-`train.csv` / `val.csv` and `labels.json` (label names). Each list line is header-less CSV, paths relative to
-the list's folder (how `datasets.read_annotation_list` resolves them):
+`train.csv` / `val.csv` and `labels.json` (label names, generator settings). Each list line is header-less CSV,
+paths relative to the list's folder (how `datasets.read_annotation_list` resolves them):
 
     train/000000.mp4,<class>,<direction>,<speed>,<arrow>
 
-- class (appearance): glyph shape, `CLASSES` (procedural) or the 10 Fashion-MNIST classes when
-  /usr/share/datasets/fashion-mnist exists. Glyph colour, size, position and background are nuisances.
+- class (appearance): glyph shape, `CLASSES` (procedural, the default) or, opt-in with `glyphs="fashion"`, the 10
+  Fashion-MNIST classes from /usr/share/datasets/fashion-mnist. Glyph colour, size, position and the background
+  are nuisances.
 - direction (motion): the glyph's observed direction, `DIRECTIONS` (right, left, down, up).
-- speed (motion): `SPEEDS`, 1 or 3 px/frame at 64 px (scaled with the size).
-- arrow (arrow of time): 0 forward, 1 reversed playback. A forward clip has two consistent asymmetries: the
-  glyph grows (x1.5 over the clip) and the background texture drifts downwards; a reversed clip is literally
-  the forward clip played backwards, so its observed direction is the opposite one.
+- speed (motion): `SPEEDS`, the glyph moves `Style.speeds` of the frame side per frame (slow, fast).
+- arrow (arrow of time): 0 forward, 1 reversed playback. A forward clip's background drifts downwards; a
+  reversed clip is literally the forward clip played backwards (so its glyph direction is the opposite one and
+  its background drifts upwards).
 
-Motion labels cannot be read from a single frame: positions wrap around the frame (a torus) and start
-uniformly at random, the start size is random, so every label value sees the same distribution of single
-frames. Column 0 is solvable from any frame; columns 1-3 are not solvable from one frame. An unordered set of
-frames reveals the speed and the axis of motion; the sign of the direction and the arrow of time need the order.
+Motion labels cannot be read from any single frame, not even from a frame at a known time: the glyph starts
+uniformly at random on a torus (positions wrap around the frame), the background's phases are uniform, and
+the glyph's size and colour do not depend on time or on any label, so frame t has the same distribution
+for every value of direction, speed and arrow. The class is visible in every frame.
 
-Default size: 800 train / 200 val clips, 16 frames, 64x64 (~13 k training frames, 7.6 MB), written in ~12 s on 2
-busy cores. Learnable: a 3-layer 3D CNN trained from scratch on it (frames pooled to 32x32, 4 epochs) reached val
-accuracy 0.88 direction, 0.91 speed, 0.98 arrow (chance 0.25 / 0.5 / 0.5); the glyph class, small at 32 px, was
-still climbing (0.25, chance 0.17).
-`render_clip(ClipSpec)` renders one clip in memory (numpy), the same function the writer uses.
+Why it looks like this (docs/RESULTS.md, "Diagnosis"): a masked-autoencoder target is each cube normalised to
+unit variance, so the data must give masked cubes structure that visible cubes predict. Glyphs span several
+patches and have sharp edges; the background is a smooth texture of a few low-frequency plane waves (locally a
+ramp, with a guaranteed contrast in every channel, so no cube is flat codec noise blown up to unit variance);
+motion is a fraction of a patch per frame. `Style` holds these knobs (the diagnosis varies them).
+
+Default: 800 train / 200 val clips, 16 frames, 32x32. `render_clip(ClipSpec)` renders one clip in memory (numpy),
+the same function the writer uses.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -43,9 +48,31 @@ FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "
 DIRECTIONS = ("right", "left", "down", "up")  # opposite of d is d ^ 1
 SPEEDS = ("slow", "fast")
 ARROWS = ("forward", "reversed")
+BACKGROUNDS = ("waves", "flat", "noise")
 _VELOCITY = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}  # (dy, dx) per direction
-_PX_PER_FRAME = (1, 3)  # at 64 px
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class Style:
+    """How hard the data is. Lengths are fractions of the frame side; speeds are fractions of it per frame."""
+
+    glyph_radius: Tuple[float, float] = (0.20, 0.28)  # drawn uniformly per clip
+    speeds: Tuple[float, float] = (1 / 64, 3 / 64)  # glyph motion per frame: slow, fast (0.5 / 1.5 px at 32 px)
+    drift: float = 1 / 64  # background motion per frame, downwards when played forward
+    background: str = "waves"  # waves: periodic texture | flat: one colour | noise: white-noise texture
+    period: float = 1 / 8  # waves: fundamental period (of the frame side): 1/8 = a wallpaper 8 tiles across
+    max_freq: int = 1  # waves: the 4 plane waves are harmonics 1..max_freq of the fundamental
+    contrast: float = 0.35  # waves / noise: the background's range in every channel is at least 0.6 x this
+    glyph_texture: float = 0.3  # the glyph carries its own waves, moving with it: colour x (1 - this x (1 - L) / 2)
+    glyph_period: float = 1 / 8  # fundamental period of the glyph's waves (of the frame side)
+    glyph_texture_moves: bool = True  # the glyph's waves move with it (False: fixed in the frame, seen through it)
+    class_texture: bool = False  # the glyph's waves are the same for every clip of a class (at a random offset)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "Style":
+        d = dict(d or {})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -55,8 +82,9 @@ class ClipSpec:
     speed: int
     arrow: int  # 0 forward, 1 reversed playback
     frames: int = 16
-    size: int = 64
-    seed: int = 0  # nuisances: position, start scale, colours, texture, Fashion-MNIST sample
+    size: int = 32
+    seed: int = 0  # nuisances: position, size, colours, texture, Fashion-MNIST sample
+    style: Style = field(default_factory=Style)
 
     def labels(self):
         return (self.glyph, self.direction, self.speed, self.arrow)
@@ -106,59 +134,95 @@ def load_fashion_mnist(root: str = FASHION_MNIST_DIR):
     return None
 
 
-def _glyph_alpha(spec: ClipSpec, cy: float, cx: float, radius: float, fashion, rng_pick: int) -> np.ndarray:
-    """Soft (anti-aliased by 2x2 supersampling) alpha (size, size) of the glyph centred at (cy, cx) on a torus."""
-    s = spec.size
-    sub = (np.arange(2 * s) + 0.5) / 2  # supersampled pixel centres
-    dy = (sub[:, None] - cy + s / 2) % s - s / 2
-    dx = (sub[None, :] - cx + s / 2) % s - s / 2
+def glyph_alpha(kind: int, size, centres: np.ndarray, radius: float, fashion=None, pick: int = 0) -> np.ndarray:
+    """Soft alpha (T, H, W) of glyph `kind` centred at `centres` (T, 2) (y, x), anti-aliased by 2x2 supersampling;
+    `size`: the frame side, or (H, W). Positions wrap around the frame (a torus). `fashion`: (images, labels) to
+    draw Fashion-MNIST sample `pick` of class `kind` instead of a procedural shape."""
+    h, w = (size, size) if np.isscalar(size) else size
+    cy, cx = centres[:, 0, None, None], centres[:, 1, None, None]
+    dy = ((np.arange(2 * h) + 0.5) / 2)[None, :, None] - cy  # supersampled pixel centres, (T, 2h, 1)
+    dx = ((np.arange(2 * w) + 0.5) / 2)[None, None, :] - cx  # (T, 1, 2w)
+    dy, dx = (dy + h / 2) % h - h / 2, (dx + w / 2) % w - w / 2
     if fashion is None:
-        inside = _shape_inside(spec.glyph, dx / radius, dy / radius).astype(np.float32)
+        inside = _shape_inside(kind, dx / radius, dy / radius).astype(np.float32)
     else:
         images, labels = fashion
-        pool = np.flatnonzero(labels == spec.glyph)
-        img = images[pool[rng_pick % len(pool)]].astype(np.float32) / 255
+        pool = np.flatnonzero(labels == kind)
+        img = images[pool[pick % len(pool)]].astype(np.float32) / 255
         # nearest sample of the 28x28 image over [-radius, radius]^2
         iy = np.floor((dy / radius + 1) * 14).astype(np.int64)
         ix = np.floor((dx / radius + 1) * 14).astype(np.int64)
         ok = (iy >= 0) & (iy < 28) & (ix >= 0) & (ix < 28)
         inside = np.where(ok, img[np.clip(iy, 0, 27), np.clip(ix, 0, 27)], 0.0)
-    return inside.reshape(s, 2, s, 2).mean(axis=(1, 3))
+    inside = np.broadcast_to(inside, (len(centres), 2 * h, 2 * w))
+    return inside.reshape(len(centres), h, 2, w, 2).mean(axis=(2, 4))
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A periodic colour texture (size, size, 3) in [0, 1]: integer frequencies, so shifts wrap seamlessly."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    field = np.zeros((size, size))
-    for _ in range(4):
-        fy, fx = rng.integers(-4, 5, size=2)
-        if fy == 0 and fx == 0:
-            fx = 1
-        field += rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
-    field = (field - field.min()) / (np.ptp(field) + 1e-9)
-    c0, c1 = rng.uniform(0.15, 0.45, 3), rng.uniform(0.35, 0.65, 3)
-    return c0 + field[..., None] * (c1 - c0)
+def periodic_field(rng: np.random.Generator, kind: str, size, frames: int, period: float, max_freq: int,
+                   velocity=(0.0, 0.0), offset=(0.0, 0.0)) -> np.ndarray:
+    """float (T, H, W) in [-1, 1]: a random texture on the torus, shifted by `offset` (dy, dx) px and translated
+    by `velocity` px per frame.
+
+    It is defined by its Fourier spectrum, so any sub-pixel shift is exact and wraps seamlessly. 'waves': 4 plane
+    waves whose frequencies are harmonics 1..max_freq of a fundamental period of `period` x the frame side
+    (integer cycles per frame); 'noise': white noise (without the Nyquist row / column)."""
+    h, w = (size, size) if np.isscalar(size) else size
+    if kind == "waves":
+        side = min(h, w)
+        ky, kx = max(1, round(h / (period * side))), max(1, round(w / (period * side)))  # fundamental, cycles/frame
+        spec = np.zeros((h, w), np.complex128)
+        for _ in range(4):  # each wave as a conjugate pair (the field is real)
+            while True:
+                fy, fx = rng.integers(-max_freq, max_freq + 1, size=2)
+                if max(abs(fy), abs(fx)) >= 1:
+                    break
+            c = rng.uniform(0.5, 1.0) * np.exp(1j * rng.uniform(0, 2 * np.pi))
+            spec[fy * ky % h, fx * kx % w] += c
+            spec[-fy * ky % h, -fx * kx % w] += np.conj(c)
+    else:
+        spec = np.fft.fft2(rng.standard_normal((h, w)))
+        spec[h // 2, :] = spec[:, w // 2] = spec[0, 0] = 0
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]  # cycles per pixel
+    t = np.arange(frames)[:, None, None]
+    phase = np.exp(-2j * np.pi * (fy[None] * (offset[0] + velocity[0] * t) + fx[None] * (offset[1] + velocity[1] * t)))
+    field_t = np.fft.ifft2(spec[None] * phase, axes=(1, 2)).real
+    return np.clip(field_t / (np.abs(field_t[0]).max() + 1e-12), -1, 1)
 
 
-def render_clip(spec: ClipSpec, background: bool = True, fashion=None) -> np.ndarray:
-    """uint8 (T, H, W, 3) for `spec`; `background=False` draws the glyph on black (for tests)."""
+def background(rng: np.random.Generator, style: Style, size, frames: int) -> np.ndarray:
+    """float (T, H, W, 3) in [0, 1] (`size`: H = W, or (H, W)): `style.background`, drifting down
+    `style.drift * H` px per frame, coloured per channel: mid + L * amp with |amp| >= 0.3 x contrast."""
+    if style.background not in BACKGROUNDS:
+        raise ValueError(f"unknown background '{style.background}'; valid: {', '.join(BACKGROUNDS)}")
+    h, w = (size, size) if np.isscalar(size) else size
+    mid = rng.uniform(0.3, 0.5, 3)
+    if style.background == "flat":
+        return np.broadcast_to(mid, (frames, h, w, 3)).astype(np.float32)
+    field_t = periodic_field(rng, style.background, (h, w), frames, style.period, style.max_freq, (style.drift * h, 0.0))
+    amp = style.contrast / 2 * rng.uniform(0.6, 1.0, 3) * rng.choice([-1.0, 1.0], 3)
+    return (mid + field_t[..., None] * amp).astype(np.float32)
+
+
+def render_clip(spec: ClipSpec, background_on: bool = True, fashion=None) -> np.ndarray:
+    """uint8 (T, H, W, 3) for `spec`; `background_on=False` draws the glyph on black (for tests)."""
+    st = spec.style
     rng = np.random.default_rng([spec.seed, spec.glyph])
     s, n = spec.size, spec.frames
     forward_dir = spec.direction ^ spec.arrow  # reversed playback shows the opposite direction
-    step = max(1, round(_PX_PER_FRAME[spec.speed] * s / 64))
-    vy, vx = (c * step for c in _VELOCITY[forward_dir])
-    cy, cx = rng.uniform(0, s, 2)
-    r0 = rng.uniform(0.10, 0.16) * s
-    colour = rng.uniform(0.7, 1.0, 3) * rng.permutation([1.0, rng.uniform(0.4, 1.0), rng.uniform(0.0, 0.5)])
-    tex = _texture(rng, s)
+    velocity = np.array(_VELOCITY[forward_dir], np.float64) * st.speeds[spec.speed] * s
+    start = rng.uniform(0, s, 2)
+    radius = rng.uniform(*st.glyph_radius) * s
+    colour = rng.permutation([1.0, rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.6)])  # bright: one channel at 1
     pick = int(rng.integers(1 << 30))
-    drift = max(1, round(s / 64))  # background drifts down by this many px per forward frame
-    out = np.empty((n, s, s, 3), np.float32)
-    for t in range(n):
-        radius = r0 * (1 + 0.5 * t / max(n - 1, 1))  # grows forward in time
-        alpha = _glyph_alpha(spec, cy + vy * t, cx + vx * t, radius, fashion, pick)[..., None]
-        bg = np.roll(tex, drift * t, axis=0) if background else 0.0
-        out[t] = alpha * colour + (1 - alpha) * bg
+    bg = background(rng, st, s, n) if background_on else 0.0
+    alpha = glyph_alpha(spec.glyph, s, start + np.arange(n)[:, None] * velocity, radius, fashion, pick)[..., None]
+    if st.glyph_texture > 0 and background_on:
+        offset = rng.uniform(0, s, 2)
+        pattern_rng = np.random.default_rng([7919, spec.glyph]) if st.class_texture else rng
+        pattern = periodic_field(pattern_rng, "waves", s, n, st.glyph_period, 1,
+                                 velocity if st.glyph_texture_moves else (0, 0), offset)[..., None]
+        colour = colour * (1 - st.glyph_texture * (1 - pattern) / 2)
+    out = alpha * colour + (1 - alpha) * bg
     if spec.arrow:
         out = out[::-1]
     return np.round(out * 255).clip(0, 255).astype(np.uint8)
@@ -167,47 +231,69 @@ def render_clip(spec: ClipSpec, background: bool = True, fashion=None) -> np.nda
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def clip_specs(num: int, frames: int, size: int, seed: int, split: str, num_classes: int) -> List[ClipSpec]:
+def clip_specs(num: int, frames: int, size: int, seed: int, split: str, num_classes: int,
+               style: Optional[Style] = None) -> List[ClipSpec]:
     """Labels drawn uniformly at random, reproducibly from (seed, split)."""
     rng = np.random.default_rng([seed, {"train": 0, "val": 1}[split]])
+    style = style or Style()
     specs = []
     for i in range(num):
         g, d, sp, a = int(rng.integers(num_classes)), int(rng.integers(4)), int(rng.integers(2)), int(rng.integers(2))
-        specs.append(ClipSpec(g, d, sp, a, frames, size, seed=int(rng.integers(1 << 31))))
+        specs.append(ClipSpec(g, d, sp, a, frames, size, seed=int(rng.integers(1 << 31)), style=style))
     return specs
+
+
+def specs_from_meta(meta: dict, split: str):
+    """(the ClipSpecs of a written split, a function rendering one of them) from its labels.json."""
+    fashion = load_fashion_mnist() if meta.get("glyphs") == "fashion-mnist" else None
+    num = meta["num_train" if split == "train" else "num_val"]
+    specs = clip_specs(num, meta["frames"], meta["size"], meta["seed"], split, len(meta["class"]),
+                       Style.from_dict(meta.get("style")))
+    return specs, lambda spec: render_clip(spec, fashion=fashion)
+
+
+_FASHION = {}  # per writer process: Fashion-MNIST is read once, not once per clip
 
 
 def _write_one(job):
     from motionmae.data.decode import write_video
 
     path, spec, fps, crf, use_fashion = job
-    fashion = load_fashion_mnist() if use_fashion else None
+    if use_fashion and "data" not in _FASHION:
+        _FASHION["data"] = load_fashion_mnist()
     # no-asm: x264's SIMD code reads past the end of the tight frame buffers PyAV hands it, so with it the same
     # frames gave files that depended on the process's heap (different datasets, and demo scores, run to run)
     options = {"crf": str(crf), "preset": "fast", "x264-params": "no-asm=1"}
-    write_video(path, render_clip(spec, fashion=fashion), fps=fps, options=options)
+    write_video(path, render_clip(spec, fashion=_FASHION.get("data")), fps=fps, options=options)
 
 
 def make_dataset(out_dir, num_train: int = 800, num_val: int = 200, frames: int = 16, size: int = 64, seed: int = 0,
-                 fps: int = 8, crf: int = 18, workers: int = 0, glyphs: str = "auto", verbose: bool = False) -> dict:
-    """Write the dataset; returns a summary dict (paths, counts, seconds). `glyphs`: auto | shapes | fashion."""
+                 fps: int = 8, crf: int = 18, workers: int = 0, glyphs: str = "shapes", style: Optional[Style] = None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Write the dataset; returns a summary dict (paths, counts, seconds). `glyphs`: shapes (procedural, the
+    default: the same data on every machine) | fashion (Fashion-MNIST, where installed). `progress(done, total)`
+    is called as clips are written."""
     from motionmae.errors import UserError
 
     if size % 2 or size < 16:
         raise UserError(f"--size must be even and >= 16 (yuv420p), got {size}")
     if frames < 2:
         raise UserError(f"--frames must be >= 2, got {frames}")
-    have_fashion = load_fashion_mnist() is not None
-    if glyphs == "fashion" and not have_fashion:
-        raise UserError(f"glyphs='fashion' but Fashion-MNIST is not at {FASHION_MNIST_DIR}")
-    use_fashion = have_fashion if glyphs == "auto" else glyphs == "fashion"
+    if glyphs not in ("shapes", "fashion"):
+        raise UserError(f"--glyphs must be 'shapes' or 'fashion', got '{glyphs}'")
+    use_fashion = glyphs == "fashion"
+    if use_fashion and load_fashion_mnist() is None:
+        raise UserError(f"--glyphs fashion but Fashion-MNIST is not at {FASHION_MNIST_DIR}")
+    style = style or Style()
+    if style.background not in BACKGROUNDS:
+        raise UserError(f"unknown background '{style.background}'; valid: {', '.join(BACKGROUNDS)}")
     class_names = FASHION_CLASSES if use_fashion else CLASSES
     out = Path(out_dir)
     t0 = time.time()
     jobs, lists = [], {}
     for split, num in (("train", num_train), ("val", num_val)):
         (out / split).mkdir(parents=True, exist_ok=True)
-        specs = clip_specs(num, frames, size, seed, split, len(class_names))
+        specs = clip_specs(num, frames, size, seed, split, len(class_names), style)
         rows = []
         for i, spec in enumerate(specs):
             rel = f"{split}/{i:06d}.mp4"
@@ -215,24 +301,45 @@ def make_dataset(out_dir, num_train: int = 800, num_val: int = 200, frames: int 
             rows.append(",".join([rel] + [str(v) for v in spec.labels()]))
         lists[split] = rows
     workers = workers or min(len(jobs), os.cpu_count() or 1)
+    progress = progress or (lambda done, total: None)
     if workers > 1 and len(jobs) > 8:
         import multiprocessing as mp
 
         with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
-                pass
+            for done, _ in enumerate(pool.imap_unordered(_write_one, jobs, chunksize=8), 1):
+                progress(done, len(jobs))
     else:
-        for job in jobs:
+        for done, job in enumerate(jobs, 1):
             _write_one(job)
+            progress(done, len(jobs))
     for split, rows in lists.items():  # lists last: a list on disk means its videos are complete
         (out / f"{split}.csv").write_text("\n".join(rows) + "\n")
     meta = {"columns": ["class", "direction", "speed", "arrow"], "class": list(class_names),
             "direction": list(DIRECTIONS), "speed": list(SPEEDS), "arrow": list(ARROWS),
-            "glyphs": "fashion-mnist" if use_fashion else "shapes",
-            "frames": frames, "size": size, "fps": fps, "seed": seed, "num_train": num_train, "num_val": num_val}
+            "glyphs": "fashion-mnist" if use_fashion else "shapes", "style": asdict(style),
+            "frames": frames, "size": size, "fps": fps, "crf": crf, "seed": seed, "num_train": num_train, "num_val": num_val}
     (out / "labels.json").write_text(json.dumps(meta, indent=1) + "\n")
     return {"out": str(out), "train": str(out / "train.csv"), "val": str(out / "val.csv"),
             "num_train": num_train, "num_val": num_val, "seconds": time.time() - t0, "glyphs": meta["glyphs"]}
+
+
+def progress_printer(what: str = "clips", stream=None) -> Callable[[int, int], None]:
+    """A one-line progress bar for `make_dataset(progress=...)`: rewritten in place on a terminal, a few lines in
+    a log file (the data layer sits below the engine's ProgressBar)."""
+    stream = stream or sys.stderr
+    t0 = time.time()
+
+    def show(done: int, total: int) -> None:
+        frac = done / max(total, 1)
+        eta = (time.time() - t0) / max(done, 1) * (total - done)
+        line = f"writing [{'#' * int(20 * frac):.<20}] {done}/{total} {what}, eta {eta:.0f} s"
+        if stream.isatty():
+            stream.write("\r" + line + ("\n" if done == total else ""))
+        elif done == total or done % max(total // 4, 1) == 0:
+            stream.write(line + "\n")
+        stream.flush()
+
+    return show
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -244,19 +351,16 @@ def add_arguments(parser) -> None:
                         help="classify: labelled glyph clips (default); vos: synthetic DAVIS-style set")
     parser.add_argument("--num-train", type=int, default=800)
     parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: 16; vos: 24)")
+    parser.add_argument("--size", type=int, default=None, help="frame side in pixels, even (default: 64; vos: height 96)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="writer processes (0: one per CPU)")
-    parser.add_argument("--glyphs", default="auto", choices=["auto", "shapes", "fashion"],
-                        help="auto: Fashion-MNIST when installed, else procedural shapes")
-    import importlib.util
+    parser.add_argument("--glyphs", default="shapes", choices=["shapes", "fashion"],
+                        help="shapes: procedural (default, identical on every machine); fashion: Fashion-MNIST "
+                             f"images from {FASHION_MNIST_DIR} (opt-in, where installed)")
+    import motionmae.data.synthetic_vos as vos
 
-    if importlib.util.find_spec("motionmae.data.synthetic_vos") is not None:  # its own extra options, if any
-        import motionmae.data.synthetic_vos as vos
-
-        if hasattr(vos, "add_vos_arguments"):
-            vos.add_vos_arguments(parser)
+    vos.add_vos_arguments(parser)
 
 
 def run(args) -> int:
@@ -264,8 +368,8 @@ def run(args) -> int:
         import motionmae.data.synthetic_vos as vos
 
         return vos.run(args)
-    info = make_dataset(args.out, args.num_train, args.num_val, args.frames, args.size, args.seed,
-                        workers=args.workers, glyphs=args.glyphs)
+    info = make_dataset(args.out, args.num_train, args.num_val, args.frames or 16, args.size or 64, args.seed,
+                        workers=args.workers, glyphs=args.glyphs, progress=progress_printer())
     print(f"wrote {info['num_train']} train + {info['num_val']} val clips ({info['glyphs']}) to {info['out']} "
           f"in {info['seconds']:.1f} s")
     print(f"lists: {info['train']}  {info['val']}  (columns: path,class,direction,speed,arrow; see labels.json)")

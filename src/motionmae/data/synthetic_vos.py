@@ -1,16 +1,25 @@
 """A small synthetic video-object-segmentation set in the DAVIS-2017 layout, with exact masks.
 
-Each sequence: a panning textured background and 1-3 textured objects (ellipses and rectangles with
-stripe / checker textures in their own colours) moving with constant velocity, bouncing off the
-borders, growing or shrinking by up to 30% and passing in front of each other in a fixed depth order,
-under a slowly changing global brightness. Every object is fully visible in the first frame (DAVIS
-semi-supervised: all objects are given there). Written as
+Two scenes (`scene=`):
+- 'glyphs' (default): 2-3 annotated glyphs of distinct shapes (the classification set's `CLASSES`) plus one
+  unannotated distractor glyph, all of *one* colour, on the classification set's drifting wave texture; they
+  move with constant velocity, bounce off the borders and pass in front of each other in a fixed depth order.
+  Colour cannot tell the objects apart (nor an object from the distractor): tracking them needs features that
+  know shape, which is what separates a pretrained encoder from a random one (a random ViT's patch features are
+  mostly local colour plus position).
+- 'sprites' (the first version of this set): a panning textured background and 1-3 textured objects (ellipses
+  and rectangles with stripe / checker textures in their own colours) moving with constant velocity, bouncing off
+  the borders, growing or shrinking by up to 30% and passing in front of each other in a fixed depth order, under
+  a slowly changing global brightness. Distinct colours make it easy: a random encoder already tracks well.
+Every annotated object is fully visible in the first frame (DAVIS semi-supervised: all objects are given there).
+Written as
 
     <out>/JPEGImages/480p/<seq>/00000.jpg ...    (JPEG, quality 95, no chroma subsampling)
     <out>/Annotations/480p/<seq>/00000.png ...   (palette PNG, DAVIS palette, index = object id)
     <out>/ImageSets/2017/val.txt
 
-    motionmae make-dataset --kind vos --out data/synthetic-vos
+    motionmae make-dataset --kind vos --out data/synthetic-vos                       # glyphs, 64x88, 24 frames
+    motionmae make-dataset --kind vos --vos-scene sprites --size 96 --frames 12 --out data/synthetic-vos-sprites
 """
 
 from __future__ import annotations
@@ -21,8 +30,11 @@ from typing import List, Tuple
 import numpy as np
 from PIL import Image
 
+from motionmae.data.synthetic import CLASSES, Style, background, glyph_alpha
 from motionmae.errors import UserError
 from motionmae.eval.davis import write_mask
+
+SCENES = ("glyphs", "sprites")
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -106,6 +118,37 @@ def _sequence(rng: np.random.Generator, num_frames: int, height: int, width: int
     return frames, masks
 
 
+def _glyph_sequence(rng: np.random.Generator, num_frames: int, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The 'glyphs' scene -> frames uint8 (T, H, W, 3), masks uint8 (T, H, W)."""
+    side = min(height, width)
+    bg = background(rng, Style(), (height, width), num_frames)
+    colour = rng.permutation([1.0, rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.6)])  # one colour for every glyph
+    n_obj = int(rng.integers(2, 4))
+    kinds = rng.choice(len(CLASSES), n_obj + 1, replace=False)  # the last one is the unannotated distractor
+    radius = rng.uniform(0.10, 0.14, n_obj + 1) * side
+    reach = 1.2 * radius  # the farthest a glyph reaches from its centre (the diamond: 1.15 radius)
+    angle = rng.uniform(0, 2 * np.pi, n_obj + 1)
+    velocity = np.stack([np.sin(angle), np.cos(angle)], 1) * rng.uniform(0.5, 1.5, (n_obj + 1, 1)) * side / 64
+    lo, hi = np.stack([reach, reach], 1), np.stack([height - reach, width - reach], 1)
+    for _attempt in range(500):  # first frame: no two glyphs overlap, so every object is fully visible
+        start = rng.uniform(lo, np.maximum(hi, lo))
+        gap = np.linalg.norm(start[:, None] - start[None], axis=-1) - reach[:, None] - reach[None]
+        if (gap[np.triu_indices(n_obj + 1, 1)] > 0).all():
+            break
+    # constant velocity, reflected at the borders (a triangle wave between lo and hi per axis)
+    pos = start[None] + np.arange(num_frames)[:, None, None] * velocity[None]  # (T, K, 2)
+    span = np.maximum(hi - lo, 1e-6)[None]
+    pos = lo[None] + span - np.abs((pos - lo[None]) % (2 * span) - span)
+    order = rng.permutation(n_obj + 1)  # depth: later in front
+    img = bg.copy()
+    masks = np.zeros((num_frames, height, width), np.uint8)
+    for k in order:
+        alpha = glyph_alpha(int(kinds[k]), (height, width), pos[:, k], radius[k])
+        img = alpha[..., None] * colour + (1 - alpha[..., None]) * img
+        masks[alpha > 0.5] = k + 1 if k < n_obj else 0  # the distractor is background
+    return np.round(img * 255).clip(0, 255).astype(np.uint8), masks
+
+
 def _box(centre, size) -> Tuple[int, int, int, int]:
     """(top, left, bottom, right) of an object of `size` (h, w) centred at `centre`."""
     top, left = int(round(centre[0] - size[0] / 2)), int(round(centre[1] - size[1] / 2))
@@ -138,14 +181,17 @@ def _paste(img: np.ndarray, mask: np.ndarray, colour: np.ndarray, shape: np.ndar
     mask[y0:y1, x0:x1][region] = index
 
 
-def make_vos_dataset(out_dir, num_sequences: int = 4, num_frames: int = 12, height: int = 96, width: int = 128,
-                     seed: int = 0) -> Path:
+def make_vos_dataset(out_dir, num_sequences: int = 8, num_frames: int = 24, height: int = 64, width: int = 88,
+                     seed: int = 0, scene: str = "glyphs") -> Path:
     """Write the set (DAVIS-2017 layout) under `out_dir`; returns its root. Deterministic in `seed`."""
+    if scene not in SCENES:
+        raise UserError(f"unknown VOS scene '{scene}'; valid: {', '.join(SCENES)}")
+    make = _glyph_sequence if scene == "glyphs" else _sequence
     root = Path(out_dir)
     names: List[str] = []
     for i in range(num_sequences):
         rng = np.random.default_rng([seed, i])
-        frames, masks = _sequence(rng, num_frames, height, width)
+        frames, masks = make(rng, num_frames, height, width)
         name = f"synth{i:03d}"
         names.append(name)
         fdir = root / "JPEGImages" / "480p" / name
@@ -161,7 +207,10 @@ def make_vos_dataset(out_dir, num_sequences: int = 4, num_frames: int = 12, heig
 
 def add_vos_arguments(parser) -> None:
     """Options of `make-dataset` used only with `--kind vos` (its --out, --frames, --size, --seed are shared)."""
-    parser.add_argument("--num-sequences", type=int, default=4, help="--kind vos: number of sequences (default: 4)")
+    parser.add_argument("--num-sequences", type=int, default=8, help="--kind vos: number of sequences (default: 8)")
+    parser.add_argument("--vos-scene", default="glyphs", choices=SCENES,
+                        help="--kind vos: glyphs (one colour for all objects and a distractor; default) or sprites "
+                             "(distinct colours, the easier first version)")
 
 
 def _frame_size(value) -> Tuple[int, int]:
@@ -175,13 +224,14 @@ def _frame_size(value) -> Tuple[int, int]:
 def run(args) -> int:
     """`motionmae make-dataset --kind vos` (dispatched from data/synthetic.py)."""
     out = getattr(args, "out", None) or "data/synthetic-vos"
-    num = getattr(args, "num_sequences", 4)
-    frames = getattr(args, "frames", 12)
-    height, width = _frame_size(getattr(args, "size", 96))
+    num = getattr(args, "num_sequences", 8)
+    frames = getattr(args, "frames", None) or 24
+    height, width = _frame_size(getattr(args, "size", None) or 64)
+    scene = getattr(args, "vos_scene", "glyphs")
     seed = getattr(args, "seed", 0)
     if num < 1 or frames < 3 or min(height, width) < 16:
         raise UserError(f"--kind vos needs --num-sequences >= 1, --frames >= 3 (DAVIS skips the first and last) and "
                         f"--size >= 16; got {num}, {frames}, {height}")
-    root = make_vos_dataset(out, num, frames, height, width, seed)
-    print(f"wrote {num} sequences x {frames} frames at {height}x{width} in DAVIS-2017 layout to {root}")
+    root = make_vos_dataset(out, num, frames, height, width, seed, scene)
+    print(f"wrote {num} '{scene}' sequences x {frames} frames at {height}x{width} in DAVIS-2017 layout to {root}")
     return 0

@@ -1,0 +1,379 @@
+"""Why does pretraining sit at the trivial loss? Measurements behind docs/RESULTS.md ("Diagnosis").
+
+Two kinds of measurement, both on the built-in synthetic data:
+
+1. `targets`: what the appearance target is made of, without any model. For written clips (H.264) and the
+   same clips rendered in memory (no codec), at the model's clip settings: each cube channel's std in 8-bit
+   levels, and the normalised-target MSE between the decoded and the clean clip (the part of the target
+   that is codec noise, which no model can predict). Also two fixed predictors of a masked cube: zero (the
+   trivial line, (n-1)/n with the unbiased std) and a copy of the same position from the nearest visible
+   time slice (per-slice masks), which says how much of the target is predictable at all.
+2. `train`: short pretraining runs (tiny models, one thread) that change one thing at a time; each reports
+   its final appearance loss as a fraction of the predict-zero loss, and a curve plot with the trivial line.
+
+    python benchmarks/diagnose.py targets --data runs/demo/data
+    python benchmarks/diagnose.py train --out runs/diagnose --variants base,lr3e-3 --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import line_plot, markdown_table  # noqa: E402
+
+from motionmae.engine.demo import reconstruction_vs_zero  # noqa: E402
+
+
+def trivial_loss(tubelet: int, patch: int) -> float:
+    """MSE of predicting 0 for a cube normalised with the unbiased std: mean square = (n-1)/n, n = tubelet*p*p."""
+    n = tubelet * patch * patch
+    return (n - 1) / n
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. the targets themselves
+
+
+def _clip_pair(entry, spec, indices, size, render):
+    from motionmae.data.decode import VideoReader
+    from motionmae.data.transforms import from_numpy_frames, resize
+
+    with VideoReader(entry.path) as r:
+        decoded = r.get_frames(indices)
+    clean = render(spec)[indices]
+    out = []
+    for frames in (decoded, clean):
+        x = resize(from_numpy_frames(frames), (size, size)).float() / 255  # (C, T, H, W)
+        out.append(x[None])
+    return out
+
+
+def nearest_visible_copy(tokens: torch.Tensor, mask: torch.Tensor, grid) -> torch.Tensor:
+    """For each masked token, the token at the same (h, w) in the nearest time slice where it is visible
+    (ties: the earlier slice); zero where no slice shows it. tokens (N, P), mask (N,) -> (N, P)."""
+    t, h, w = grid
+    tok = tokens.reshape(t, h * w, -1)
+    vis = ~mask.reshape(t, h * w)
+    pred = torch.zeros_like(tok)
+    for ti in range(t):
+        order = sorted(range(t), key=lambda s: (abs(s - ti), s))[1:]
+        for s in order:
+            take = ~vis[ti] & vis[s] & (pred[ti].abs().sum(-1) == 0)
+            pred[ti][take] = tok[s][take]
+    return pred.reshape(tokens.shape)
+
+
+def target_stats(data: Path, frames: int, stride: int, size: int, patch: int, tubelet: int, ratio: float,
+                 num_clips: int = 200, seed: int = 0) -> dict:
+    """The measurements of part 1 over the first `num_clips` training clips of a synthetic dataset."""
+    from motionmae.data.datasets import read_annotation_list
+    from motionmae.data.synthetic import render_clip, specs_from_meta
+    from motionmae.objective.masking import make_mask
+    from motionmae.config import ObjectiveConfig
+    from motionmae.objective.targets import cubes, motion_frames, normalized_tokens
+
+    meta = json.loads((data / "labels.json").read_text())
+    entries = read_annotation_list(data / "train.csv")[:num_clips]
+    specs, render = specs_from_meta(meta, "train")
+    g = torch.Generator().manual_seed(seed)
+    stds, noise, copy, zero, corr = [], [], [], [], {"right": [], "below": [], "next slice": []}
+    motion_noise, motion_corr = [], []
+    for e, spec in zip(entries, specs):
+        dec, clean = _clip_pair(e, spec, np.arange(frames) * stride, size, render)
+        cd, cc = cubes(dec, tubelet, patch)[0], cubes(clean, tubelet, patch)[0]  # (N, C, n)
+        stds.append(255 * cd.std(dim=-1).flatten())
+        nd, nc = normalized_tokens(cd[None])[0], normalized_tokens(cc[None])[0]
+        noise.append(((nd - nc) ** 2).mean(-1))
+        md, mc = (normalized_tokens(cubes(motion_frames(x, ObjectiveConfig()), tubelet, patch)) for x in (dec, clean))
+        motion_noise.append(((md - mc) ** 2).mean(-1).flatten())
+        mg = md[0].reshape(frames // tubelet, size // patch, size // patch, -1)
+        motion_corr.append((mg[:, :, 1:] * mg[:, :, :-1]).mean(-1).flatten() / trivial_loss(tubelet, patch))
+        grid = (frames // tubelet, size // patch, size // patch)
+        mask = make_mask("per_slice", 1, grid, ratio, g)[0]
+        pred = nearest_visible_copy(nd, mask, grid)
+        copy.append(((pred - nd) ** 2).mean(-1)[mask])
+        zero.append((nd**2).mean(-1)[mask])
+        cg = nd.reshape(*grid, -1)  # (T', H', W', P)
+        for key, (a, b) in {"right": (cg[:, :, 1:], cg[:, :, :-1]), "below": (cg[:, 1:], cg[:, :-1]),
+                            "next slice": (cg[1:], cg[:-1])}.items():
+            corr[key].append((a * b).mean(-1).flatten() / trivial_loss(tubelet, patch))
+    stds, noise = torch.cat(stds), torch.cat(noise)
+    levels = (1.0, 2.0, 4.0, 8.0)
+    return {
+        "cubes": int(noise.numel()), "values_per_channel": tubelet * patch * patch,
+        "std_levels_median": float(stds.median()),
+        "fraction_std_below": {f"{lv:g}": float((stds < lv).float().mean()) for lv in levels},
+        "codec_noise_loss": float(noise.mean()),
+        "predict_zero_loss": float(torch.cat(zero).mean()), "trivial": trivial_loss(tubelet, patch),
+        "copy_nearest_slice_loss": float(torch.cat(copy).mean()),
+        # mean correlation of a cube's normalised target with its neighbour's: what nearby visible cubes tell
+        "neighbour_correlation": {k: float(torch.cat(v).mean()) for k, v in corr.items()},
+        "motion_codec_noise_loss": float(torch.cat(motion_noise).mean()),
+        "motion_neighbour_correlation_right": float(torch.cat(motion_corr).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. short training runs
+
+
+def variant_data(out: Path, data_keys: Sequence[str]) -> Path:
+    """The synthetic dataset for `data.KEY=VALUE` items (KEY: a `Style` field, or size / frames / crf), written
+    once under `out/data-<hash>`; returns its train list."""
+    import hashlib
+
+    import yaml
+
+    from motionmae.data.synthetic import Style, make_dataset
+
+    kw, style = {}, {}
+    for item in data_keys:
+        key, value = item.split("=", 1)
+        value = yaml.safe_load(value)
+        (kw if key in ("size", "frames", "crf") else style)[key] = tuple(value) if isinstance(value, list) else value
+    root = out / ("data-" + hashlib.sha1(repr(sorted(data_keys)).encode()).hexdigest()[:10])
+    if not (root / "labels.json").exists():
+        make_dataset(root, style=Style(**style), **kw)
+    return root / "train.csv"
+
+
+def run_variant(name: str, base: Sequence[str], extra: Sequence[str], out: Path, config: str = "demo") -> dict:
+    """Pretrain one variant (resumes if its run exists); returns the logged curve and the final ratio.
+    Items `style.KEY=VALUE` choose the data (see `variant_data`), the others are config overrides."""
+    from motionmae.config import load_config
+    from motionmae.engine.pretrain import pretrain
+
+    run_dir = out / name
+    data_keys = [e[len("style."):] for e in extra if e.startswith("style.")]
+    over = [e for e in extra if not e.startswith("style.")]
+    if data_keys or not any(b.startswith("data.train=") for b in base):
+        over.append(f"data.train={variant_data(out, data_keys)}")
+    cfg = load_config(config, [*base, f"train.output_dir={run_dir}", "train.viz_every=-1", "train.log_every=10",
+                               "train.save_every=100000", *over])
+    t0 = time.time()
+    if pretrain(cfg, resume="auto").get("stopped"):  # SIGTERM: the run saved its checkpoint; so does this study
+        raise SystemExit(143)
+    wall = time.time() - t0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    held = reconstruction_vs_zero(run_dir, str(Path(cfg.data.train).parent / "val.csv"))
+    zero = held["zero_appearance"]
+    return {"name": name, "extra": list(extra), "trivial": trivial_loss(cfg.model.tubelet_size, cfg.model.patch_size),
+            **held, "train_final": float(np.mean([r["loss_appearance"] for r in rows[-5:]])), "wall_s": wall,
+            "curve": [(r["step"], r["loss_appearance"] / zero) for r in rows]}
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. in-memory runs: the same model and objective, clips decoded once (no loader), probes at the end
+
+
+def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], config: str = "demo", probe_at=(),
+               log=print) -> dict:
+    """Pretrain on the whole-frame clips of `data`'s train list held in memory (fresh masks every step, warm-up 40,
+    cosine); report the held-out ratio to predict-zero every steps/4 and linear probes (vs random init) at `probe_at`."""
+    import dataclasses
+
+    from motionmae.config import load_config
+    from motionmae.data.datasets import build_dataset, collate
+    from motionmae.data.transforms import to_model_input
+    from motionmae.engine.optim import build_optimizer, lr_at
+    from motionmae.engine.pretrain import build_model, sync_clip_shape
+    from motionmae.eval.linear import linear_probe_accuracy
+    from motionmae.eval.probe import random_encoder
+    from motionmae.objective.masking import make_mask
+
+    cfg = sync_clip_shape(load_config(config, [f"data.train={data / 'train.csv'}", "train.amp=none", *overrides]))
+
+    def load(lst):
+        ds = build_dataset(dataclasses.replace(cfg.data, val=str(lst)), "val", "finetune")
+        b = collate([ds[i] for i in range(len(ds))])
+        return to_model_input(b["video"], cfg.data.mean, cfg.data.std), b["label"]
+
+    x, y = load(data / "train.csv")
+    xv, yv = load(data / "val.csv")
+
+    def probes(encoder) -> dict:
+        encoder.eval()
+        with torch.no_grad():
+            f = [torch.cat([encoder.forward_features(z[i:i + 100]).mean(1) for i in range(0, len(z), 100)]) for z in (x, xv)]
+        names = json.loads((data / "labels.json").read_text())["columns"]
+        return {c: 100 * linear_probe_accuracy(f[0], y[:, j], f[1], yv[:, j], int(y[:, j].max()) + 1, epochs=100)
+                for j, c in enumerate(names)}
+
+    out = {"random init": probes(random_encoder(cfg.model, cfg.train.seed)), "curve": []}
+    log("random init: " + " ".join(f"{k} {v:.1f}" for k, v in out["random init"].items()))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg)
+    opt = build_optimizer(model, lr=lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
+    g = torch.Generator().manual_seed(0)
+    mask_val = make_mask(cfg.mask.kind, min(64, len(xv)), cfg.model.grid(), cfg.mask.ratio, torch.Generator().manual_seed(1))
+    t0 = time.process_time()
+    for i in range(steps + 1):
+        if i % max(steps // 4, 1) == 0 or i in probe_at:
+            model.eval()
+            with torch.no_grad():
+                o = model(xv[: len(mask_val)], mask_val)
+            row = {"step": i, "appearance": o["loss_appearance"].item() / (o["target_appearance"] ** 2).mean().item()}
+            if o["pred_motion"] is not None:
+                row["motion"] = o["loss_motion"].item() / (o["target_motion"] ** 2).mean().item()
+            if i in probe_at:
+                row["probe"] = probes(model.encoder)
+            out["curve"].append(row)
+            log(f"step {i}: held-out loss / predict-zero {row['appearance']:.3f}" + (f", motion {row['motion']:.3f}" if "motion" in row else "")
+                + ("; probe " + " ".join(f"{k} {v:.1f}" for k, v in row["probe"].items()) if "probe" in row else "")
+                + f" ({(time.process_time() - t0) / 60:.1f} CPU-min)")
+            model.train()
+        if i == steps:
+            break
+        idx = torch.randint(0, len(x), (cfg.train.batch_size,), generator=g)
+        mask = make_mask(cfg.mask.kind, cfg.train.batch_size, cfg.model.grid(), cfg.mask.ratio, g)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, steps, 40, lr, lr * 0.01, lr * 0.001)
+        loss = model(x[idx], mask)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return out
+
+
+def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=print, kind: str = "tile",
+               overrides: Sequence[str] = ()) -> list:
+    """kind 'tile': clips made of one random tile the size of a patch, repeated over the frame (every cube of a
+    time slice is then the same) and, with `rolling`, moving down 1 px per frame. A model and objective without
+    defects must learn to copy it from the visible cubes: both losses fall well below predict-zero.
+    kind 'static': random pixels, the same in every frame: a masked cube can only be copied from the same place in
+    another time slice (per-slice masks show it there with probability 1 - ratio^(T'-1)); how fast a model learns
+    that measures how fast its decoder learns to route by position."""
+    from motionmae.config import load_config
+    from motionmae.engine.optim import build_optimizer, lr_at
+    from motionmae.engine.pretrain import build_model, sync_clip_shape
+    from motionmae.objective.masking import make_mask
+
+    cfg = sync_clip_shape(load_config(config, ["data.train=unused", "train.amp=none", *overrides]))
+    p, t, s = cfg.model.patch_size, cfg.model.num_frames, cfg.model.img_size
+    g = torch.Generator().manual_seed(0)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
+
+    def clips(n):
+        if kind == "static":
+            return (torch.rand(n, 3, 1, s, s, generator=g).expand(-1, -1, t, -1, -1) - mean) / std
+        tile = torch.rand(n, 3, 1, p, p, generator=g)
+        frames = torch.cat([torch.roll(tile, k if rolling else 0, dims=3) for k in range(t)], 2)
+        return (frames.repeat(1, 1, 1, s // p, s // p) - mean) / std
+
+    xv = clips(64)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    opt = build_optimizer(model, lr=lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
+    mask_val = make_mask(cfg.mask.kind, 64, cfg.model.grid(), cfg.mask.ratio, g)
+    curve = []
+    for i in range(steps + 1):
+        if i % 100 == 0:
+            with torch.no_grad():
+                o = model.eval()(xv, mask_val)
+            row = (i, o["loss_appearance"].item() / (o["target_appearance"] ** 2).mean().item(),
+                   o["loss_motion"].item() / (o["target_motion"] ** 2).mean().item() if rolling else float("nan"))
+            curve.append(row)
+            log(f"step {i}: loss / predict-zero: appearance {row[1]:.3f}" + (f", motion {row[2]:.3f}" if rolling else ""))
+            model.train()
+        if i == steps:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, steps, 40, lr, lr * 0.01, lr * 0.001)
+        loss = model(clips(16), make_mask(cfg.mask.kind, 16, cfg.model.grid(), cfg.mask.ratio, g))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return curve
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("targets")
+    t.add_argument("--data", required=True, help="a synthetic dataset folder (make-dataset --out)")
+    t.add_argument("--frames", type=int, default=8)
+    t.add_argument("--stride", type=int, default=2)
+    t.add_argument("--size", type=int, default=32)
+    t.add_argument("--patch", type=int, default=4)
+    t.add_argument("--tubelet", type=int, default=2)
+    t.add_argument("--ratio", type=float, default=0.9)
+    t.add_argument("--clips", type=int, default=200)
+    r = sub.add_parser("train")
+    r.add_argument("--out", default="runs/diagnose")
+    r.add_argument("--config", default="demo")
+    r.add_argument("--set", action="append", default=[], metavar="NAME=K=V;K=V",
+                   help="a variant: name, then ';'-separated overrides (repeatable); style.KEY=V items choose the "
+                        "synthetic data (Style fields, size, frames, crf); 'base' = no change")
+    r.add_argument("--base", nargs="*", default=[], help="overrides applied to every variant (e.g. data.train=...)")
+    r.add_argument("--plot", default="", help="write the curves (fraction of predict-zero) to this PNG")
+    r.add_argument("--threads", type=int, default=1)
+    m = sub.add_parser("memory", help="in-memory pretraining on a (variant) dataset, probes at the end")
+    m.add_argument("--out", default="runs/diagnose")
+    m.add_argument("--style", default="", metavar="K=V;K=V", help="synthetic.Style fields of the data (default: the default data)")
+    m.add_argument("--steps", type=int, default=800)
+    m.add_argument("--lr", type=float, default=1e-3)
+    m.add_argument("--probe-at", default="", help="comma list of steps to probe at (default: the last)")
+    m.add_argument("overrides", nargs="*", help="config overrides, e.g. mask.ratio=0.75")
+    sa = sub.add_parser("sanity", help="the patch-sized tile that every cube repeats: must be learned")
+    sa.add_argument("--steps", type=int, default=500)
+    sa.add_argument("--lr", type=float, default=1e-3)
+    sa.add_argument("--rolling", action="store_true", help="the tile moves down 1 px per frame (motion target too)")
+    sa.add_argument("--kind", default="tile", choices=["tile", "static"])
+    sa.add_argument("overrides", nargs="*", help="config overrides, e.g. model.pos_embed=sincos3d")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.cmd == "memory":
+        data = variant_data(Path(args.out), [kv for kv in args.style.split(";") if kv]).parent
+        probe_at = tuple(int(v) for v in args.probe_at.split(",")) if args.probe_at else (args.steps,)
+        res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at)
+        name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}"] if x)
+        (Path(args.out) / f"{name.replace(';', '_')}.json").write_text(json.dumps(res))
+        return 0
+    if args.cmd == "sanity":
+        sanity_run(args.steps, args.lr, args.rolling, kind=args.kind, overrides=args.overrides)
+        return 0
+
+    if args.cmd == "targets":
+        res = target_stats(Path(args.data), args.frames, args.stride, args.size, args.patch, args.tubelet, args.ratio, args.clips)
+        print(json.dumps(res, indent=1))
+        return 0
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: List[dict] = []
+    for item in args.set or ["base"]:
+        name, _, rest = item.partition("=")
+        extra = [kv for kv in rest.split(";") if kv] if rest else []
+        res = run_variant(name, args.base, extra, out, args.config)
+        results.append(res)
+        print(f"{name}: held-out appearance loss {res['loss_appearance']:.4f} = {res['ratio_appearance']:.3f} of "
+              f"predict-zero ({res['zero_appearance']:.4f}; (n-1)/n = {res['trivial']:.4f})"
+              + (f"; motion {res['ratio_motion']:.3f}" if "ratio_motion" in res else "")
+              + f"; {res['wall_s'] / 60:.1f} min", flush=True)
+        (out / f"{name}.json").write_text(json.dumps(res))
+    print(markdown_table(["variant", "overrides", "appearance / predict-zero", "motion / predict-zero", "predict-zero", "min"],
+                         [[r["name"], " ".join(r["extra"]) or "-", f"{r['ratio_appearance']:.3f}",
+                           f"{r['ratio_motion']:.3f}" if "ratio_motion" in r else "-", f"{r['zero_appearance']:.3f}",
+                           f"{r['wall_s'] / 60:.1f}"] for r in results]))
+    if args.plot:
+        curves: Dict[str, tuple] = {r["name"]: ([s for s, _ in r["curve"]], [v for _, v in r["curve"]], [0.0] * len(r["curve"]))
+                                    for r in results}
+        steps = sorted({s for r in results for s, _ in r["curve"]})
+        curves["predict zero"] = (steps, [1.0] * len(steps), [0.0] * len(steps))
+        line_plot(Path(args.plot), curves, "appearance loss / predict-zero loss", "step", "fraction")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
