@@ -121,14 +121,16 @@ def random_flip(clip: torch.Tensor, generator: torch.Generator, p: float = 0.5) 
     return clip.flip(-1) if u < p else clip
 
 
+def short_side_shape(h: int, w: int, size: int) -> Tuple[int, int]:
+    """(H, W) with min(H, W) == size and the aspect ratio kept (rounded)."""
+    if h <= w:
+        return size, max(size, int(round(w * size / h)))
+    return max(size, int(round(h * size / w))), size
+
+
 def short_side_resize(clip: torch.Tensor, size: int) -> torch.Tensor:
     """Resize (C, T, H, W) so that min(H, W) == size, keeping the aspect ratio."""
-    h, w = clip.shape[-2:]
-    if h <= w:
-        new = (size, max(size, int(round(w * size / h))))
-    else:
-        new = (max(size, int(round(h * size / w))), size)
-    return resize(clip, new)
+    return resize(clip, short_side_shape(*clip.shape[-2:], size))
 
 
 def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
