@@ -116,6 +116,8 @@ class DataConfig:
     test_clips: int = 2  # test-time temporal views K (VideoMAE: SSv2 2, K400 5, UCF101 10)
     test_crops: int = 3  # test-time spatial crops per temporal view: 3 (along the long side) or 1 (centre)
     list_format: str = "auto"  # annotation lines: auto | labels (path label..) | v2 (path start total) | rawframes (dir total label)
+    decode_short_side: int = 0  # >0: the decoder's converter scales larger frames to this short side (not bit-identical to resizing later)
+    shuffle_buffer: int = 128  # WebDataset shards: samples per worker's shuffle buffer (kept as undecoded bytes)
 
 
 @dataclass

@@ -60,6 +60,11 @@ def _is_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 
 
+def is_shard_spec(spec: str) -> bool:
+    """A source naming WebDataset shards (`data/shards.py`): every `::`-separated part ends in `.tar`."""
+    return bool(spec) and all(p.strip().endswith(".tar") for p in spec.split("::"))
+
+
 def _is_video(p: Path) -> bool:
     return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
 
@@ -144,6 +149,9 @@ def resolve_source(spec: str, root: str = "", class_names=None,
     """Entries and class names (None unless class folders) for a list file, a folder or a glob."""
     if not spec:
         raise UserError("no data source given: set data.train / data.val to an annotation list, a folder or a glob")
+    if is_shard_spec(spec):
+        raise UserError(f"'{spec}' names WebDataset shards; this command reads annotation lists, folders and globs "
+                        "(shards stream through motionmae.data.shards.build_dataset)")
     if _is_glob(spec):
         files = sorted(p for p in globlib.glob(os.path.join(root, spec) if root else spec, recursive=True))
         files = [f for f in files if _is_video(Path(f))]
@@ -230,23 +238,43 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 # dataset
 
 
-class VideoClipDataset(Dataset):
-    """Clips from a list of `VideoEntry`.
+class SkipLog:
+    """Unreadable videos of one process (each DataLoader worker keeps its own): each is warned about and counted;
+    once more than `max_skip_fraction` of the videos tried failed (judged after `floor` were tried), a UserError
+    names the first failures."""
+
+    def __init__(self, max_skip_fraction: float, floor: int):
+        self.max_skip_fraction, self.floor = max_skip_fraction, floor
+        self.failed: Dict[int, Tuple[str, str]] = {}  # key -> (video, error)
+        self.tried: set = set()
+
+    def record(self, key: int, name: str, err: Exception) -> None:
+        self.failed[key] = (name, str(err))
+        warnings.warn(f"skipping unreadable video {name}: {err}", RuntimeWarning, stacklevel=4)
+        if len(self.failed) > self.max_skip_fraction * max(len(self.tried), self.floor):
+            first = "; ".join(f"{n} ({msg})" for n, msg in list(self.failed.values())[:3])
+            raise UserError(f"{len(self.failed)} of {len(self.tried)} videos tried failed to decode, more than "
+                            f"data.max_skip_fraction={self.max_skip_fraction}: first failures: {first}")
+
+
+class ClipMaker:
+    """How one video becomes an item: temporal sampling, decoding, then the spatial transform of `mode`; shared by
+    the map-style `VideoClipDataset` and the shard stream (`data/shards.py`).
 
     mode: 'train' (random temporal sample, then the spatial train transform of `crop`), 'val' (centre clip,
     short-side resize, centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with
     "view" ids). `aa`: RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', 'train' only.
     crop='multiscale' (pretraining): multi-scale crop, flip, then RandAugment if any. crop='rrc' (VideoMAE
     fine-tuning): frames larger than `short_side` resized down to it (VideoMAE decodes at about that size),
-    RandAugment, random resized crop, flip.
+    RandAugment, random resized crop, flip. `decode_short_side` > 0: the decoder's converter scales larger
+    frames down to that short side (data.decode_short_side; not bit-identical to resizing after decoding).
     """
 
-    def __init__(self, entries: Sequence[VideoEntry], *, num_frames: int = 16, sampling_rate: int = 4,
-                 sampling: str = "dense", mode: str = "train", input_size: int = 224, short_side: int = 0,
-                 scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66), flip: bool = True, num_samples: int = 1,
-                 short_video: str = "loop", test_clips: int = 2, test_crops: int = 3, seed: int = 0,
-                 max_skip_fraction: float = 0.5, class_names: Optional[List[str]] = None, max_attempts: int = 50,
-                 aa: str = "", crop: str = "multiscale"):
+    def __init__(self, *, num_frames: int = 16, sampling_rate: int = 4, sampling: str = "dense", mode: str = "train",
+                 input_size: int = 224, short_side: int = 0, scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
+                 flip: bool = True, num_samples: int = 1, short_video: str = "loop", test_clips: int = 2,
+                 test_crops: int = 3, aa: str = "", crop: str = "multiscale", decode_short_side: int = 0,
+                 max_attempts: int = 50):
         if mode not in ("train", "val", "test"):
             raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
         if sampling not in ("dense", "segment"):
@@ -259,46 +287,15 @@ class VideoClipDataset(Dataset):
             raise UserError(f"data.test_crops must be 1 or 3, got {test_crops}")
         if num_samples < 1 or num_frames < 1 or sampling_rate < 1:
             raise UserError("data.num_samples, data.num_frames and data.sampling_rate must be >= 1")
-        if not entries:
-            raise UserError("dataset has no videos")
-        widths = {len(e.label) for e in entries}
-        if len(widths) > 1:
-            raise UserError(f"videos carry different numbers of labels {sorted(widths)}")
-        self.entries = list(entries)
+        if decode_short_side < 0:
+            raise UserError(f"data.decode_short_side must be >= 0 (0: off), got {decode_short_side}")
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
         self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
         self.short_side = short_side or int(round(input_size * 256 / 224))
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
-        self.seed, self.epoch = seed, 0
-        self.max_skip_fraction, self.max_attempts = max_skip_fraction, max_attempts
-        self.class_names = class_names
+        self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
         self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
-        self.num_labels = widths.pop()
-        self._failed: Dict[int, str] = {}  # index -> error, per process (each worker holds its own copy)
-        self._tried: set = set()
-
-    def __len__(self):
-        return len(self.entries)
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """int64 (N, L) label matrix ((N, 1) of -1 when unlabeled)."""
-        if self.num_labels == 0:
-            return torch.full((len(self), 1), -1, dtype=torch.int64)
-        return torch.tensor([e.label for e in self.entries], dtype=torch.int64)
-
-    @property
-    def num_classes(self) -> List[int]:
-        """Classes per label column (max label + 1, or the number of class folders)."""
-        if self.num_labels == 0:
-            return []
-        if self.class_names is not None:
-            return [len(self.class_names)]
-        return [int(c) + 1 for c in self.labels.max(0).values]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     # -- sampling
     def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
@@ -312,9 +309,12 @@ class VideoClipDataset(Dataset):
         return dense_view_indices(n, self.num_frames, self.sampling_rate, k, self.short_video)
 
     # -- loading
-    def _load(self, index: int, gen: torch.Generator):
-        e = self.entries[index]
-        with VideoReader(e.path) as reader:
+    def _clip(self, e: VideoEntry, gen: torch.Generator, source=None):
+        """(video, view ids or None) of entry `e`, decoded from `source` (the file's bytes) or else from e.path.
+        `source` may also be the VideoDecodeError met while fetching the bytes."""
+        if isinstance(source, VideoDecodeError):
+            raise source
+        with VideoReader(e.path if source is None else source, name=e.path, short_side=self.decode_short_side) as reader:
             n = reader.num_frames - e.start if e.total < 0 else e.total
             if n <= 0:
                 raise VideoDecodeError(f"{e.path}: no frames (start {e.start}, {reader.num_frames} frames)")
@@ -345,36 +345,82 @@ class VideoClipDataset(Dataset):
         clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
         return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
 
-    def _record_failure(self, index: int, err: Exception) -> None:
-        self._failed[index] = str(err)
-        warnings.warn(f"skipping unreadable video {self.entries[index].path}: {err}", RuntimeWarning, stacklevel=3)
-        floor = min(len(self), 20)  # judge the fraction only once enough videos were tried
-        if len(self._failed) > self.max_skip_fraction * max(len(self._tried), floor):
-            first = "; ".join(f"{self.entries[i].path} ({msg})" for i, msg in list(self._failed.items())[:3])
-            raise UserError(f"{len(self._failed)} of {len(self._tried)} videos tried failed to decode, more than "
-                            f"data.max_skip_fraction={self.max_skip_fraction}: first failures: {first}")
-
-    def __getitem__(self, index: int) -> dict:
-        gen = item_generator(self.seed, self.epoch, index)
-        idx, skipped = int(index), 0
+    def _read_item(self, first: tuple, draw, gen: torch.Generator, skips: SkipLog) -> dict:
+        """The item of candidate `first` = (key, entry, source or None); while candidates fail to decode, of the
+        replacements `draw()` returns (deterministic from `gen`). "skipped" is 1 when `first` itself failed."""
+        (key, e, source), skipped = first, 0
         for _ in range(self.max_attempts):
-            if idx not in self._failed:
-                self._tried.add(idx)
+            if key not in skips.failed:
+                skips.tried.add(key)
                 try:
-                    video, view = self._load(idx, gen)
+                    video, view = self._clip(e, gen, source)
                 except VideoDecodeError as err:
-                    self._record_failure(idx, err)
+                    skips.record(key, e.path, err)
                 else:
-                    e = self.entries[idx]
-                    item = {"video": video, "label": torch.tensor(e.label or (-1,), dtype=torch.int64),
-                            "index": idx, "skipped": skipped}
+                    item = {"video": video, "label": torch.tensor(e.label or (-1,), dtype=torch.int64), "index": key,
+                            "skipped": skipped}
                     if view is not None:
                         item["view"] = view
                     return item
-            skipped = 1 if idx == index else skipped
-            idx = T._randint(0, len(self) - 1, gen)  # a replacement, drawn deterministically from the seed
-        raise UserError(f"no readable video after {self.max_attempts} draws starting at index {index} "
-                        f"({len(self._failed)} of {len(self._tried)} videos tried failed)")
+            skipped = 1
+            key, e, source = draw()
+        raise UserError(f"no readable video after {self.max_attempts} draws starting at index {first[0]} "
+                        f"({len(skips.failed)} of {len(skips.tried)} videos tried failed)")
+
+
+class VideoClipDataset(ClipMaker, Dataset):
+    """Clips from a list of `VideoEntry` (clip options: `ClipMaker`). Every random draw of item `index` comes
+    from a generator seeded from (seed, epoch, index); an unreadable video is replaced by another one drawn
+    from that generator (`SkipLog` counts them)."""
+
+    def __init__(self, entries: Sequence[VideoEntry], *, seed: int = 0, max_skip_fraction: float = 0.5,
+                 class_names: Optional[List[str]] = None, **clip_options):
+        super().__init__(**clip_options)
+        if not entries:
+            raise UserError("dataset has no videos")
+        widths = {len(e.label) for e in entries}
+        if len(widths) > 1:
+            raise UserError(f"videos carry different numbers of labels {sorted(widths)}")
+        self.entries = list(entries)
+        self.seed, self.epoch = seed, 0
+        self.max_skip_fraction = max_skip_fraction
+        self.class_names = class_names
+        self.num_labels = widths.pop()
+        self.skips = SkipLog(max_skip_fraction, floor=min(len(self.entries), 20))
+
+    def __len__(self):
+        return len(self.entries)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """int64 (N, L) label matrix ((N, 1) of -1 when unlabeled)."""
+        if self.num_labels == 0:
+            return torch.full((len(self), 1), -1, dtype=torch.int64)
+        return torch.tensor([e.label for e in self.entries], dtype=torch.int64)
+
+    @property
+    def num_classes(self) -> List[int]:
+        """Classes per label column (max label + 1, or the number of class folders)."""
+        if self.num_labels == 0:
+            return []
+        if self.class_names is not None:
+            return [len(self.class_names)]
+        return [int(c) + 1 for c in self.labels.max(0).values]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _load(self, index: int, gen: torch.Generator):
+        return self._clip(self.entries[index], gen)
+
+    def __getitem__(self, index: int) -> dict:
+        gen = item_generator(self.seed, self.epoch, index)
+
+        def draw():  # a replacement, drawn deterministically from the seed
+            i = T._randint(0, len(self) - 1, gen)
+            return i, self.entries[i], None
+
+        return self._read_item((int(index), self.entries[index], None), draw, gen, self.skips)
 
 
 def collate(batch: List[dict]) -> dict:
@@ -397,6 +443,25 @@ def collate(batch: List[dict]) -> dict:
 # entry point
 
 
+def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_frames: Optional[int] = None,
+                 extra_frames: int = 0, aa: str = "", crop: str = "multiscale") -> dict:
+    """`ClipMaker` options for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test'), from the
+    data config (see `build_dataset`)."""
+    if split not in ("train", "val"):
+        raise UserError(f"split must be 'train' or 'val', got '{split}'")
+    if mode not in ("pretrain", "finetune", "test"):
+        raise UserError(f"mode must be 'pretrain', 'finetune' or 'test', got '{mode}'")
+    ds_mode = "test" if mode == "test" else ("train" if split == "train" else "val")
+    return dict(
+        num_frames=(num_frames or data_cfg.num_frames) + extra_frames, sampling_rate=data_cfg.sampling_rate,
+        sampling=data_cfg.sampling, mode=ds_mode, input_size=data_cfg.input_size, short_side=data_cfg.short_side,
+        scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
+        short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
+        aa=aa if mode == "finetune" and split == "train" else "",
+        crop=crop if mode == "finetune" and split == "train" else "multiscale",
+        decode_short_side=data_cfg.decode_short_side)
+
+
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
                   require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale") -> VideoClipDataset:
@@ -407,12 +472,9 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
     `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) and
     `crop` (finetune.crop, see `VideoClipDataset`) apply to the finetune train split only: pretraining clips get
-    the multi-scale crop and are never augmented.
+    the multi-scale crop and are never augmented. WebDataset shards: `data.shards.build_dataset`.
     """
-    if split not in ("train", "val"):
-        raise UserError(f"split must be 'train' or 'val', got '{split}'")
-    if mode not in ("pretrain", "finetune", "test"):
-        raise UserError(f"mode must be 'pretrain', 'finetune' or 'test', got '{mode}'")
+    options = clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop)
     spec = data_cfg.train if split == "train" else data_cfg.val
     if not spec:
         raise UserError(f"data.{split} is empty: set it to an annotation list, a folder of videos or class folders, or a glob")
@@ -427,12 +489,4 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     if require_labels and not entries[0].label:
         raise UserError(f"data.{split}={spec} has no labels, but mode '{mode}' needs them "
                         "(use 'path label' lines or class folders)")
-    ds_mode = "test" if mode == "test" else ("train" if split == "train" else "val")
-    return VideoClipDataset(
-        entries, num_frames=(num_frames or data_cfg.num_frames) + extra_frames, sampling_rate=data_cfg.sampling_rate,
-        sampling=data_cfg.sampling, mode=ds_mode, input_size=data_cfg.input_size, short_side=data_cfg.short_side,
-        scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
-        short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
-        seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names,
-        aa=aa if mode == "finetune" and split == "train" else "",
-        crop=crop if mode == "finetune" and split == "train" else "multiscale")
+    return VideoClipDataset(entries, seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names, **options)
