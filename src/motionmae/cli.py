@@ -22,6 +22,7 @@ COMMANDS = {
     "vos": ("motionmae.eval.vos", "video object segmentation by label propagation (DAVIS J&F)"),
     "visualize": ("motionmae.viz", "reconstruction and motion pictures (PNG grid + GIF) for a checkpoint and a video"),
     "make-dataset": ("motionmae.data.synthetic", "write the built-in synthetic dataset (mp4 + annotation lists)"),
+    "make-shards": ("motionmae.data.shards", "write a video dataset as WebDataset tar shards for streaming"),
     "convert": ("motionmae.interop.convert", "convert checkpoints between transformers, original VideoMAE and motionmae"),
 }
 

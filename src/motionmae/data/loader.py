@@ -20,7 +20,13 @@ from motionmae.errors import UserError
 def make_loader(dataset, batch_size: int, num_workers: int, *, sampler=None, collate_fn=None, drop_last: bool = False,
                 pin_memory: bool = False, generator=None, train: bool = False) -> DataLoader:
     """A DataLoader without persistent workers (datasets seed clips from their epoch, set before each iterator).
-    `train=True` makes workers leave SIGTERM to the main process (see `ignore_sigterm`)."""
+    `train=True` makes workers leave SIGTERM to the main process (see `ignore_sigterm`). A streaming dataset
+    (`data.shards.ShardDataset`) takes no sampler and is told the batching, so its workers split the epoch
+    into whole batches."""
+    if hasattr(dataset, "set_batching"):
+        if sampler is not None:
+            raise ValueError("a streaming dataset orders its samples itself: pass no sampler")
+        dataset.set_batching(batch_size, drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_fn, drop_last=drop_last, pin_memory=pin_memory, generator=generator,
                       persistent_workers=False, worker_init_fn=ignore_sigterm if train else None)
