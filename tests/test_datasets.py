@@ -244,9 +244,19 @@ def test_loader_benchmark_quick_mode_runs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = mod.run(quick=True, update_docs=False)
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 64x48")]
-    loader = [r for r in rows if len(r) == 7]  # video, MB, num_samples, workers, clips/s, ms/clip, CPU ms/clip
-    transforms = [r for r in rows if len(r) == 3]  # source, transform, CPU ms/clip
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    loader = [r for r in rows if len(r) == 7 and r[0] == "64x48"]  # video, MB, num_samples, workers, clips/s, ms, CPU ms
+    transforms = [r for r in rows if len(r) == 3 and r[0] == "64x48"]  # source, transform, CPU ms/clip
     assert len(loader) == len(mod.QUICK["samples"]) * len(mod.QUICK["workers"]) and len(transforms) == 3
     assert all(float(r[4]) > 0 for r in loader) and all(float(r[2]) > 0 for r in transforms)
     assert "| model step (cached batch) |" in text and "the step fed" in text
+    decode = {r[1]: r for r in rows if len(r) == 6 and r[0] == "64x48"}  # video, decoder, CPU ms, vs decord, frames, identical
+    fast, plain = decode["ours (fast path)"], next(r for name, r in decode.items() if name.startswith("ours, plain"))
+    assert float(fast[2]) > 0 and int(fast[4]) < int(plain[4])  # the fast path decoded fewer frames
+    exact = [r for name, r in decode.items() if "short" not in name]  # not the two scaled rows
+    assert len(exact) >= 2 and all(r[5].split("/")[0] == r[5].split("/")[1] for r in exact)  # same frames, bit for bit
+    assert "mean abs diff" in decode[next(n for n in decode if "by the converter" in n)][5]
+    assert len([r for r in rows if len(r) == 4 and r[0] == "64x48"]) == 4  # whole items, scaled in the converter or not
+    streamed = [r for r in rows if len(r) == 5 and r[0] in ("annotation list", "shards (local files)", "shards (pipe:cat, a stream)")]
+    assert len(streamed) == 3 * len(mod.QUICK["workers"]) and all(float(r[2]) > 0 for r in streamed)
+    assert "from the shards equal the list's: yes" in text
