@@ -249,3 +249,19 @@ def test_decoder_scaling_is_close_to_decode_then_resize(lossless):
         d = (got.float()[:, :, None] - ref.float()[:, None]).abs().mean(dim=(0, 3, 4))
         assert torch.equal(d.argmin(1), torch.arange(len(idx)))
         assert np.array_equal(same.get_frames(idx), full.get_frames(idx))  # no larger than short_side: untouched
+
+
+def test_data_decode_short_side_scales_in_the_reader(tmp_path, monkeypatch):
+    """data.decode_short_side reaches the reader, and the clip comes out the same size as with torch's resize."""
+    from test_datasets import cfg, write_coded
+
+    from motionmae.data import datasets
+
+    write_coded(tmp_path / "a.mp4", 3)  # 32x40 frames
+    (tmp_path / "l.txt").write_text("a.mp4 0\n")
+    made = []
+    monkeypatch.setattr(datasets, "VideoReader", lambda *a, **kw: made.append(kw["short_side"]) or VideoReader(*a, **kw))
+    items = [datasets.build_dataset(cfg(val=str(tmp_path / "l.txt"), input_size=16, short_side=16, decode_short_side=s),
+                                    "val", "finetune")[0]["video"] for s in (0, 16)]
+    assert made == [0, 16] and items[0].shape == items[1].shape == (3, 4, 16, 16)
+    assert (items[0].float() - items[1].float()).abs().mean() < 2  # flat coded frames: nearly the same pixels

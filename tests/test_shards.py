@@ -4,7 +4,6 @@ import shutil
 import tarfile
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from test_datasets import cfg, write_coded
@@ -202,3 +201,45 @@ def test_source_errors(source, shard_dir, tmp_path):
     ds = S.build_dataset(data_cfg(str(unlabeled / "shard-000000.tar")), "train", "pretrain")
     with pytest.raises(ValueError, match="no sampler"):
         make_loader(ds, 2, 0, sampler=range(3))
+
+
+RANK_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from test_datasets import cfg
+from motionmae.data import shards
+from motionmae.data.datasets import collate
+from motionmae.data.loader import Batches, make_loader
+
+dist.init_process_group("gloo")
+c = cfg(train=sys.argv[1], num_frames=2, sampling_rate=2, input_size=16, short_side=16)
+ds = shards.build_dataset(c, "train", "pretrain", seed=3)  # ranks from torch.distributed
+ds.set_epoch(1)
+with Batches(make_loader(ds, 2, 2, collate_fn=collate, drop_last=True, train=True)) as batches:
+    mine = [b["index"].tolist() for b in batches]
+every = [None] * dist.get_world_size()
+dist.all_gather_object(every, mine)
+if dist.get_rank() == 0:
+    open(sys.argv[2], "w").write(json.dumps({"world": ds.world_size, "batches": every}))
+dist.destroy_process_group()
+"""
+
+
+def test_two_gloo_ranks_stream_disjoint_equal_parts(shard_dir, tmp_path):
+    """Real torch.distributed (2 gloo ranks, 2 DataLoader workers each): every rank takes its part of the epoch
+    from the process group, the parts are disjoint, and every rank gets the same number of full batches."""
+    import os
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "ranks.py", tmp_path / "out.json"
+    script.write_text(RANK_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                    spec(shard_dir), str(out)], env=env, check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["world"] == 2
+    per_rank = [[i for b in batches for i in b] for batches in result["batches"]]
+    assert [len(b) for b in result["batches"]] == [(N // 2) // 2] * 2 and all(len(b) == 2 for r in result["batches"] for b in r)
+    assert not set(per_rank[0]) & set(per_rank[1]) and len(set(per_rank[0] + per_rank[1])) == 2 * ((N // 2) // 2 * 2)
