@@ -271,10 +271,11 @@ def measure_decode(cfg, tmp: Path):
     rows, source, item_rows = [], "", []
     for w, h in cfg["resolutions"]:
         paths = opencv_videos(tmp, w, h, cfg["video_frames"])
-        source = "the opencv-doc sample videos (" + ", ".join(sorted({p.stem.rsplit("_", 1)[0] for p in paths})) + ")" if paths else ""
+        names = ", ".join(sorted({p.stem.rsplit("_", 1)[0] for p in paths}))
+        source = f"the opencv-doc sample videos ({names}) re-encoded to H.264"
         if not paths:
             paths = write_videos(tmp, w, h, cfg["video_frames"], cfg["files"], seed=1)
-            source = "synthetic textured videos (opencv-doc is not installed)"
+            source = "synthetic textured videos written as H.264 (opencv-doc is not installed)"
         # scaling in the converter can pay where the frames are larger than the short side the transforms want
         scaled = cfg["scaled_side"] if min(w, h) > cfg["scaled_side"] else 0
         fns = decoders(scaled)
@@ -428,7 +429,7 @@ def decode_text(cfg, quick, tmp) -> str:
     rows, source, item_rows = measure_decode(cfg, tmp)
     text += (f"One {cfg['clip']}-frame clip at stride {cfg['stride']} (random start), the file opened for each clip as a "
             f"loader does, decoded to uint8 RGB frames; process CPU time (all threads), the median over "
-            f"{cfg['decode_rounds']} clips of each of {source}, re-encoded to H.264 (first {cfg['video_frames']} frames, "
+            f"{cfg['decode_rounds']} clips of each of {source} (first {cfg['video_frames']} frames, "
             "30 fps, libx264 defaults). Side by side: each clip goes through every decoder in turn, the order rotating. "
             "\"vs decord\" divides by decord with `num_threads=1` (what VideoMAE's loader uses); \"frames\" is what the "
             "codec output per clip; \"identical\" counts clips whose frames equal the plain path's, bit for bit (the "
