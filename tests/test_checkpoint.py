@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from motionmae.engine import checkpoint as ck
+from motionmae.runtime import checkpoint as ck
 from motionmae.engine.optim import build_optimizer
 from motionmae.errors import UserError
 

@@ -99,7 +99,7 @@ def test_worker_error_in_extract_is_one_line(tmp_path):
     assert rc == 0, err
     data = corrupt_set(tmp_path / "bad", n_bad=9, n_good=1)
     rc, err, survivors = run_isolated(["extract", "--checkpoint", tmp_path / "run", "--data", data, "--out", tmp_path / "f.npy",
-                                       "--num-workers", "2", "--batch-size", "2"])
+                                       "data.num_workers=2", "extract.batch_size=2"])
     assert rc == 2, err
     assert "Traceback" not in err and "failed to decode" in err, err
     assert survivors == []

@@ -7,10 +7,14 @@ from PIL import Image
 
 from motionmae import config as C
 from motionmae.cli import main as cli_main
-from motionmae.engine.checkpoint import load_model_state, read_state, save_checkpoint
+from motionmae.runtime.checkpoint import load_model_state, read_state, save_checkpoint
 from motionmae.engine.finetune import finetune
-from motionmae.engine.finetune_config import load_finetune_config
+from motionmae.config import FinetuneConfig, load_config
 from motionmae.errors import UserError
+
+
+def load_finetune_config(spec="", overrides=(), checkpoint=None):
+    return load_config(spec, overrides, FinetuneConfig, checkpoint)
 
 ARCH = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.patch_size=8", "model.num_frames=8",
         "model.img_size=32"]

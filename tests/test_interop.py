@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from motionmae.config import ModelConfig, PretrainConfig, load_config
+from motionmae.config import ModelConfig, ObjectiveConfig, PretrainConfig, load_config
 from motionmae.errors import UserError
 from motionmae.interop import export_hf, load_hf, load_videomae
 # fp32 outputs cannot tell a LayerNorm eps of 1e-5 from 1e-12 at 1e-4 (measured: ~3e-6 apart on these models), so the
@@ -241,7 +241,7 @@ def test_original_videomae_pretrain_layout_imports_with_fresh_motion_head(tmp_pa
 
     cfg = ModelConfig(size="tiny", embed_dim=192, depth=1, num_heads=3, patch_size=16, num_frames=4, img_size=32,
                       pos_embed="sincos1d", decoder="none", decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
-    src = randomize(PretrainModel(PretrainConfig(model=cfg)), seed=11)
+    src = randomize(PretrainModel(PretrainConfig(model=cfg, objective=ObjectiveConfig(targets=("appearance",)))), seed=11)
     torch.save({"module": src.state_dict()}, tmp_path / "pretrain.pth")
     conv = load_videomae(tmp_path / "pretrain.pth", num_frames=4, img_size=32, decoder_num_heads=2, decoder="ind")
     assert conv.kind == "pretrain" and conv.cfg.model.num_heads == 3  # 192 wide -> 3 heads (VideoMAE ViT-T table)

@@ -14,9 +14,10 @@ import torch
 
 from engine_helpers import TINY, tiny_videos
 from motionmae import config as C
-from motionmae.engine import checkpoint as ck
-from motionmae.engine.logger import read_metrics
-from motionmae.engine.pretrain import NonFiniteLossError, make_plan, pretrain
+from motionmae.runtime import checkpoint as ck
+from motionmae.runtime.logger import read_metrics
+from motionmae.engine.pretrain import pretrain
+from motionmae.engine.trainer import NonFiniteLossError, make_plan
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,7 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path,
 
 
 def test_resolve_amp(monkeypatch):
-    from motionmae.engine.pretrain import resolve_amp
+    from motionmae.runtime.amp import resolve_amp
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_amp(a, cpu) for a in ("none", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]

@@ -12,14 +12,16 @@ import torch
 
 from motionmae.config import ObjectiveConfig
 from motionmae.errors import UserError
-from motionmae.objective.targets import (
-    appearance_target,
-    cube_stats,
-    motion_target,
-    normalized_tokens,
-    patchify,
-    unpatchify,
-)
+from motionmae.objective.targets import Appearance, Motion
+from motionmae.objective.tokens import cube_stats, normalized_tokens, patchify, unpatchify
+
+
+def appearance_target(clip, cfg, tubelet, patch, index=None):
+    return Appearance(cfg, tubelet, patch).compute(clip, index)
+
+
+def motion_target(clip, cfg, tubelet, patch, index=None):
+    return Motion(cfg, tubelet, patch).compute(clip, index)
 
 COLOUR = (1.0, 0.5, 0.25)
 PATH = [(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)]

@@ -14,7 +14,7 @@ from motionmae.models.vit import (
     sinusoid_table,
 )
 from motionmae.objective.masking import make_mask
-from motionmae.objective.targets import patchify, unpatchify
+from motionmae.objective.tokens import patchify, unpatchify
 
 
 def tiny(**kw) -> ModelConfig:

@@ -10,7 +10,7 @@ from motionmae import config as C
 from motionmae import viz
 from motionmae.cli import main as cli_main
 from motionmae.data.transforms import to_model_input
-from motionmae.engine.checkpoint import save_checkpoint
+from motionmae.runtime.checkpoint import save_checkpoint
 from motionmae.models.pretrain import PretrainModel
 from motionmae.objective.masking import make_mask
 

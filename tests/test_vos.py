@@ -31,7 +31,7 @@ def ground_truth(seq):
     return np.stack([davis.read_mask(a)[0] for a in seq.annotations])
 
 
-def run_sequences(root, make_features, cfg=vos.VOSConfig()):
+def run_sequences(root, make_features, cfg=vos.VOSOptions()):
     """J&F of propagate() on every sequence, with features from make_features(gt masks)."""
     per_object = {}
     for seq in davis.list_sequences(root):
@@ -63,7 +63,7 @@ def test_labels_follow_features_not_positions():
     feats = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[0.0, 1.0], [1.0, 0.0]]]])  # (T=2, h=1, w=2, D=2)
     first = np.zeros((2, 4), np.uint8)
     first[:, :2] = 1
-    pred = vos.propagate(feats, first, 1, vos.VOSConfig(topk=1))
+    pred = vos.propagate(feats, first, 1, vos.VOSOptions(topk=1))
     np.testing.assert_array_equal(pred[0], first)
     np.testing.assert_array_equal(pred[1], 1 - first)
 
@@ -78,7 +78,7 @@ def test_radius_limits_previous_frames_only():
     feats = torch.stack([f0, f1, f1])[:, None]  # (3, 1, 5, 5)
     first = np.zeros((1, 5), np.uint8)
     first[0, 0] = 1
-    pred = vos.propagate(feats, first, 1, vos.VOSConfig(topk=1, radius=1))
+    pred = vos.propagate(feats, first, 1, vos.VOSOptions(topk=1, radius=1))
     np.testing.assert_array_equal(pred[1], [[0, 0, 0, 0, 1]])
     np.testing.assert_array_equal(pred[2], [[0, 0, 0, 0, 1]])
 
@@ -88,11 +88,11 @@ def test_chunking_and_disabled_radius_are_equivalent():
     feats = torch.randn(6, 5, 7, 8, generator=g)
     first = np.zeros((20, 28), np.uint8)
     first[3:12, 4:15], first[10:18, 16:25] = 1, 2
-    ref = vos.propagate(feats, first, 2, vos.VOSConfig(radius=3))
-    np.testing.assert_array_equal(ref, vos.propagate(feats, first, 2, vos.VOSConfig(radius=3), chunk=4))
+    ref = vos.propagate(feats, first, 2, vos.VOSOptions(radius=3))
+    np.testing.assert_array_equal(ref, vos.propagate(feats, first, 2, vos.VOSOptions(radius=3), chunk=4))
     # a radius covering the whole grid restricts nothing
-    np.testing.assert_array_equal(vos.propagate(feats, first, 2, vos.VOSConfig(radius=0)),
-                                  vos.propagate(feats, first, 2, vos.VOSConfig(radius=7)))
+    np.testing.assert_array_equal(vos.propagate(feats, first, 2, vos.VOSOptions(radius=0)),
+                                  vos.propagate(feats, first, 2, vos.VOSOptions(radius=7)))
 
 
 def test_oracle_features_reproduce_the_ground_truth_and_random_features_do_not(synth):
@@ -155,7 +155,7 @@ def test_segment_davis_writes_masks_and_tables(tmp_path):
     root = make_vos_dataset(tmp_path / "data", num_sequences=2, num_frames=5, height=48, width=64, seed=3)
     out = tmp_path / "out"
     features = vos.EncoderFeatures(tiny_encoder(), size=0)
-    result = vos.segment_davis(features, root, out, "val", vos.VOSConfig(), log=lambda s: None)
+    result = vos.segment_davis(features, root, out, "val", vos.VOSOptions(), log=lambda s: None)
     per_object = {}
     for seq in davis.list_sequences(root):
         pngs = sorted((out / seq.name).glob("*.png"))
@@ -181,14 +181,14 @@ def test_segment_davis_writes_masks_and_tables(tmp_path):
 def test_cli_end_to_end(tmp_path, capsys):
     from motionmae.cli import main
     from motionmae.config import to_dict
-    from motionmae.engine.checkpoint import save_checkpoint
+    from motionmae.runtime.checkpoint import save_checkpoint
 
     root = make_vos_dataset(tmp_path / "data", num_sequences=2, num_frames=4, height=48, width=64, seed=1)
     enc = tiny_encoder()
     ckpt = save_checkpoint(tmp_path / "enc.safetensors", enc, state={"config": {"model": to_dict(enc.cfg)}})
     out = tmp_path / "out"
-    rc = main(["vos", "--checkpoint", str(ckpt), "--davis-root", str(root), "--out", str(out), "--device", "cpu",
-               "--size", "32", "--topk", "3", "--radius", "2", "--amp", "none"])
+    rc = main(["vos", "--checkpoint", str(ckpt), "--davis-root", str(root), "--out", str(out), "vos.device=cpu",
+               "vos.size=32", "vos.topk=3", "vos.radius=2", "vos.amp=none"])
     assert rc == 0
     assert "J&F-Mean" in capsys.readouterr().out
     for seq in ("synth000", "synth001"):
@@ -198,10 +198,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert (out / "per-sequence-results-val.csv").is_file() and (out / "global_results-val.csv").is_file()
     # same features through the Python API give the same tables
     api = vos.segment_davis(vos.EncoderFeatures(enc, size=32), root, tmp_path / "api", "val",
-                            vos.VOSConfig(topk=3, radius=2, size=32), log=lambda s: None)
+                            vos.VOSOptions(topk=3, radius=2, size=32), log=lambda s: None)
     assert api["global"] == result["global"]
     # a user mistake is one line, no traceback
-    assert main(["vos", "--checkpoint", str(ckpt), "--davis-root", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    assert main(["vos", "--checkpoint", str(ckpt), "--davis-root", str(tmp_path / "nope"), "vos.device=cpu"]) == 2
     assert "DAVIS root not found" in capsys.readouterr().err
 
 
@@ -257,7 +257,7 @@ def test_make_dataset_cli_kind_vos(tmp_path):
 def test_identical_frames_at_pixel_grid_copy_the_mask_and_void_becomes_background():
     first = np.array([[1, 1, 0, 255], [2, 2, 0, 255], [2, 0, 0, 0]], np.uint8)
     feats = torch.eye(12).reshape(1, 3, 4, 12).expand(3, -1, -1, -1)  # each pixel its own patch, distinct features
-    pred = vos.propagate(feats, first, 2, vos.VOSConfig(topk=1, radius=1))
+    pred = vos.propagate(feats, first, 2, vos.VOSOptions(topk=1, radius=1))
     expect = np.where(first == 255, 0, first)
     for t in range(3):
         np.testing.assert_array_equal(pred[t], expect)

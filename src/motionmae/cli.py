@@ -14,7 +14,7 @@ from motionmae.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("motionmae.engine.demo", "the whole default story on the built-in data: dataset, pretrain, pictures, probe"),
+    "demo": ("motionmae.demo", "the whole default story on the built-in data: dataset, pretrain, pictures, probe"),
     "pretrain": ("motionmae.engine.pretrain", "pretrain a video ViT with the MotionMAE / VideoMAE objective"),
     "finetune": ("motionmae.engine.finetune", "fine-tune a pretrained encoder for action recognition"),
     "probe": ("motionmae.eval.probe", "frozen-feature k-NN and linear probe"),

@@ -160,6 +160,23 @@ def resolve_source(spec: str, root: str = "", class_names=None,
     return [VideoEntry(str(p), (), where=str(p))], None
 
 
+def check_source(data_cfg, split: str = "train") -> None:
+    """Fail early, with the key named, when data.<split> is unset or points at nothing (before a model is built)."""
+    spec = getattr(data_cfg, split)
+    if not spec:
+        raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
+                        "class folders, or a glob)")
+    if _is_glob(spec):
+        if not globlib.glob(spec, recursive=True):
+            raise UserError(f"data.{split}={spec}: the glob matches no files")
+        return
+    p = Path(spec)
+    if not p.is_absolute() and data_cfg.root and not p.exists():
+        p = Path(data_cfg.root) / spec
+    if not p.exists():
+        raise UserError(f"data.{split}={spec}: no such file or directory")
+
+
 def check_paths(entries: Sequence[VideoEntry], show: int = 5) -> None:
     """UserError listing missing videos (with the list line) when any path does not exist."""
     missing = [e for e in entries if not os.path.exists(e.path)]
@@ -184,7 +201,7 @@ def dense_indices(num_video_frames: int, num_frames: int, stride: int, generator
         raise ValueError("video has no frames")
     offsets = np.arange(num_frames, dtype=np.int64) * stride
     if n >= span:
-        start = T._randint(0, n - span, generator) if generator is not None else (n - span) // 2
+        start = T.randint(0, n - span, generator) if generator is not None else (n - span) // 2
         return start + offsets
     if short_video == "loop":
         return offsets % n
@@ -372,7 +389,7 @@ class VideoClipDataset(Dataset):
                         item["view"] = view
                     return item
             skipped = 1 if idx == index else skipped
-            idx = T._randint(0, len(self) - 1, gen)  # a replacement, drawn deterministically from the seed
+            idx = T.randint(0, len(self) - 1, gen)  # a replacement, drawn deterministically from the seed
         raise UserError(f"no readable video after {self.max_attempts} draws starting at index {index} "
                         f"({len(self._failed)} of {len(self._tried)} videos tried failed)")
 

@@ -228,10 +228,6 @@ class VideoReader:
         return out
 
 
-def open_video(path) -> VideoReader:
-    return VideoReader(path)
-
-
 def write_video(path, frames: np.ndarray, fps: float = 30, codec: str = "libx264", pix_fmt: str = "yuv420p",
                 options: Optional[dict] = None) -> None:
     """Write uint8 (T, H, W, 3) RGB frames to `path` with PyAV (even H and W for yuv420p)."""

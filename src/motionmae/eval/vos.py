@@ -20,7 +20,7 @@ import csv
 import json
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,20 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from motionmae.config import IMAGENET_MEAN, IMAGENET_STD
+from motionmae import config as C
+from motionmae.config import IMAGENET_MEAN, IMAGENET_STD, VOSOptions
 from motionmae.errors import UserError
 from motionmae.eval import davis
 
 Features = Callable[[np.ndarray], torch.Tensor]  # uint8 (T, H, W, 3) -> float (T, h, w, D)
-
-
-@dataclass
-class VOSConfig:
-    topk: int = 5  # neighbours kept per query patch, over all context frames together
-    context: int = 7  # previous predicted frames used besides the first frame
-    radius: int = 12  # neighbourhood (in patches) for the previous frames; 0: no restriction
-    temperature: float = 0.07
-    size: int = 0  # short side of the frames fed to the encoder; 0: the frames' own (480 on DAVIS 480p)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,7 +58,7 @@ def neighbourhood(h: int, w: int, radius: int) -> torch.Tensor:
     return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
 
 
-def propagate(feats: torch.Tensor, first_mask: np.ndarray, n_objects: int, cfg: VOSConfig = VOSConfig(),
+def propagate(feats: torch.Tensor, first_mask: np.ndarray, n_objects: int, cfg: VOSOptions = VOSOptions(),
               chunk: int = 1024) -> np.ndarray:
     """Propagate the first frame's mask through a sequence.
 
@@ -134,7 +126,7 @@ class EncoderFeatures:
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         from motionmae.data.transforms import resize, to_model_input
-        from motionmae.eval.multiview import autocast
+        from motionmae.runtime.amp import autocast
 
         T, H, W, _ = frames.shape
         h, w = frame_grid(H, W, self.size, self.patch)
@@ -163,14 +155,14 @@ def _select(davis_root, split: str, sequences: Optional[Sequence[str]]) -> List[
     return seqs
 
 
-def segment_davis(features: Features, davis_root, out_dir, split: str = "val", cfg: VOSConfig = VOSConfig(),
+def segment_davis(features: Features, davis_root, out_dir, split: str = "val", cfg: VOSOptions = VOSOptions(),
                   sequences: Optional[Sequence[str]] = None, log: Callable[[str], None] = print) -> dict:
     """Propagate the first-frame masks of every sequence of `split`, write palette PNGs in DAVIS layout
     (`out_dir/<seq>/<frame>.png`), then `evaluate_davis` them.
 
     Returns `evaluate_davis`'s dict plus "config", "seconds_per_frame" (features + propagation) and "frames".
     """
-    from motionmae.engine.logger import ProgressBar
+    from motionmae.runtime.progress import ProgressBar
 
     out_dir = Path(out_dir)
     seqs = _select(davis_root, split, sequences)
@@ -189,7 +181,8 @@ def segment_davis(features: Features, davis_root, out_dir, split: str = "val", c
             davis.write_mask(out_dir / seq.name / f"{path.stem}.png", mask, palette)
         bar.update(i + 1, seq=seq.name, s_per_frame=seconds / n_frames)
     bar.close()
-    extra = {"config": asdict(cfg), "seconds_per_frame": seconds / max(n_frames, 1), "frames": n_frames}
+    settings = {k: v for k, v in asdict(cfg).items() if k in ("topk", "context", "radius", "temperature", "size")}
+    extra = {"config": settings, "seconds_per_frame": seconds / max(n_frames, 1), "frames": n_frames}
     log(f"{n_frames} frames, {extra['seconds_per_frame']:.3f} s/frame (features + propagation)")
     return evaluate_davis(davis_root, out_dir, split, sequences, log=log, extra=extra)
 
@@ -262,52 +255,40 @@ def format_table(glob: dict, rows: List[dict]) -> str:
 
 
 def add_arguments(parser) -> None:
-    d = VOSConfig()
     parser.add_argument("--checkpoint", help="pretrained or fine-tuned checkpoint (file or run directory)")
     parser.add_argument("--davis-root", required=True, help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017)")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate the masks already in --out (any method's)")
-    parser.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt (default: val)")
     parser.add_argument("--out", default="runs/vos", help="predicted masks (<seq>/<frame>.png) and result tables")
-    parser.add_argument("--sequences", nargs="*", default=None, help="only these sequences of the split")
-    parser.add_argument("--size", type=int, default=d.size, help="short side fed to the encoder (0: the frames' own, 480 on DAVIS)")
-    parser.add_argument("--topk", type=int, default=d.topk)
-    parser.add_argument("--context", type=int, default=d.context, help="previous predicted frames used besides the first")
-    parser.add_argument("--radius", type=int, default=d.radius, help="neighbourhood radius in patches for previous frames (0: off)")
-    parser.add_argument("--temperature", type=float, default=d.temperature)
-    parser.add_argument("--batch-size", type=int, default=8, help="frames per encoder call")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"], help="encoder autocast: auto (bf16 where fast) | bf16 | fp16 | none")
-
-
-def config_from_args(args) -> VOSConfig:
-    cfg = VOSConfig(topk=args.topk, context=args.context, radius=args.radius, temperature=args.temperature, size=args.size)
-    if cfg.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {cfg.topk}")
-    if cfg.context < 0 or cfg.radius < 0 or cfg.size < 0:
-        raise UserError("--context, --radius and --size must be >= 0")
-    if not cfg.temperature > 0:
-        raise UserError(f"--temperature must be > 0, got {cfg.temperature}")
-    return cfg
+    C.add_config_arguments(parser, "vos settings (the encoder and its clip format come from --checkpoint)",
+                           "e.g. vos.size=480 vos.topk=5 vos.context=7 vos.radius=12 vos.temperature=0.07 vos.split=val "
+                           "vos.sequences=[bike-packing] vos.device=cpu vos.amp=none")
 
 
 def run(args) -> int:
-    from motionmae.engine.checkpoint import load_model_state
-    from motionmae.engine.distributed import resolve_device
-    from motionmae.engine.pretrain import resolve_amp
-    from motionmae.eval.features import clip_data_config, encoder_from_state
+    from motionmae.eval.features import encoder_from_state
+    from motionmae.runtime.amp import resolve_amp
+    from motionmae.runtime.checkpoint import load_model_state
+    from motionmae.runtime.device import resolve_device
 
     if args.eval_only:
-        evaluate_davis(args.davis_root, args.out, args.split, args.sequences)
+        cfg = C.load_config(args.config, args.overrides, C.VOSConfig)
+        if args.print_config:
+            print(C.config_text(cfg), end="")
+            return 0
+        evaluate_davis(args.davis_root, args.out, cfg.vos.split, cfg.vos.sequences or None)
         return 0
     if not args.checkpoint:
         raise UserError("--checkpoint is required (or --eval-only to evaluate masks already in --out)")
-    cfg = config_from_args(args)
-    device = resolve_device(args.device)
     sd, config_dict = load_model_state(args.checkpoint)  # = load_encoder, keeping the config for mean/std
+    cfg = C.load_config(args.config, args.overrides, C.VOSConfig, checkpoint=config_dict)
+    if args.print_config:
+        print(C.config_text(cfg), end="")
+        return 0
+    v = cfg.vos
+    device = resolve_device(v.device, key="vos.device")
     encoder = encoder_from_state(sd, config_dict, str(args.checkpoint)).to(device).eval()
-    data_cfg = clip_data_config(config_dict)
-    features = EncoderFeatures(encoder, size=cfg.size, device=device, batch_size=args.batch_size,
-                               mean=data_cfg.mean, std=data_cfg.std, amp_dtype=resolve_amp(args.amp, device))
-    segment_davis(features, args.davis_root, args.out, args.split, cfg, args.sequences)
+    features = EncoderFeatures(encoder, size=v.size, device=device, batch_size=v.batch_size, mean=cfg.data.mean,
+                               std=cfg.data.std, amp_dtype=resolve_amp(v.amp, device, key="vos.amp"))
+    segment_davis(features, args.davis_root, args.out, v.split, v, v.sequences or None)
     print(f"masks and tables written to {args.out}")
     return 0

@@ -21,14 +21,14 @@ FORMATS_OUT = ("hf", "motionmae")
 
 
 # ----------------------------------------------------------------------------------------------
-# motionmae checkpoints (engine/checkpoint.py's format: safetensors `model.*` + JSON state with `config`)
+# motionmae checkpoints (runtime/checkpoint.py's format: safetensors `model.*` + JSON state with `config`)
 
 
 def save_motionmae(conv: Converted, dst) -> Path:
     """Write a weights-only motionmae checkpoint; a path without `.safetensors` is a run directory
     (written as `DST/checkpoints/last.safetensors`, which every command accepts as `DST`)."""
     from motionmae.config import to_dict
-    from motionmae.engine.checkpoint import CKPT_DIR, LAST, save_checkpoint
+    from motionmae.runtime.checkpoint import CKPT_DIR, LAST, save_checkpoint
 
     dst = Path(dst)
     path = dst if dst.suffix == ".safetensors" else dst / CKPT_DIR / LAST
@@ -40,8 +40,9 @@ def save_motionmae(conv: Converted, dst) -> Path:
 def load_motionmae(src, decoder: str = "") -> Converted:
     """A motionmae checkpoint (file or run directory) -> our model, kind taken from its keys."""
     from motionmae.config import DataConfig, ModelConfig, ObjectiveConfig, PretrainConfig, from_dict
-    from motionmae.engine.checkpoint import load_model_state, read_state
-    from motionmae.interop.hf import MOTION_PREFIXES, build_model
+    from motionmae.interop.hf import build_model
+    from motionmae.models.pretrain import branch_prefixes
+    from motionmae.runtime.checkpoint import load_model_state, read_state
 
     sd, cfg_dict = load_model_state(src)
     state = read_state(src)
@@ -64,7 +65,7 @@ def load_motionmae(src, decoder: str = "") -> Converted:
     else:
         kind, num_classes = "encoder", 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_matching(model, sd, str(src), fresh=MOTION_PREFIXES if decoder else ())["fresh"]
+    fresh = load_matching(model, sd, str(src), fresh=branch_prefixes(cfg) if decoder else ())["fresh"]
     notes = list(state.get("converted_notes", []))
     names = state.get("class_names")
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, names if isinstance(names, list) else None)

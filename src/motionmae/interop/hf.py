@@ -35,6 +35,7 @@ from motionmae.interop.common import (
     take,
     torch_load_weights_only,
 )
+from motionmae.models.pretrain import branch_prefixes
 from motionmae.models.state import load_matching
 
 HF_LN_DEFAULT_EPS = 1e-5  # nn.LayerNorm default: transformers' fc_norm and decoder.norm
@@ -53,8 +54,6 @@ _BLOCK_LINEAR = {
     "mlp.fc2": "output.dense",
 }
 _QKV = "attention.attention."
-# our motion branch (no VideoMAE / transformers counterpart): sha's extra head, ind's second decoder
-MOTION_PREFIXES = ("decoder.motion_head.", "motion_")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,8 +289,8 @@ def ours_to_hf(sd: StateDict, cfg, kind: str, where: str = "model") -> Tuple[Sta
         out.update(_blocks_to_hf(src, "decoder.blocks.", "decoder.decoder_layers.", m.decoder_depth, m.qkv_bias, where))
         out.update(_pair(src, "decoder.norm", "decoder.norm", where))
         out.update(_pair(src, "decoder.head", "decoder.head", where))
-        # the motion branch has no transformers counterpart
-        dropped = sorted(k for k in src if k.startswith(MOTION_PREFIXES))
+        # the other targets' heads / decoders have no transformers counterpart
+        dropped = sorted(k for k in src if k.startswith(branch_prefixes(cfg)))
         for k in dropped:
             src.pop(k)
     refuse_leftovers(src, where)
@@ -366,9 +365,15 @@ def load_hf(path, decoder: str = "sha", kind: Optional[str] = None) -> Converted
     num_classes = int(sd["classifier.weight"].shape[0]) if kind == "classifier" and "classifier.weight" in sd else 0
     ours = hf_to_ours(sd, cfg, kind, where)
     model = build_model(cfg, kind, num_classes)
-    fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
-    notes = [f"motion branch initialised fresh ({len(fresh)} tensors)"] if fresh else []
+    fresh = load_matching(model, ours, where, fresh=branch_prefixes(cfg))["fresh"]
+    notes = [fresh_note(cfg, fresh)] if fresh else []
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, _class_names(hf_cfg, num_classes))
+
+
+def fresh_note(cfg, fresh: list) -> str:
+    """What a VideoMAE checkpoint did not have: the heads / decoders of our other targets."""
+    names = [n for n in cfg.objective.targets if n != "appearance"]
+    return f"{' and '.join(names)} branch initialised fresh ({len(fresh)} tensors)"
 
 
 def _class_names(hf_cfg: dict, num_classes: int) -> Optional[list]:

@@ -22,7 +22,8 @@ from motionmae.interop.common import (
     refuse_leftovers,
     torch_load_weights_only,
 )
-from motionmae.models.state import load_matching
+from motionmae.models.pretrain import branch_prefixes
+from motionmae.models.state import load_matching, strip_prefixes
 
 # heads are invisible in weight shapes; VideoMAE's (and v2's) model zoo uses these
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
@@ -38,10 +39,8 @@ _BLOCK_PARAMS = (
 def read_state_dict(path) -> StateDict:
     """The model state dict of a VideoMAE checkpoint: top-level `model` or `module` (or a bare state dict),
     `_orig_mod.` / `module.` prefixes removed."""
-    from motionmae.models.classifier import _strip
-
     obj = torch_load_weights_only(path)
-    sd = _strip(obj) if isinstance(obj, dict) else None
+    sd = strip_prefixes(obj) if isinstance(obj, dict) else None
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path}: no state dict found (expected a 'model' or 'module' entry of tensors; top level has {keys})")
@@ -186,7 +185,7 @@ def load_videomae(
 ) -> Converted:
     """An original VideoMAE `.pth` -> our model (eval mode, CPU): pretraining layout -> `PretrainModel` (motion
     branch fresh unless decoder='none'); fine-tuned layout -> classifier (or encoder when it has no head)."""
-    from motionmae.interop.hf import MOTION_PREFIXES, build_model
+    from motionmae.interop.hf import build_model, fresh_note
 
     where = str(path)
     sd = read_state_dict(path)
@@ -194,12 +193,12 @@ def load_videomae(
     ours, kind = videomae_to_ours(sd, cfg, where)
     num_classes = int(ours["head.weight"].shape[0]) if kind == "classifier" else 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
+    fresh = load_matching(model, ours, where, fresh=branch_prefixes(cfg))["fresh"]
     notes = []
     if num_heads is None:
         notes.append(f"heads inferred from the width: {cfg.model.num_heads}")
     if num_frames is None or img_size is None:
         notes.append(f"clip size assumed {cfg.model.num_frames} frames x {cfg.model.img_size} px (override with --num-frames / --img-size)")
     if fresh:
-        notes.append(f"motion branch initialised fresh ({len(fresh)} tensors)")
+        notes.append(fresh_note(cfg, fresh))
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)

@@ -14,7 +14,7 @@ import torch
 
 from motionmae.config import ModelConfig
 from motionmae.errors import UserError
-from motionmae.models.state import load_matching
+from motionmae.models.state import load_matching, strip_prefixes
 from motionmae.models.vit import Grid, VisionTransformer, resize_pos_embed
 
 # keys a freshly initialised classifier may lack in a pretraining checkpoint
@@ -23,19 +23,6 @@ _NEW_KEYS = ("fc_norm.", "head.")
 
 def build_classifier(cfg: ModelConfig, num_classes: int) -> VisionTransformer:
     return VisionTransformer(cfg, num_classes=num_classes)
-
-
-def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Unwrap {'model': ...} / {'module': ...} and drop `module.` / `_orig_mod.` prefixes."""
-    for top in ("model", "module", "state_dict"):
-        if top in state_dict and isinstance(state_dict[top], Mapping):
-            state_dict = state_dict[top]
-    out = {}
-    for k, v in state_dict.items():
-        while k.startswith(("module.", "_orig_mod.")):  # either order: DDP(compile(m)) and compile(DDP(m))
-            k = k.split(".", 1)[1]
-        out[k] = v
-    return out
 
 
 def encoder_state_dict(
@@ -48,7 +35,7 @@ def encoder_state_dict(
     token grid; inferred from the table's length when not given) to the model's grid. A state dict
     without `encoder.` keys is taken as already in encoder layout. Returns (state dict, dropped keys).
     """
-    sd = _strip(pretrain_state_dict)
+    sd = strip_prefixes(pretrain_state_dict)
     if any(k.startswith("encoder.") for k in sd):
         dropped = [k for k in sd if not k.startswith("encoder.")]
         sd = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}

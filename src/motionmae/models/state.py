@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import torch
 
 from motionmae.errors import UserError
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Unwrap {'model': ...} / {'module': ...} / {'state_dict': ...} and drop `module.` / `_orig_mod.` prefixes
+    (DDP, torch.compile), as checkpoints of other code bases carry them."""
+    for top in ("model", "module", "state_dict"):
+        if top in state_dict and isinstance(state_dict[top], Mapping):
+            state_dict = state_dict[top]
+    out = {}
+    for k, v in state_dict.items():
+        while k.startswith(("module.", "_orig_mod.")):  # either order: DDP(compile(m)) and compile(DDP(m))
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
 
 
 def load_matching(

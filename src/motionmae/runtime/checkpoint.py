@@ -8,6 +8,7 @@ so a checkpoint can never be half old and half new; nothing is unpickled on load
 
 A run directory holds `checkpoints/last.safetensors` (always the newest) and
 `checkpoints/step_00001000.safetensors` every `save_every` steps, the newest `keep_last` of them kept.
+Training reads and writes them through `Checkpointer`, the one seam a sharded format would replace.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from motionmae.engine.distributed import unwrap_model
 from motionmae.errors import UserError
 from motionmae.models.state import load_matching
+from motionmae.runtime.distributed import barrier
+from motionmae.runtime.parallel import unwrap_model
 
 META_KEY = "motionmae"
 FORMAT_VERSION = 1
@@ -79,7 +81,7 @@ def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = No
     return path
 
 
-def load_checkpoint(path, model=None, optimizer=None, strict: bool = True, restore_rng: bool = False, map_location="cpu") -> dict:
+def load_checkpoint(path, model=None, optimizer=None, restore_rng: bool = False, map_location="cpu") -> dict:
     """Load a checkpoint file (or a run directory's `last`) into `model` / `optimizer`; return its `state` dict.
 
     `restore_rng=True` also restores the global torch / numpy / python generators (exact resume).
@@ -88,7 +90,7 @@ def load_checkpoint(path, model=None, optimizer=None, strict: bool = True, resto
     meta, tensors = _read(path, map_location)
     if model is not None:
         sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        load_matching(unwrap_model(model), sd, str(path), strict=strict)
+        load_matching(unwrap_model(model), sd, str(path))
     if optimizer is not None:
         if "optimizer" not in meta:
             raise UserError(f"{path}: checkpoint has no optimiser state (a weights-only file); cannot resume training from it")
@@ -194,6 +196,33 @@ def save_run_checkpoint(run_dir, step: int, model, optimizer, state: dict, numbe
         for old in numbered_checkpoints(run_dir)[:-keep_last]:
             old.unlink()
     return last
+
+
+class Checkpointer:
+    """A training run's checkpoints (`run_dir/checkpoints`): the one seam through which the engine saves and
+    restores the whole training state (model, optimiser, RNG, JSON state). Rank 0 writes a file, every rank
+    waits for it; a sharded format (torch.distributed.checkpoint, each rank writing its shard) replaces this class."""
+
+    def __init__(self, run_dir, keep_last: int = 3, is_main: bool = True):
+        self.run_dir, self.keep_last, self.is_main = Path(run_dir), keep_last, is_main
+
+    def resume_path(self, resume: str) -> Optional[Path]:
+        """'auto': the run's `last` if there is one; 'none' (or '', 'no', 'false'): a fresh run; else a file or run dir."""
+        if resume in ("", "none", "no", "false"):
+            return None
+        if resume == "auto":
+            return find_last(self.run_dir)
+        return resolve_checkpoint(resume)
+
+    def load(self, path, model, optimizer=None, restore_rng: bool = False) -> dict:
+        return load_checkpoint(path, model, optimizer, restore_rng=restore_rng)
+
+    def save(self, step: int, model, optimizer, state: dict, numbered: bool) -> Path:
+        """`last` (and `step_<step>` when `numbered`); returns the path of `last` on every rank."""
+        if self.is_main:
+            save_run_checkpoint(self.run_dir, step, model, optimizer, state, numbered=numbered, keep_last=self.keep_last)
+        barrier()
+        return self.run_dir / CKPT_DIR / LAST
 
 
 # ----------------------------------------------------------------------------------------------
