@@ -202,3 +202,34 @@ def test_resolve_amp(monkeypatch):
         assert resolve_amp("auto", cuda) == want
     with pytest.raises(C.UserError, match="auto, bf16, fp16, none"):
         resolve_amp("fp8", cpu)
+
+
+def test_motion_masks_and_a_hog_target_end_to_end(videos, tmp_path):
+    # a target and a masking kind that are config entries only: a run, its checkpoint and its pictures
+    cfg = _cfg(videos, tmp_path, "mask.kind=motion", "objective.targets=[appearance,motion,hog]", "objective.w_hog=2",
+               "train.batch_size=2", "train.max_steps=2", "train.viz_every=0", "train.loggers=[jsonl]")
+    pretrain(cfg)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["loss_appearance"] + r["loss_motion"] + 2 * r["loss_hog"], rel=1e-5)
+    assert "decoder.hog_head.weight" in _params(tmp_path)
+    assert not (tmp_path / "tb").exists()  # train.loggers: only the JSONL log
+    from PIL import Image
+
+    from motionmae import viz
+
+    with Image.open(tmp_path / "pictures" / "step_00000002.png") as im:  # 2 + 1 + 2 + 2 columns of 32 px x 4
+        assert im.size[0] == 7 * 32 * viz.panel_scale(32) + 6 * viz.GAP
+
+
+def test_compiled_model_takes_the_same_steps(videos, tmp_path, monkeypatch):
+    # train.compile goes through the model-wrapping seam; dynamo's eager backend keeps the kernels, so the losses match
+    eager = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: eager(model, backend="eager"))
+    a = pretrain(_cfg(videos, tmp_path / "a", "train.batch_size=2", "train.max_steps=2"))
+    b = pretrain(_cfg(videos, tmp_path / "b", "train.batch_size=2", "train.max_steps=2", "train.compile=true"))
+    ra, rb = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["loss"] for r in rb] == pytest.approx([r["loss"] for r in ra], rel=1e-6)
+    pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
+    assert pa.keys() == pb.keys()  # saved without the `_orig_mod.` prefix
