@@ -1,7 +1,6 @@
 """Fine-tuning runs on the same engine as pretraining: exact resume after SIGKILL, SIGTERM saves and exits 143,
 unreadable videos are skipped and counted, min / warm-up lr scale with the batch like the peak lr."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import pytest
 import torch
 
-from engine_helpers import TINY, tiny_videos
+from engine_helpers import TINY, metric_rows, tiny_videos
 from motionmae.config import FinetuneConfig, load_config
 from motionmae.engine.finetune import finetune
 from motionmae.engine.trainer import make_plan
@@ -34,16 +33,6 @@ def videos(tmp_path_factory):
     return labelled_list(tmp_path_factory.mktemp("videos"))
 
 
-def _rows(run_dir):
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line being written
-            pass
-    return rows
-
-
 def _spawn(args):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return subprocess.Popen([sys.executable, "-m", "motionmae.cli", "finetune", *map(str, args)],
@@ -53,7 +42,7 @@ def _spawn(args):
 def _signal_when(proc, run_dir, sig, step):
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in _rows(run_dir)):
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in metric_rows(run_dir)):
             proc.send_signal(sig)
             break
         time.sleep(0.002)
@@ -91,7 +80,7 @@ def test_sigterm_saves_last_and_exits_143_and_unreadable_videos_are_counted(tmp_
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, stdout
     state = ck.read_state(run_dir)
-    rows = _rows(run_dir)
+    rows = metric_rows(run_dir)
     assert 4 <= state["step"] < 200 and state["step"] == max(r["step"] for r in rows) and state["kind"] == "finetune"
     assert f"stopped by signal at step {state['step']}/200" in stdout
     assert rows[3]["skipped_videos_epoch"] == 1  # the end of epoch 0

@@ -1,7 +1,6 @@
 """The pretraining loop: exact resume after SIGKILL, accumulation = a bigger batch, NaN stop, run-dir contents."""
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -12,7 +11,7 @@ import time
 import pytest
 import torch
 
-from engine_helpers import TINY, tiny_videos
+from engine_helpers import TINY, metric_rows, tiny_videos
 from motionmae import config as C
 from motionmae.runtime import checkpoint as ck
 from motionmae.runtime.logger import read_metrics
@@ -47,13 +46,13 @@ def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in _rows(run_dir)):
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in metric_rows(run_dir)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(r["step"] for r in _rows(run_dir))
+    killed_at = max(r["step"] for r in metric_rows(run_dir))
     assert killed_at < 12
     resumed_from = ck.read_state(run_dir)["step"]
     assert resumed_from % 2 == 0 and 2 <= resumed_from <= killed_at
@@ -74,16 +73,6 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def _rows(run_dir):
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line being written
-            pass
-    return rows
 
 
 def test_accumulation_equals_bigger_batch(videos, tmp_path):
@@ -145,14 +134,14 @@ def test_sigterm_saves_last_at_the_current_step_and_exits_143(videos, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and _rows(run_dir):
+        if (run_dir / "metrics.jsonl").exists() and metric_rows(run_dir):
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.01)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, stdout
     state = ck.read_state(run_dir)
-    assert 1 <= state["step"] < 200 and state["step"] == max(r["step"] for r in _rows(run_dir))
+    assert 1 <= state["step"] < 200 and state["step"] == max(r["step"] for r in metric_rows(run_dir))
     assert f"stopped by signal at step {state['step']}/200" in stdout
 
 
@@ -178,7 +167,7 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path,
     over = ["train.amp=fp16", "train.batch_size=2", "train.max_steps=8", "train.save_every=4"]
     with _one_thread():
         pretrain(_cfg(videos, tmp_path / "full", *over), resume="none")
-    rows = _rows(tmp_path / "full")
+    rows = metric_rows(tmp_path / "full")
     scales = [r["loss_scale"] for r in rows]
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert not math.isfinite(rows[0]["grad_norm"]) and scales[0] == 2.0**22  # overflow: skipped, scale halved
@@ -187,7 +176,7 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path,
     assert ck.read_state(mid)["loss_scaler"]["scale"] == scales[3]
     with _one_thread():
         pretrain(_cfg(videos, tmp_path / "resumed", *over), resume=str(mid))
-    assert [r["loss_scale"] for r in _rows(tmp_path / "resumed")] == scales[4:]
+    assert [r["loss_scale"] for r in metric_rows(tmp_path / "resumed")] == scales[4:]
     a, b = _params(tmp_path / "full"), _params(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
