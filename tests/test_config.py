@@ -107,7 +107,8 @@ def test_one_file_for_all_commands(tmp_path):
         C.load_config("", ["train.epochs=3"], C.ProbeConfig)
 
 
-def test_print_config_on_every_training_and_evaluation_command(tmp_path):
+def test_print_config_on_every_training_and_evaluation_command(tmp_path, capsys):
+    from motionmae.cli import main
     from motionmae.models.pretrain import PretrainModel
 
     pcfg = C.load_config("", TINY)
@@ -120,9 +121,8 @@ def test_print_config_on_every_training_and_evaluation_command(tmp_path):
         (C.VOSConfig, ["vos", "--checkpoint", ckpt, "--davis-root", "x", "vos.topk=2"], ("vos", "topk", 2)),
     ]
     for cls, args, (section, key, value) in commands:
-        out = cli(*args, "--print-config")
-        assert out.returncode == 0, out.stderr
-        printed = C.from_dict(cls, yaml.safe_load(out.stdout))
+        assert main([*map(str, args), "--print-config"]) == 0
+        printed = C.from_dict(cls, yaml.safe_load(capsys.readouterr().out))
         assert getattr(getattr(printed, section), key) == value, args[0]
         assert printed.model.embed_dim == 32 and printed.data.num_frames == 4, args[0]  # from TINY / the checkpoint
 
