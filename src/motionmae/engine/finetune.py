@@ -94,6 +94,7 @@ class FinetuneTask(Task):
     per batch from (seed, rank, step, micro), so a resumed run repeats them."""
 
     kind, noun = "finetune", "fine-tuning"
+    other_kind_hint = ", and pass a pretraining checkpoint as --pretrained"
 
     def __init__(self, cfg: FinetuneConfig, pretrained: str = ""):
         super().__init__(cfg)

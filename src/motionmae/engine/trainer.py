@@ -100,6 +100,7 @@ class Task:
 
     kind = ""
     noun = ""
+    other_kind_hint = ""  # appended to the error when train.output_dir holds another kind of run
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -248,8 +249,7 @@ class Trainer:
         kind = read_state(path).get("kind", "pretrain")
         if kind != self.task.kind:
             raise UserError(f"{path} is not a {self.task.noun} checkpoint (it holds a {kind} run): set train.output_dir "
-                            "to a directory of its own" + (", pass the pretraining checkpoint as --pretrained"
-                                                            if self.task.kind == "finetune" else ""))
+                            f"to a directory of its own{self.task.other_kind_hint}")
 
     def log(self, step: int, metrics: dict, prefix: str = "") -> None:
         self.logger.log(step, metrics, prefix)

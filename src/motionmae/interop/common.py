@@ -38,9 +38,9 @@ class Converted:
 def pretrain_config(model_cfg):
     """A PretrainConfig around an imported ModelConfig, its data clip shape matching the model's (what
     `motionmae finetune --pretrained` takes from a checkpoint). Frame stride is not stored by either format."""
-    from motionmae.config import DataConfig, PretrainConfig, preset_dict, update
+    from motionmae.config import DataConfig, PretrainConfig, follow_model, preset_dict, update
 
-    cfg = PretrainConfig(model=model_cfg, data=DataConfig(num_frames=model_cfg.num_frames, input_size=model_cfg.img_size))
+    cfg = PretrainConfig(model=model_cfg, data=follow_model(DataConfig(), model_cfg))
     if model_cfg.decoder == "none":  # a plain VideoMAE: its masking and objective too
         cfg = update(cfg, {k: v for k, v in preset_dict("videomae").items() if k != "model"})
     return cfg
