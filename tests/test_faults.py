@@ -103,3 +103,24 @@ def test_worker_error_in_extract_is_one_line(tmp_path):
     assert rc == 2, err
     assert "Traceback" not in err and "failed to decode" in err, err
     assert survivors == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_ctrl_c_at_any_moment_is_one_line(tmp_path, delay):
+    # SIGINT to the whole process group, as a terminal's Ctrl-C: during the imports, the dataset scan or training
+    data = tiny_videos(tmp_path / "ok", n=8, frames=10)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    p = subprocess.Popen([sys.executable, "-m", "motionmae.cli", "pretrain", f"data.train={data}",
+                          f"train.output_dir={tmp_path / 'run'}", *WORKERS, "train.max_steps=100000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    time.sleep(delay)
+    os.killpg(p.pid, signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("still running 60 s after Ctrl-C")
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "motionmae pretrain: interrupted", err
+    time.sleep(1)
+    assert session_members(p.pid) == []

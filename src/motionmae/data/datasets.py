@@ -237,10 +237,13 @@ def segment_indices(num_video_frames: int, num_frames: int, generator: Optional[
     return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
 
 
-def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A generator seeded from (seed, epoch, index), well mixed so nearby tuples give unrelated streams."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, dtype=np.uint32)
+def item_generator(seed: int, epoch: int, index: int, *more: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch, index, *more), well mixed so nearby tuples give unrelated streams."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index, *more]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+_REPLACEMENT_STREAM = 1 << 30  # the extra seed key of the stream that draws replacements for unreadable videos
 
 
 # ----------------------------------------------------------------------------------------------
@@ -372,9 +375,13 @@ class VideoClipDataset(Dataset):
                             f"data.max_skip_fraction={self.max_skip_fraction}: first failures: {first}")
 
     def __getitem__(self, index: int) -> dict:
-        gen = item_generator(self.seed, self.epoch, index)
+        # Attempt a loads video idx_a (idx_0 = index) with a generator of its own, and replacements come from a
+        # separate stream: what an item holds never depends on which failures this process saw before, so the
+        # number of workers (each with its own `_failed`) does not change the data.
+        replacements = item_generator(self.seed, self.epoch, index, _REPLACEMENT_STREAM)
         idx, skipped = int(index), 0
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
+            gen = item_generator(self.seed, self.epoch, index, *((attempt,) if attempt else ()))
             if idx not in self._failed:
                 self._tried.add(idx)
                 try:
@@ -389,7 +396,7 @@ class VideoClipDataset(Dataset):
                         item["view"] = view
                     return item
             skipped = 1 if idx == index else skipped
-            idx = T.randint(0, len(self) - 1, gen)  # a replacement, drawn deterministically from the seed
+            idx = int(torch.randint(len(self), (1,), generator=replacements))  # a replacement, drawn from the seed
         raise UserError(f"no readable video after {self.max_attempts} draws starting at index {index} "
                         f"({len(self._failed)} of {len(self._tried)} videos tried failed)")
 

@@ -1,1 +1,2 @@
-"""What every command runs on: device, amp, distributed, model wrapping, checkpoint IO, logs, progress. Imports nothing above it."""
+"""What every command runs on: device, amp, distributed, model wrapping, checkpoint IO, run directory (lock, output
+checks), logs, progress. Imports nothing above it."""
