@@ -21,6 +21,7 @@ hooks write. A run restarted in the same directory continues from `checkpoints/l
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -37,11 +38,12 @@ from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, scaled_lr
 from motionmae.errors import UserError
 from motionmae.runtime import distributed as D
 from motionmae.runtime.amp import autocast, resolve_amp
-from motionmae.runtime.checkpoint import Checkpointer, read_state
+from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, read_state, remove_stale_temps
 from motionmae.runtime.device import peak_memory_mb
 from motionmae.runtime.logger import MetricLogger
 from motionmae.runtime.parallel import Parallel
 from motionmae.runtime.progress import ProgressBar
+from motionmae.runtime.rundir import RunLock, check_output_dir, checkpoint_bytes
 
 
 class NonFiniteLossError(UserError):
@@ -208,6 +210,7 @@ class Trainer:
         self.summary: dict = {}
         self.bar: Optional[ProgressBar] = None
         self.logger: Optional[MetricLogger] = None
+        self.lock: Optional[RunLock] = None
 
     def say(self, *args) -> None:
         if self.info is None or self.info.is_main:
@@ -217,9 +220,11 @@ class Trainer:
         """Train; returns a summary (run dir, step, last losses, clips/s, checkpoint; "stopped" after SIGTERM)."""
         self.info = self.task.info = D.init_distributed(self.cfg.train.device)
         stop_request, previous = _catch_sigterm()
+        self.lock = RunLock(self.cfg.train.output_dir)
         try:
             return self._fit(resume, stop_request)
         finally:
+            self.lock.release()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             D.cleanup()
@@ -269,6 +274,11 @@ class Trainer:
         scaler = LossScaler(amp_dtype, device)
         torch.manual_seed(D.derive_seed(t.seed, info.rank))  # any global-RNG use (drop path) differs per rank
         data = TrainData(dataset, cfg, info, plan.steps_per_epoch * t.accum_steps)
+
+        # ---- one run per directory (a second one refuses before it reads or writes anything there); outputs
+        # checked before the compute is spent: writable, room for a checkpoint (numbered + `last`)
+        D.on_main_then_share(self.lock.acquire)
+        D.on_main_then_share(lambda: _check_outputs(run_dir, 2 * checkpoint_bytes(model)))
 
         # ---- resume (or start from given weights)
         checkpointer = Checkpointer(run_dir, t.keep_last, info.is_main)
@@ -388,8 +398,18 @@ class Trainer:
         return summary
 
 
+def _check_outputs(run_dir: Path, need_bytes: int) -> None:
+    check_output_dir(run_dir, "train.output_dir", need_bytes)
+    ckpt_dir = run_dir / CKPT_DIR
+    if ckpt_dir.exists():
+        check_output_dir(ckpt_dir, "train.output_dir (its checkpoints folder)")
+    for stale in remove_stale_temps(run_dir):  # left by writes that were killed; we hold the run's lock
+        print(f"removed {stale} (an unfinished checkpoint write of an earlier run)")
+
+
 def _catch_sigterm():
-    """SIGTERM (cluster preemption, `kill`) asks the loop to finish the current step, save `last` and return.
+    """SIGTERM (cluster preemption, `kill`) asks the loop to finish the current step, save `last` and return; a
+    second SIGTERM ends the process at once (the step may be stuck, e.g. in a collective whose peer is gone).
     Returns ({"signal": None until it arrives}, the previous handler or None). Only the main thread can
     install handlers (elsewhere SIGTERM keeps its default)."""
     box: dict = {"signal": None}
@@ -397,6 +417,9 @@ def _catch_sigterm():
         return box, None
 
     def handler(signum, frame):
+        if box["signal"] is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         box["signal"] = signum
 
     return box, signal.signal(signal.SIGTERM, handler)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from motionmae.errors import UserError
 from motionmae.runtime.device import resolve_device
 
 
@@ -93,6 +94,24 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, "max")
+
+
+def on_main_then_share(fn):
+    """Run `fn()` on rank 0 only; every rank returns its result, or raises the UserError it raised (so a refusal on
+    rank 0, e.g. a locked run directory, ends every rank instead of leaving the others waiting in a collective)."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    if is_dist():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise UserError(error)
+    return result
 
 
 def cleanup() -> None:
