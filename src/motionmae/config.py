@@ -43,17 +43,22 @@ class ModelConfig:
     img_size: int = 224
     in_chans: int = 3
     qkv_bias: bool = True
-    pos_embed: str = "sincos3d"  # sincos3d (fixed, factorised t/h/w) | sincos1d (VideoMAE/transformers table) | learnable
+    # sincos1d: VideoMAE's / transformers' fixed 1D sin-cos table over all tokens (exports as is) | sincos3d (fixed,
+    # factorised t/h/w; stored in checkpoints) | learnable
+    pos_embed: str = "sincos1d"
+    act_layer: str = "gelu"  # MLP activation (timm names): gelu (exact) | gelu_tanh | quick_gelu | relu | silu
+    final_norm: bool = True  # encoder ends with `norm` (false: transformers' VideoMAEModel with use_mean_pooling)
     pooling: str = "mean"  # classifier: mean (tokens -> mean -> fc_norm, encoder norm off) | first (norm -> first token, transformers w/o mean pooling)
     drop_path: float = 0.0
     norm_eps: float = 1e-6
-    head_norm_eps: Optional[float] = None  # eps of fc_norm and decoder.norm; None: norm_eps (interop: transformers' VideoMAE fixes these at 1e-5)
+    head_norm_eps: Optional[float] = 1e-5  # eps of fc_norm and decoder.norm, transformers' (VideoMAE: 1e-6); None: norm_eps
     grad_checkpointing: bool = False  # activation checkpointing of encoder/decoder blocks
     # decoder(s), used only in pretraining
     decoder: str = "sha"  # sha: shared trunk, two heads | ind: two decoders | none: appearance only (VideoMAE)
     decoder_embed_dim: int = 384
     decoder_depth: int = 4
     decoder_num_heads: int = 6
+    decoder_mlp_ratio: float = 4.0  # independent of mlp_ratio (transformers: decoder_intermediate_size)
 
     def dims(self) -> Tuple[int, int, int]:
         """(embed_dim, depth, num_heads) after applying the size preset and any explicit override."""
@@ -165,7 +170,8 @@ def _objective_preset(kind: str) -> dict:
 
 
 # Appended to any preset name: what transformers' VideoMAE can express (its fixed 1D sin-cos table; eps 1e-5 on
-# fc_norm and decoder.norm), so the trained weights export to transformers with identical outputs.
+# fc_norm and decoder.norm). These are the defaults now, so the suffix only matters for a YAML preset that sets
+# other values; kept so that names like `motionmae-sha-base-hf` keep working.
 HF_SUFFIX = "-hf"
 HF_COMPATIBLE = {"model": {"pos_embed": "sincos1d", "head_norm_eps": 1e-5}}
 
@@ -242,6 +248,9 @@ def model_config_from_dict(config_dict: Optional[dict], where: str = "checkpoint
     if not model:
         raise UserError(f"{where}: carries no model config; it was not written by motionmae "
                         "(convert foreign weights with `motionmae convert` first)")
+    if "pos_embed" not in model:  # the default changed (sincos3d -> sincos1d): never guess which table the weights saw
+        raise UserError(f"{where}: its model config does not say which positional table the weights were trained with "
+                        "(model.pos_embed): set it in its state.config.model, it is not guessed")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     return from_dict(ModelConfig, {k: v for k, v in model.items() if k in known}, "model")
 

@@ -29,7 +29,7 @@ from motionmae.errors import UserError
 # Model keys that define the encoder's shape: taken from the checkpoint. drop_path, pooling, grad_checkpointing
 # are fine-tuning choices and keep the fine-tuning defaults.
 ARCH_KEYS = ("size", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames",
-             "img_size", "in_chans", "qkv_bias", "pos_embed", "norm_eps")
+             "img_size", "in_chans", "qkv_bias", "pos_embed", "norm_eps", "act_layer", "final_norm")
 # Data keys that must match what the encoder was pretrained on.
 CLIP_KEYS = ("num_frames", "sampling_rate", "sampling", "input_size", "mean", "std", "flip")
 PRETRAIN_ONLY = ("mask", "objective")
