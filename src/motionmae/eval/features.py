@@ -1,7 +1,7 @@
 """Frozen features: `load_encoder` (Python API) and `motionmae extract` (pooled or token-grid features to a file).
 
     from motionmae import load_encoder
-    enc = load_encoder("runs/pretrain")            # a run dir or a .safetensors checkpoint; eval mode, on cpu
+    enc = load_encoder("runs/pretrain")            # a run dir, a .safetensors checkpoint or a transformers VideoMAE dir; eval mode, on cpu
     tokens = enc.forward_features(x)               # x: (B, C, T, H, W) normalised with ImageNet mean/std
     grid = enc.forward_grid(x)                     # (B, T', H', W', D)
     pooled = pooled_features(enc, x)               # (B, D)
