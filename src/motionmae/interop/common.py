@@ -86,6 +86,14 @@ def torch_load_weights_only(path) -> object:
         raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
 
 
+def check_motion_branch(cfg, where: str) -> None:
+    """A motion branch needs frame differences: a pretraining model of fewer frames than the gap cannot have one."""
+    m, o = cfg.model, cfg.objective
+    if m.decoder != "none" and m.num_frames <= o.motion_gap:
+        raise UserError(f"{where}: a {m.num_frames}-frame model has no frame differences for MotionMAE's motion branch; "
+                        "convert it with --decoder none (a plain VideoMAE)")
+
+
 def check_destination(dst, overwrite: bool) -> None:
     """A conversion never writes over existing files unless asked to: a file, or a non-empty directory, is refused."""
     dst = Path(dst)

@@ -13,7 +13,10 @@ Conventions carried over exactly (see docs/INTEROP.md):
 - LayerNorm eps: `layer_norm_eps` (default 1e-12) in every block and in the final `videomae.layernorm`;
   `fc_norm` and the decoder's final `norm` use PyTorch's default 1e-5 whatever layer_norm_eps says.
 - pooling: use_mean_pooling=True -> no final encoder norm, mean over tokens -> fc_norm -> classifier;
-  False -> final norm -> first token -> classifier.
+  False -> final norm -> first token -> classifier. In a VideoMAEModel / VideoMAEForPreTraining it only removes the
+  final encoder norm (ours: final_norm=False).
+- MLP: intermediate_size / decoder_intermediate_size (ours: mlp_ratio / decoder_mlp_ratio, independent);
+  hidden_act (ours: act_layer; the exact and tanh GELUs, quick_gelu, relu, silu).
 - input: transformers takes (B, T, C, H, W); ours (B, C, T, H, W).
 """
 
@@ -33,6 +36,7 @@ from motionmae.interop.common import (
     Converted,
     StateDict,
     check_destination,
+    check_motion_branch,
     mlp_ratio_for,
     pretrain_config,
     publish_dir,
@@ -365,6 +369,8 @@ def load_hf(path, decoder: str = "sha", kind: Optional[str] = None) -> Converted
     kind = kind or detect_hf_kind(sd, hf_cfg)
     where = str(path)
     cfg = cfg_from_hf(hf_cfg, where=str(Path(path) / "config.json"), decoder=decoder, kind=kind)
+    if kind == "pretrain":
+        check_motion_branch(cfg, where)
     num_classes = int(sd["classifier.weight"].shape[0]) if kind == "classifier" and "classifier.weight" in sd else 0
     ours = hf_to_ours(sd, cfg, kind, where)
     model = build_model(cfg, kind, num_classes)

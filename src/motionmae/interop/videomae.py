@@ -18,6 +18,7 @@ from motionmae.interop.common import (
     Converted,
     StateDict,
     block_count,
+    check_motion_branch,
     mlp_ratio_for,
     pretrain_config,
     refuse_leftovers,
@@ -189,6 +190,8 @@ def load_videomae(
     sd = read_state_dict(path)
     cfg = cfg_from_videomae(sd, where, num_frames, img_size, num_heads, decoder_num_heads, decoder)
     ours, kind = videomae_to_ours(sd, cfg, where)
+    if kind == "pretrain":
+        check_motion_branch(cfg, where)
     num_classes = int(ours["head.weight"].shape[0]) if kind == "classifier" else 0
     model = build_model(cfg, kind, num_classes)
     fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
