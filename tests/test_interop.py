@@ -363,9 +363,12 @@ def test_transformers_load_with_dropped_biases_is_caught(tmp_path):
         check_parity(model, hf, "classifier", cfg)
 
 
-def test_hf_preset_suffix_gives_exportable_weights(tmp_path):
-    # '<preset>-hf' = the preset with what transformers can express; such a model exports with identical outputs
+def test_hf_preset_suffix_is_a_harmless_alias(tmp_path):
+    # '<preset>-hf' = the preset with what transformers can express, which the defaults are now: the same config
     from motionmae.models.pretrain import PretrainModel
+
+    for name in ("motionmae-sha-base", "videomae-small", "pretrain-ssv2"):
+        assert load_config(name + "-hf") == load_config(name)
 
     cfg = load_config("videomae-tiny-hf", ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.num_frames=4",
                                            "model.img_size=32", "model.decoder_embed_dim=32", "model.decoder_depth=1",

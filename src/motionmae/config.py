@@ -202,7 +202,7 @@ def preset_dict(name: str) -> dict:
             d["model"]["size"] = name[len(kind) + 1 :]
             return d
     raise UserError(f"unknown preset '{name}'; valid presets: {', '.join(preset_names())} "
-                    f"(each also with '{HF_SUFFIX}': exportable to transformers)")
+                    f"(each also with '{HF_SUFFIX}', an alias kept from when only it exported to transformers)")
 
 
 def spec_dict(spec: str, preset_fn=None) -> dict:
