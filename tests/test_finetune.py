@@ -158,4 +158,7 @@ def test_fp16_fine_tuning_keeps_its_loss_scale_in_the_checkpoint(synthetic, tmp_
                           "finetune.label_column=direction", "train.amp=fp16", f"train.output_dir={tmp_path}"]
     out = finetune(load_finetune_config("", over), resume="none")
     assert out["step"] == 2 and math.isfinite(out["loss"])
-    assert read_state(tmp_path)["loss_scaler"]["scale"] == 2.0**16  # nothing overflowed: torch's initial scale
+    # torch's initial scale 2**16, halved per overflowing step (whether one overflows depends on the model's numbers)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scale = read_state(tmp_path)["loss_scaler"]["scale"]
+    assert scale in (2.0**16, 2.0**15, 2.0**14) and scale == [r["loss_scale"] for r in rows if "loss_scale" in r][-1]

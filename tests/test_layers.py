@@ -10,7 +10,7 @@ SRC = Path(motionmae.__file__).parent
 
 # bottom to top; a module may import its own layer and the ones below
 LAYERS = [
-    {"errors", "config"},
+    {"errors", "version", "config"},
     {"data"},
     {"objective"},
     {"models"},

@@ -45,6 +45,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Size = Literal["tiny", "small", "base", "large", "huge"]
 PosEmbed = Literal["sincos3d", "sincos1d", "learnable"]
 Pooling = Literal["mean", "first"]
+ActLayer = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]  # models/vit.py: ACT_LAYERS
 Decoder = Literal["sha", "ind", "none"]
 MaskKind = Literal["per_slice", "tube", "random", "motion"]
 TargetName = Literal["appearance", "motion", "hog"]  # objective/targets.py: TARGETS
@@ -67,17 +68,22 @@ class ModelConfig:
     img_size: int = 224
     in_chans: int = 3
     qkv_bias: bool = True
-    pos_embed: PosEmbed = "sincos3d"  # sincos3d (fixed, factorised t/h/w) | sincos1d (VideoMAE/transformers table) | learnable
+    # sincos1d: VideoMAE's / transformers' fixed 1D sin-cos table over all tokens (exports as is) | sincos3d (fixed,
+    # factorised t/h/w; stored in checkpoints) | learnable
+    pos_embed: PosEmbed = "sincos1d"
+    act_layer: ActLayer = "gelu"  # MLP activation (timm names): gelu (exact) | gelu_tanh | quick_gelu | relu | silu
+    final_norm: bool = True  # encoder ends with `norm` (false: transformers' VideoMAEModel with use_mean_pooling)
     pooling: Pooling = "mean"  # classifier: mean (tokens -> mean -> fc_norm, encoder norm off) | first (norm -> first token, transformers w/o mean pooling)
     drop_path: float = 0.0
     norm_eps: float = 1e-6
-    head_norm_eps: Optional[float] = None  # eps of fc_norm and decoder.norm; None: norm_eps (interop: transformers' VideoMAE fixes these at 1e-5)
+    head_norm_eps: Optional[float] = 1e-5  # eps of fc_norm and decoder.norm, transformers' (VideoMAE: 1e-6); None: norm_eps
     grad_checkpointing: bool = False  # activation checkpointing of encoder/decoder blocks
     # decoder layout, used only in pretraining: which targets are reconstructed is objective.targets
     decoder: Decoder = "sha"  # sha: one shared trunk, a head per target | ind: a decoder per target | none: one decoder, one target (VideoMAE)
     decoder_embed_dim: int = 384
     decoder_depth: int = 4
     decoder_num_heads: int = 6
+    decoder_mlp_ratio: float = 4.0  # independent of mlp_ratio (transformers: decoder_intermediate_size)
 
     def dims(self) -> Tuple[int, int, int]:
         """(embed_dim, depth, num_heads) after applying the size preset and any explicit override."""
@@ -377,11 +383,13 @@ class ExtractConfig:
 
 @dataclass
 class VOSOptions:
-    topk: int = 5  # neighbours kept per query patch, over all context frames together
-    context: int = 7  # previous predicted frames used besides the first frame
-    radius: int = 12  # neighbourhood (in patches) for the previous frames; 0: no restriction
-    temperature: float = 0.07
-    size: int = 0  # short side of the frames fed to the encoder; 0: the frames' own (480 on DAVIS 480p)
+    """Label propagation; the defaults are DINO's eval_video_segmentation.py (docs/BENCHMARKS.md, VOS protocol)."""
+
+    topk: int = 5  # --topk 5: neighbours kept per query patch, over all context frames together
+    context: int = 7  # --n_last_frames 7: previous predicted frames used besides the first frame
+    radius: int = 12  # --size_mask_neighborhood 12: window (in patches) for every context frame, the first too; 0: none
+    temperature: float = 0.1  # exp(cos / 0.1)
+    size: int = 480  # read_frame(scale_size=[480]): short side fed to the encoder; 0: the frames' own
     split: str = "val"  # ImageSets/2017/<split>.txt
     sequences: Tuple[str, ...] = ()  # only these sequences of the split; () = all
     batch_size: int = 8  # frames per encoder call
@@ -443,7 +451,8 @@ def _objective_preset(kind: str) -> dict:
 
 
 # Appended to any preset name: what transformers' VideoMAE can express (its fixed 1D sin-cos table; eps 1e-5 on
-# fc_norm and decoder.norm), so the trained weights export to transformers with identical outputs.
+# fc_norm and decoder.norm). These are the defaults now, so the suffix only matters for a YAML preset that sets
+# other values; kept so that names like `motionmae-sha-base-hf` keep working.
 HF_SUFFIX = "-hf"
 HF_COMPATIBLE = {"model": {"pos_embed": "sincos1d", "head_norm_eps": 1e-5}}
 
@@ -475,7 +484,7 @@ def preset_dict(name: str, chain: Tuple[str, ...] = ()) -> dict:
             d["model"]["size"] = name[len(kind) + 1 :]
             return d
     raise UserError(f"unknown preset '{name}'{_did_you_mean(name, preset_names())}; valid presets: {', '.join(preset_names())} "
-                    f"(each also with '{HF_SUFFIX}': exportable to transformers)")
+                    f"(each also with '{HF_SUFFIX}', an alias kept from when only it exported to transformers)")
 
 
 def spec_dict(spec: str, chain: Tuple[str, ...] = (), preset_fn=None) -> dict:
@@ -635,7 +644,7 @@ def parse_overrides(items) -> dict:
 # Model keys that define the encoder's shape: a checkpoint's. drop_path, pooling, grad_checkpointing are choices
 # of the command that reads it.
 ARCH_KEYS = ("size", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames",
-             "img_size", "in_chans", "qkv_bias", "pos_embed", "norm_eps")
+             "img_size", "in_chans", "qkv_bias", "pos_embed", "norm_eps", "act_layer", "final_norm")
 # Data keys that must match what the encoder was pretrained on (frames and size follow the model).
 CLIP_KEYS = ("sampling_rate", "sampling", "mean", "std", "flip")
 
@@ -673,6 +682,9 @@ def model_config_from_dict(config_dict: Optional[dict], where: str = "checkpoint
     if not model:
         raise UserError(f"{where}: carries no model config; it was not written by motionmae "
                         "(convert foreign weights with `motionmae convert` first)")
+    if "pos_embed" not in model:  # the default changed (sincos3d -> sincos1d): never guess which table the weights saw
+        raise UserError(f"{where}: its model config does not say which positional table the weights were trained with "
+                        "(model.pos_embed): set it in its state.config.model, it is not guessed")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     return from_dict(ModelConfig, {k: v for k, v in model.items() if k in known}, "model")
 

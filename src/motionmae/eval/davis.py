@@ -9,7 +9,9 @@ scikit-image dependencies:
 - Per object: mean over the frames excluding the first and the last; recall = fraction of those
   frames > 0.5; decay = mean of the first quarter minus mean of the last quarter.
 - J&F-Mean = (mean over objects of J-Mean + mean over objects of F-Mean) / 2.
-Annotation value 255 is "void": ignored by both metrics, as in DAVIS.
+Annotation value 255 ("void") is background for the scores, which is what davis2017-evaluation computes: its
+loader sets 255 to 0 before the metrics look for void pixels, so their `void_pixels` argument is never used
+(`region_similarity` / `boundary_f_measure` keep that argument, as the official functions do).
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ def statistics(values: np.ndarray) -> Tuple[float, float, float]:
         warnings.simplefilter("ignore", category=RuntimeWarning)
         mean = float(np.nanmean(values)) if values.size else float("nan")
         recall = float(np.nanmean(values > 0.5)) if values.size else float("nan")
+        # the official code casts these bin edges to uint8 (wrong above 256 frames; DAVIS sequences have <= 104)
         ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(int)
         bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
         decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3])) if values.size else float("nan")
@@ -199,7 +202,7 @@ def statistics(values: np.ndarray) -> Tuple[float, float, float]:
 def evaluate_sequence(gt: np.ndarray, pred: np.ndarray, n_objects: int, bound_th: float = BOUND_TH) -> Tuple[np.ndarray, np.ndarray]:
     """Per-object, per-frame J and F, each (n_objects, T - 2): frames 1 .. T-2 (first and last excluded).
 
-    `gt`, `pred`: uint8 (T, H, W) object indices; 255 in `gt` is void.
+    `gt`, `pred`: uint8 (T, H, W) object indices; 255 in `gt` (void) counts as background, as in davis2017-evaluation.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
@@ -207,11 +210,10 @@ def evaluate_sequence(gt: np.ndarray, pred: np.ndarray, n_objects: int, bound_th
     j = np.zeros((n_objects, len(gt)))
     f = np.zeros((n_objects, len(gt)))
     for t in range(len(gt)):
-        void = gt[t] == VOID
         for k in range(n_objects):
             g, p = gt[t] == k + 1, pred[t] == k + 1
-            j[k, t] = region_similarity(g, p, void)
-            f[k, t] = boundary_f_measure(g, p, void, bound_th)
+            j[k, t] = region_similarity(g, p)
+            f[k, t] = boundary_f_measure(g, p, bound_th=bound_th)
     return j, f
 
 

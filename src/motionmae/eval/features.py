@@ -1,7 +1,7 @@
 """Frozen features: `load_encoder` (Python API) and `motionmae extract` (pooled or token-grid features to a file).
 
     from motionmae import load_encoder
-    enc = load_encoder("runs/pretrain")            # a run dir or a .safetensors checkpoint; eval mode, on cpu
+    enc = load_encoder("runs/pretrain")            # a run dir, a .safetensors checkpoint or a transformers VideoMAE dir; eval mode, on cpu
     tokens = enc.forward_features(x)               # x: (B, C, T, H, W) normalised with ImageNet mean/std
     grid = enc.forward_grid(x)                     # (B, T', H', W', D)
     pooled = pooled_features(enc, x)               # (B, D)
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -44,12 +44,26 @@ def encoder_from_state(state_dict: dict, config_dict: Optional[dict], where: str
     return model
 
 
-def load_encoder(path, device="cpu"):
-    """Load the encoder of a motionmae pretraining or fine-tuning checkpoint (file or run directory), or of weights
-    converted by `motionmae convert`: a `VisionTransformer` in eval mode with `forward_features`."""
+def load_weights(path) -> Tuple[dict, dict]:
+    """(state dict, config dict) of a motionmae checkpoint (file or run directory) or of a transformers VideoMAE
+    directory (config.json + weights; converted in memory, checked key by key as `motionmae convert` does)."""
     from motionmae.runtime.checkpoint import load_model_state
 
-    sd, config_dict = load_model_state(path)
+    p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").is_dir():
+        from motionmae.config import to_dict
+        from motionmae.interop.hf import load_hf
+
+        conv = load_hf(p, decoder="none")
+        return conv.model.state_dict(), to_dict(conv.cfg)
+    return load_model_state(path)
+
+
+def load_encoder(path, device="cpu"):
+    """Load the encoder of a motionmae pretraining or fine-tuning checkpoint (file or run directory), of weights
+    converted by `motionmae convert`, or of a transformers VideoMAE directory (`VideoMAEModel`,
+    `VideoMAEForVideoClassification`, `VideoMAEForPreTraining`): a `VisionTransformer` in eval mode."""
+    sd, config_dict = load_weights(path)
     return encoder_from_state(sd, config_dict, str(path)).to(device).eval()
 
 
@@ -139,7 +153,8 @@ def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a motionmae checkpoint (.safetensors) or run directory")
+    parser.add_argument("--checkpoint", required=True, help="a motionmae checkpoint (.safetensors) or run directory, or a "
+                                                            "transformers VideoMAE directory")
     parser.add_argument("--data", required=True, metavar="LIST_OR_DIR", help="annotation list, folder of videos / class folders, or glob")
     parser.add_argument("--out", required=True, help="output file (.npy or .safetensors)")
     C.add_config_arguments(parser, "data settings (the clip format comes from the checkpoint)",
@@ -149,11 +164,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from motionmae.runtime.amp import resolve_amp
-    from motionmae.runtime.checkpoint import load_model_state
     from motionmae.runtime.device import resolve_device
     from motionmae.runtime.progress import ProgressBar
 
-    sd, config_dict = load_model_state(args.checkpoint)
+    sd, config_dict = load_weights(args.checkpoint)
     cfg = C.load_config(args.config, args.overrides, ExtractConfig, checkpoint=config_dict)
     if args.print_config:
         print(C.config_text(cfg), end="")

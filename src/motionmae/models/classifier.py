@@ -15,7 +15,7 @@ import torch
 from motionmae.config import ModelConfig
 from motionmae.errors import UserError
 from motionmae.models.state import load_matching, strip_prefixes
-from motionmae.models.vit import Grid, VisionTransformer, resize_pos_embed
+from motionmae.models.vit import Grid, VisionTransformer, check_fixed_table, resize_pos_embed
 
 # keys a freshly initialised classifier may lack in a pretraining checkpoint
 _NEW_KEYS = ("fc_norm.", "head.")
@@ -32,7 +32,8 @@ def encoder_state_dict(
 
     Decoder keys are dropped; the encoder `norm` is dropped when `model.norm` is Identity (mean pooling,
     as VideoMAE fine-tuning does); a learnable `pos_embed` is resized from `source_grid` (the checkpoint's
-    token grid; inferred from the table's length when not given) to the model's grid. A state dict
+    token grid; inferred from the table's length when not given) to the model's grid, a stored sincos3d table is
+    checked against that grid's and replaced by the exact table of the model's grid. A state dict
     without `encoder.` keys is taken as already in encoder layout. Returns (state dict, dropped keys).
     """
     sd = strip_prefixes(pretrain_state_dict)
@@ -51,7 +52,11 @@ def encoder_state_dict(
         old = tuple(source_grid) if source_grid is not None else _guess_grid(n, model.grid)
         if math.prod(old) != n:
             raise UserError(f"pos_embed has {n} tokens, not the {'x'.join(map(str, old))} token grid of the checkpoint's config")
-        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], old, model.grid)
+        if model.pos_kind == "sincos3d":  # a fixed table: check it is the one trained with, then take the exact one for the new grid
+            check_fixed_table(sd["pos_embed"], model.pos_kind, old, "pos_embed")
+            sd["pos_embed"] = own["pos_embed"]
+        else:
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], old, model.grid)
     return sd, dropped
 
 

@@ -63,7 +63,7 @@ class Decoder(PosEmbedMixin, nn.Module):
                 f"model.decoder_embed_dim={dim} is not divisible by model.decoder_num_heads={cfg.decoder_num_heads}"
             )
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.qkv_bias, 0.0, cfg.norm_eps)
+            Block(dim, cfg.decoder_num_heads, cfg.decoder_mlp_ratio, cfg.qkv_bias, 0.0, cfg.norm_eps, cfg.act_layer)
             for _ in range(cfg.decoder_depth)
         )
         self.norm = nn.LayerNorm(dim, eps=cfg.head_norm_eps if cfg.head_norm_eps is not None else cfg.norm_eps)
