@@ -124,7 +124,7 @@ def pretrain_cfg(setup: Setup, preset: str, extra: Sequence[str], data: Path, se
 
 def pretrain_run(setup: Setup, preset: str, extra, data: Path, seed: int, run_dir: Path, quiet: bool) -> list:
     """Train (or find the finished run); returns [(step, checkpoint)] for every saved (probed) step."""
-    from motionmae.engine.checkpoint import numbered_checkpoints
+    from motionmae.runtime.checkpoint import numbered_checkpoints
     from motionmae.engine.pretrain import pretrain
 
     cfg = pretrain_cfg(setup, preset, extra, data, seed, run_dir)
@@ -151,9 +151,9 @@ def random_probe(setup: Setup, data: Path, seed: int, quiet: bool) -> Dict[str, 
 
 def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int, run_dir: Path, quiet: bool) -> float:
     """Short fine-tune on `setup.finetune_column` (from `checkpoint`, or from a random init); returns val top-1."""
-    from motionmae.engine.checkpoint import load_model_state
+    from motionmae.config import FinetuneConfig, load_config
     from motionmae.engine.finetune import finetune
-    from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
+    from motionmae.runtime.checkpoint import load_model_state
 
     done = run_dir / "eval_metrics.json"
     if done.exists():
@@ -170,7 +170,7 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
     if checkpoint is None:  # the same architecture, randomly initialised
         over += list(setup.model) + [f"model.num_frames={setup.frames}", f"model.img_size={setup.size}",
                                      f"data.sampling_rate={setup.sampling_rate}"]
-    cfg = load_finetune_config("", over, load_model_state(checkpoint)[1] if checkpoint else None, cls=FinetuneConfig)
+    cfg = load_config("", over, FinetuneConfig, load_model_state(checkpoint)[1] if checkpoint else None)
     with _quiet(quiet):
         summary = finetune(cfg, pretrained=str(checkpoint) if checkpoint else "", resume="none")
     return summary["eval"]["top1"]

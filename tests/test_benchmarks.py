@@ -124,7 +124,7 @@ def test_cpu_bf16_attention_takes_explicit_path_and_matches_fp32_sdpa():
 def test_patchify_with_index_equals_gather_of_full_patchify():
     """Perf edit in objective/targets.py: reading the masked cubes straight from the clip gives exactly the
     rows of the full patchified grid (tubelet 2, non-square token grid, unsorted indices)."""
-    from motionmae.objective.targets import patchify
+    from motionmae.objective.tokens import patchify
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 8, 16, 24, generator=g)
@@ -139,12 +139,12 @@ def test_patchify_with_index_equals_gather_of_full_patchify():
 def test_step0_probe_is_the_encoder_pretraining_starts_from(kind):
     """reproduce.py probes `random_encoder(cfg.model, seed)` as step 0 of every run: that is only right if the
     pretraining model, seeded the same way (engine/pretrain.py), builds exactly that encoder."""
-    from motionmae.engine.pretrain import build_model
     from motionmae.eval.probe import random_encoder
+    from motionmae.models.pretrain import PretrainModel
 
     cfg = step.build_cfg(kind, "quick")
     torch.manual_seed(3)
-    ours = build_model(cfg).encoder.state_dict()
+    ours = PretrainModel(cfg).encoder.state_dict()
     ref = random_encoder(cfg.model, 3).state_dict()
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)

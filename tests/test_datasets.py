@@ -222,6 +222,34 @@ def test_corrupt_files_skipped_and_counted(corrupt_folder, workers):
     assert torch.allclose(reds, 8 * idx.float(), atol=3)  # each replacement's label/index matches its pixels
 
 
+def test_worker_count_does_not_change_the_data_on_corrupt_files(tmp_path):
+    # A process that already saw a video fail skips it without decoding; workers are new processes every epoch and
+    # try it again. Videos that fail only after the clip's frames were drawn (cut short at 90%) made the two differ.
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        write_video(tmp_path / f"{i:02d}.mp4", rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
+    for i in (3, 8):
+        data = (tmp_path / f"{i:02d}.mp4").read_bytes()
+        (tmp_path / f"{i:02d}.mp4").write_bytes(data[: int(len(data) * 0.9)])
+
+    def epochs(workers):
+        ds = build_dataset(cfg(train=str(tmp_path), num_frames=3, sampling_rate=2, input_size=16, max_skip_fraction=0.9),
+                           "train", "pretrain")
+        out = []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out += list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate))
+        return out
+
+    a, b = epochs(0), epochs(2)
+    assert sum(x["skipped"] for x in a) == 6  # both broken videos, every epoch
+    assert [x["index"].tolist() for x in a] == [x["index"].tolist() for x in b]
+    assert all(torch.equal(x["video"], y["video"]) for x, y in zip(a, b))
+    assert [x["skipped"] for x in a] == [x["skipped"] for x in b]
+
+
 def test_too_many_failures_is_a_clear_error(tmp_path):
     for i in range(6):
         (tmp_path / f"{i}.mp4").write_text("not a video")

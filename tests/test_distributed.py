@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from engine_helpers import TINY, tiny_videos
-from motionmae.engine import checkpoint as ck
-from motionmae.engine.distributed import ShardedSampler, derive_seed
-from motionmae.engine.logger import read_metrics
+from motionmae.runtime import checkpoint as ck
+from motionmae.runtime.distributed import ShardedSampler, derive_seed
+from motionmae.runtime.logger import read_metrics
 
 
 def test_shards_partition_the_single_process_order():

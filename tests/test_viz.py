@@ -10,7 +10,7 @@ from motionmae import config as C
 from motionmae import viz
 from motionmae.cli import main as cli_main
 from motionmae.data.transforms import to_model_input
-from motionmae.engine.checkpoint import save_checkpoint
+from motionmae.runtime.checkpoint import save_checkpoint
 from motionmae.models.pretrain import PretrainModel
 from motionmae.objective.masking import make_mask
 
@@ -83,3 +83,21 @@ def test_visualize_command_writes_png_and_gif_of_the_expected_size(tmp_path):
     assert cli_main(["visualize", str(tmp_path / "run"), str(video), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["v00_seed0.gif", "v00_seed0.png"]
     assert cli_main(["visualize", str(ckpt), str(tmp_path / "missing.mp4")]) == 2
+
+
+def test_columns_follow_the_targets_and_an_oracle_hog_prediction_draws_the_truth():
+    cfg = _cfg("objective.targets=[appearance,hog]")
+
+    class AllOracle(PretrainModel):
+        def forward(self, clip, mask):
+            out = super().forward(clip, mask)
+            return {**out, **{f"pred_{t.name}": out[f"target_{t.name}"] for t in self.targets}}
+
+    torch.manual_seed(0)
+    model = AllOracle(cfg).eval()
+    assert viz.panel_titles(model) == ["original", "masked input", "pred. appearance", "true HOG", "pred. HOG"]
+    panels, _ = _panels(model, cfg, _clip())
+    assert panels.shape == (4, 5, 32, 32, 3)
+    np.testing.assert_allclose(panels[:, 2], panels[:, 0], atol=2e-5)
+    np.testing.assert_allclose(panels[:, 4], panels[:, 3], atol=1e-6)
+    assert panels[:, 3].max() > 0.5  # random pixels have edges in every cell

@@ -1,6 +1,6 @@
 """MotionMAE: motion-aware masked autoencoders for self-supervised video representation learning."""
 
-__version__ = "0.1.0"
+from motionmae.version import __version__  # noqa: F401
 
 
 def __getattr__(name):

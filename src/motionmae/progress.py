@@ -1,6 +1,6 @@
-"""A progress bar on stderr for anything longer than a few seconds (training, feature extraction, make-shards).
-
-It sits below every layer (it imports nothing of motionmae), so data tools can show progress too.
+"""A progress bar on stderr for anything longer than a few seconds (training, feature extraction, make-dataset,
+make-shards): one line rewritten in place on a terminal, one line per update in a log file. It sits below every
+layer (it imports nothing of motionmae), so data tools can show progress too.
 """
 
 from __future__ import annotations
@@ -8,12 +8,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        v = v.item()
-    return v
 
 
 class ProgressBar:
@@ -63,7 +57,7 @@ class ProgressBar:
 
 
 def _fmt(v) -> str:
-    v = _plain(v)
+    v = v.item() if hasattr(v, "item") else v
     if isinstance(v, float):
         return f"{v:.3e}" if (v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4)) else f"{v:.4f}"
     return str(v)

@@ -168,6 +168,23 @@ def resolve_source(spec: str, root: str = "", class_names=None,
     return [VideoEntry(str(p), (), where=str(p))], None
 
 
+def check_source(data_cfg, split: str = "train") -> None:
+    """Fail early, with the key named, when data.<split> is unset or points at nothing (before a model is built)."""
+    spec = getattr(data_cfg, split)
+    if not spec:
+        raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
+                        "class folders, or a glob)")
+    if _is_glob(spec):
+        if not globlib.glob(spec, recursive=True):
+            raise UserError(f"data.{split}={spec}: the glob matches no files")
+        return
+    p = Path(spec)
+    if not p.is_absolute() and data_cfg.root and not p.exists():
+        p = Path(data_cfg.root) / spec
+    if not p.exists():
+        raise UserError(f"data.{split}={spec}: no such file or directory")
+
+
 def check_paths(entries: Sequence[VideoEntry], show: int = 5) -> None:
     """UserError listing missing videos (with the list line) when any path does not exist."""
     missing = [e for e in entries if not os.path.exists(e.path)]
@@ -192,7 +209,7 @@ def dense_indices(num_video_frames: int, num_frames: int, stride: int, generator
         raise ValueError("video has no frames")
     offsets = np.arange(num_frames, dtype=np.int64) * stride
     if n >= span:
-        start = T._randint(0, n - span, generator) if generator is not None else (n - span) // 2
+        start = T.randint(0, n - span, generator) if generator is not None else (n - span) // 2
         return start + offsets
     if short_video == "loop":
         return offsets % n
@@ -228,10 +245,13 @@ def segment_indices(num_video_frames: int, num_frames: int, generator: Optional[
     return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
 
 
-def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A generator seeded from (seed, epoch, index), well mixed so nearby tuples give unrelated streams."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, dtype=np.uint32)
+def item_generator(seed: int, epoch: int, index: int, *more: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch, index, *more), well mixed so nearby tuples give unrelated streams."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index, *more]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+_REPLACEMENT_STREAM = 1 << 30  # the extra seed key of the stream that draws replacements for unreadable videos
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,11 +365,16 @@ class ClipMaker:
         clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
         return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
 
-    def _read_item(self, first: tuple, draw, gen: torch.Generator, skips: SkipLog) -> dict:
+    def _read_item(self, first: tuple, draw, keys: tuple, skips: SkipLog) -> dict:
         """The item of candidate `first` = (key, entry, source or None); while candidates fail to decode, of the
-        replacements `draw()` returns (deterministic from `gen`). "skipped" is 1 when `first` itself failed."""
+        replacements `draw(rng)` returns. Attempt a draws its clip from a generator seeded from (*keys, a) (a = 0:
+        `keys` alone), and replacements come from a stream of their own: what an item holds never depends on which
+        failures this process saw before, so the number of workers (each with its own `skips`) does not change the
+        data. "skipped" is 1 when `first` itself failed."""
+        replacements = item_generator(*keys, _REPLACEMENT_STREAM)
         (key, e, source), skipped = first, 0
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
+            gen = item_generator(*keys, *((attempt,) if attempt else ()))
             if key not in skips.failed:
                 skips.tried.add(key)
                 try:
@@ -363,15 +388,15 @@ class ClipMaker:
                         item["view"] = view
                     return item
             skipped = 1
-            key, e, source = draw()
+            key, e, source = draw(replacements)
         raise UserError(f"no readable video after {self.max_attempts} draws starting at index {first[0]} "
                         f"({len(skips.failed)} of {len(skips.tried)} videos tried failed)")
 
 
 class VideoClipDataset(ClipMaker, Dataset):
     """Clips from a list of `VideoEntry` (clip options: `ClipMaker`). Every random draw of item `index` comes
-    from a generator seeded from (seed, epoch, index); an unreadable video is replaced by another one drawn
-    from that generator (`SkipLog` counts them)."""
+    from generators seeded from (seed, epoch, index); an unreadable video is replaced by another one drawn from
+    the seed (`ClipMaker._read_item`; `SkipLog` counts them)."""
 
     def __init__(self, entries: Sequence[VideoEntry], *, seed: int = 0, max_skip_fraction: float = 0.5,
                  class_names: Optional[List[str]] = None, **clip_options):
@@ -414,13 +439,11 @@ class VideoClipDataset(ClipMaker, Dataset):
         return self._clip(self.entries[index], gen)
 
     def __getitem__(self, index: int) -> dict:
-        gen = item_generator(self.seed, self.epoch, index)
-
-        def draw():  # a replacement, drawn deterministically from the seed
-            i = T._randint(0, len(self) - 1, gen)
+        def draw(rng):  # a replacement, drawn deterministically from the seed
+            i = int(torch.randint(len(self), (1,), generator=rng))
             return i, self.entries[i], None
 
-        return self._read_item((int(index), self.entries[index], None), draw, gen, self.skips)
+        return self._read_item((int(index), self.entries[index], None), draw, (self.seed, self.epoch, int(index)), self.skips)
 
 
 def collate(batch: List[dict]) -> dict:

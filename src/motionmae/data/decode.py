@@ -125,6 +125,9 @@ class VideoReader:
             raise VideoDecodeError(f"{self.path}: no video stream")
         st = self._container.streams.video[0]
         self._stream = st
+        if st.codec_context is None:  # a stream header FFmpeg has no decoder for (or garbage that parsed as one)
+            self.close()
+            raise VideoDecodeError(f"{self.path}: no decoder for its video stream")
         if self.threads > 0:  # before the codec opens (on the first packet)
             st.codec_context.thread_type = "NONE" if self.threads == 1 else "AUTO"
             st.codec_context.thread_count = self.threads
@@ -345,10 +348,6 @@ class VideoReader:
         if k < len(pending):
             self.num_frames = min(self.num_frames, prev_i + 1)
         return out
-
-
-def open_video(path) -> VideoReader:
-    return VideoReader(path)
 
 
 def write_video(path, frames: np.ndarray, fps: float = 30, codec: str = "libx264", pix_fmt: str = "yuv420p",

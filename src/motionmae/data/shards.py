@@ -61,7 +61,6 @@ from webdataset.gopen import gopen
 from webdataset.writer import TarWriter
 
 from motionmae.data import datasets as D
-from motionmae.data import transforms as T
 from motionmae.data.decode import VIDEO_EXTENSIONS, VideoDecodeError
 from motionmae.errors import UserError
 from motionmae.progress import ProgressBar
@@ -415,16 +414,15 @@ class ShardDataset(D.ClipMaker, IterableDataset):
             prev = rec
 
     def _item(self, rec: tuple, buf: list, prev: Optional[tuple]) -> dict:
-        gen = D.item_generator(self.seed, self.epoch, rec[0])
         pool = None
 
-        def draw():  # a replacement among the buffered samples and the one before, drawn from the seed
+        def draw(rng):  # a replacement among the buffered samples and the one before, drawn from the seed
             nonlocal pool
             if pool is None:
                 pool = list(buf) + ([prev] if prev is not None else []) or [rec]
-            return pool[T._randint(0, len(pool) - 1, gen)]
+            return pool[int(torch.randint(len(pool), (1,), generator=rng))]
 
-        return self._read_item(rec, draw, gen, self.skips)
+        return self._read_item(rec, draw, (self.seed, self.epoch, rec[0]), self.skips)
 
 
 # ----------------------------------------------------------------------------------------------

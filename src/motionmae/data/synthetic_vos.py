@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from motionmae.errors import UserError
-from motionmae.eval.davis import write_mask
+from motionmae.data.palette import write_mask
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -29,7 +29,7 @@ def from_numpy_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
 
 
-def _randint(low: int, high: int, generator: torch.Generator) -> int:
+def randint(low: int, high: int, generator: torch.Generator) -> int:
     """Uniform integer in [low, high] (inclusive)."""
     return int(torch.randint(low, high + 1, (1,), generator=generator))
 
@@ -65,13 +65,13 @@ def multi_scale_crop_params(height: int, width: int, input_size: int, scales: Se
     # Sizes within 3 px of the target snap to it (avoids a needless 1-2 px resize).
     snapped = [input_size if abs(s - input_size) < 3 else s for s in sizes]
     pairs = [(snapped[i], snapped[j]) for i in range(len(sizes)) for j in range(len(sizes)) if abs(i - j) <= max_distort]
-    crop_w, crop_h = pairs[_randint(0, len(pairs) - 1, generator)]
+    crop_w, crop_h = pairs[randint(0, len(pairs) - 1, generator)]
     crop_w, crop_h = min(crop_w, width), min(crop_h, height)
     w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
     offsets = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]  # (x, y) in steps: corners and centre
     if more_fix_crop:
         offsets += [(0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
-    ox, oy = offsets[_randint(0, len(offsets) - 1, generator)]
+    ox, oy = offsets[randint(0, len(offsets) - 1, generator)]
     return oy * h_step, ox * w_step, crop_h, crop_w
 
 
@@ -98,7 +98,7 @@ def random_resized_crop_params(height: int, width: int, scale: Tuple[float, floa
         aspect = math.exp(_uniform(log_lo, log_hi, generator))
         w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            return _randint(0, height - h, generator), _randint(0, width - w, generator), h, w
+            return randint(0, height - h, generator), randint(0, width - w, generator), h, w
     if width / height < ratio[0]:
         w, h = width, int(round(width / ratio[0]))
     elif width / height > ratio[1]:

@@ -1,7 +1,7 @@
 """Frozen features: `load_encoder` (Python API) and `motionmae extract` (pooled or token-grid features to a file).
 
     from motionmae import load_encoder
-    enc = load_encoder("runs/pretrain")            # a run dir or a .safetensors checkpoint; eval mode, on cpu
+    enc = load_encoder("runs/pretrain")            # a run dir, a .safetensors checkpoint or a transformers VideoMAE dir; eval mode, on cpu
     tokens = enc.forward_features(x)               # x: (B, C, T, H, W) normalised with ImageNet mean/std
     grid = enc.forward_grid(x)                     # (B, T', H', W', D)
     pooled = pooled_features(enc, x)               # (B, D)
@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-from motionmae.config import DataConfig, from_dict, model_config_from_dict
+from motionmae import config as C
+from motionmae.config import DataConfig, ExtractConfig, model_config_from_dict
 from motionmae.errors import UserError
 
 # ----------------------------------------------------------------------------------------------
@@ -29,25 +30,40 @@ from motionmae.errors import UserError
 def encoder_from_state(state_dict: dict, config_dict: Optional[dict], where: str = "checkpoint"):
     """A VisionTransformer holding the encoder of a pretraining checkpoint (`encoder.*` keys; no head), or the
     whole classifier of a fine-tuning checkpoint (`head.*` present; `forward` gives logits)."""
-    from motionmae.models.classifier import _strip, build_classifier, load_pretrained_encoder
+    from motionmae.models.classifier import build_classifier, load_pretrained_encoder
+    from motionmae.models.state import strip_prefixes
 
-    sd = _strip(state_dict)
+    sd = strip_prefixes(state_dict)
     cfg = model_config_from_dict(config_dict, where)
     num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
     model = build_classifier(dataclasses.replace(cfg, drop_path=0.0, grad_checkpointing=False), num_classes)
     try:
-        load_pretrained_encoder(model, sd, strict=True)
+        load_pretrained_encoder(model, sd)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
     return model
 
 
-def load_encoder(path, device="cpu"):
-    """Load the encoder of a motionmae pretraining or fine-tuning checkpoint (file or run directory), or of weights
-    converted by `motionmae convert`: a `VisionTransformer` in eval mode with `forward_features`."""
-    from motionmae.engine.checkpoint import load_model_state
+def load_weights(path) -> Tuple[dict, dict]:
+    """(state dict, config dict) of a motionmae checkpoint (file or run directory) or of a transformers VideoMAE
+    directory (config.json + weights; converted in memory, checked key by key as `motionmae convert` does)."""
+    from motionmae.runtime.checkpoint import load_model_state
 
-    sd, config_dict = load_model_state(path)
+    p = Path(path)
+    if p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").is_dir():
+        from motionmae.config import to_dict
+        from motionmae.interop.hf import load_hf
+
+        conv = load_hf(p, decoder="none")
+        return conv.model.state_dict(), to_dict(conv.cfg)
+    return load_model_state(path)
+
+
+def load_encoder(path, device="cpu"):
+    """Load the encoder of a motionmae pretraining or fine-tuning checkpoint (file or run directory), of weights
+    converted by `motionmae convert`, or of a transformers VideoMAE directory (`VideoMAEModel`,
+    `VideoMAEForVideoClassification`, `VideoMAEForPreTraining`): a `VisionTransformer` in eval mode."""
+    sd, config_dict = load_weights(path)
     return encoder_from_state(sd, config_dict, str(path)).to(device).eval()
 
 
@@ -84,7 +100,8 @@ def extract_features(model, loader, device, mean: Sequence[float], std: Sequence
     float32, "labels": (N, L) int64, "index": (N,) int64}, sorted by dataset index."""
     from motionmae.data.loader import Batches
     from motionmae.data.transforms import to_model_input
-    from motionmae.eval.multiview import PerVideoMean, autocast
+    from motionmae.runtime.amp import autocast
+    from motionmae.runtime.distributed import PerVideoMean
 
     acc = PerVideoMean()
     with Batches(loader) as batches:
@@ -127,7 +144,7 @@ def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -
         np.save(f"{stem}.labels.npy", out["labels"].numpy())
         np.save(f"{stem}.index.npy", out["index"].numpy())
     else:
-        raise UserError(f"--format must be npy or safetensors, got '{fmt}'")
+        raise UserError(f"extract.format must be npy or safetensors, got '{fmt}'")
     return path
 
 
@@ -136,55 +153,37 @@ def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a motionmae checkpoint (.safetensors) or run directory")
+    parser.add_argument("--checkpoint", required=True, help="a motionmae checkpoint (.safetensors) or run directory, or a "
+                                                            "transformers VideoMAE directory")
     parser.add_argument("--data", required=True, metavar="LIST_OR_DIR", help="annotation list, folder of videos / class folders, or glob")
     parser.add_argument("--out", required=True, help="output file (.npy or .safetensors)")
-    kind = parser.add_mutually_exclusive_group()
-    kind.add_argument("--pooled", action="store_true", help="one D-vector per video (default)")
-    kind.add_argument("--grid", action="store_true", help="the token grid (T', H', W', D) per video")
-    parser.add_argument("--format", choices=("npy", "safetensors"), default=None, help="default: from --out's suffix (npy otherwise)")
-    parser.add_argument("--views", type=int, default=1, help="temporal clips per video, features averaged (default 1: the centre clip)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "none"), help="autocast dtype (auto: bf16 where fast)")
-    parser.add_argument("--root", default="", help="prefix for relative paths in the list")
-    parser.add_argument("--num-workers", type=int, default=2)
+    C.add_config_arguments(parser, "data settings (the clip format comes from the checkpoint)",
+                           "e.g. extract.kind=grid extract.views=2 extract.batch_size=16 extract.device=cpu extract.amp=none "
+                           "data.root=... data.num_workers=4")
 
 
 def run(args) -> int:
-    from motionmae.engine.checkpoint import load_model_state
-    from motionmae.engine.distributed import resolve_device
-    from motionmae.engine.pretrain import resolve_amp
+    from motionmae.runtime.amp import resolve_amp
+    from motionmae.runtime.device import resolve_device
+    from motionmae.progress import ProgressBar
 
-    device = resolve_device(args.device)
-    sd, config_dict = load_model_state(args.checkpoint)
+    sd, config_dict = load_weights(args.checkpoint)
+    cfg = C.load_config(args.config, args.overrides, ExtractConfig, checkpoint=config_dict)
+    if args.print_config:
+        print(C.config_text(cfg), end="")
+        return 0
+    ex, data_cfg = cfg.extract, cfg.data
+    device = resolve_device(ex.device, key="extract.device")
     model = encoder_from_state(sd, config_dict, args.checkpoint).to(device).eval()
-    data_cfg = clip_data_config(config_dict, root=args.root, num_workers=args.num_workers)
-    dataset = eval_dataset(data_cfg, args.data, args.views)
-    loader = make_loader(dataset, args.batch_size, data_cfg.num_workers)
-    from motionmae.engine.logger import ProgressBar
-
+    dataset = eval_dataset(data_cfg, args.data, ex.views)
+    loader = make_loader(dataset, ex.batch_size, data_cfg.num_workers)
     bar = ProgressBar(len(loader), "extract")
-    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, grid=args.grid,
-                           amp_dtype=resolve_amp(args.amp, device), progress=lambda i, n: bar.update(i))
+    grid = ex.kind == "grid"
+    out = extract_features(model, loader, device, data_cfg.mean, data_cfg.std, grid=grid,
+                           amp_dtype=resolve_amp(ex.amp, device, key="extract.amp"), progress=lambda i, n: bar.update(i))
     bar.close()
-    meta = {"checkpoint": str(args.checkpoint), "data": args.data, "kind": "grid" if args.grid else "pooled",
-            "views": args.views, "num_frames": data_cfg.num_frames, "input_size": data_cfg.input_size}
-    path = save_features(args.out, out, args.format or "", meta)
-    print(f"wrote {tuple(out['features'].shape)} {'grid' if args.grid else 'pooled'} features of "
-          f"{out['features'].shape[0]} videos to {path}")
+    meta = {"checkpoint": str(args.checkpoint), "data": args.data, "kind": ex.kind, "views": ex.views,
+            "num_frames": data_cfg.num_frames, "input_size": data_cfg.input_size}
+    path = save_features(args.out, out, ex.format, meta)
+    print(f"wrote {tuple(out['features'].shape)} {ex.kind} features of {out['features'].shape[0]} videos to {path}")
     return 0
-
-
-def clip_data_config(config_dict: Optional[dict], **overrides) -> DataConfig:
-    """The clip format a checkpoint was trained with (frames, stride, size, mean/std), as a DataConfig."""
-    from motionmae.engine.finetune_config import CLIP_KEYS
-
-    saved = (config_dict or {}).get("data") or {}
-    model = (config_dict or {}).get("model") or {}
-    d = {k: v for k, v in saved.items() if k in CLIP_KEYS}
-    if "num_frames" in model:
-        d["num_frames"] = model["num_frames"]
-    if "img_size" in model:
-        d["input_size"] = model["img_size"]
-    return dataclasses.replace(from_dict(DataConfig, d, "data"), **overrides)

@@ -75,26 +75,50 @@ def resize_pos_embed(pos: torch.Tensor, old: Grid, new: Grid) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1).reshape(1, -1, d).to(pos.dtype)
 
 
+def fixed_table(kind: str, grid: Grid, dim: int) -> torch.Tensor:
+    """The (1, N, D) table of a fixed kind ('sincos1d' | 'sincos3d') on `grid`."""
+    n = grid[0] * grid[1] * grid[2]
+    return (sincos3d_table(grid, dim) if kind == "sincos3d" else sinusoid_table(n, dim))[None]
+
+
+def check_fixed_table(stored: torch.Tensor, kind: str, grid: Grid, where: str) -> None:
+    """A stored fixed table must be exactly the one `kind` computes on `grid`: the weights were trained with it,
+    and loading them under another table would silently change the function."""
+    expect = fixed_table(kind, grid, stored.shape[-1])
+    if stored.shape != expect.shape or not torch.allclose(stored.detach().float().cpu(), expect, rtol=0, atol=1e-6):
+        raise UserError(f"{where}: the stored positional table is not the model.pos_embed='{kind}' table of the "
+                        f"{'x'.join(map(str, grid))} token grid; the weights were trained with another table")
+
+
 class PosEmbedMixin:
     """`pos_embed` (1, N, D) built for `self.grid`, and its version for any other grid.
 
     sincos3d is recomputed exactly for the new grid (integer coordinates); sincos1d and learnable tables
     are laid out on the configured grid and resized trilinearly (the 1D table indexes flattened tokens, so
     recomputing it for another W would move every position).
+
+    What the weights carry follows the original VideoMAE layout, where a state dict without `pos_embed` means
+    the fixed 1D sinusoid table: sincos1d is not stored, a learnable table is a parameter, and the sincos3d table
+    is stored too (a persistent buffer), so that no VideoMAE-layout reader takes a 3D-table model for a 1D one.
+    A stored sincos3d table is checked on load against the one this model computes.
     """
 
     def _init_pos_embed(self, kind: str, grid: Grid, dim: int) -> None:
         if kind not in POS_EMBED_KINDS:
             raise UserError(f"unknown model.pos_embed '{kind}'; valid: {', '.join(POS_EMBED_KINDS)}")
         self.pos_kind, self.grid = kind, tuple(grid)
-        n = grid[0] * grid[1] * grid[2]
         if kind == "learnable":
+            n = grid[0] * grid[1] * grid[2]
             self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         else:
-            table = sincos3d_table(grid, dim) if kind == "sincos3d" else sinusoid_table(n, dim)
-            # not persistent: fixed tables are not stored in checkpoints (as in the original VideoMAE)
-            self.register_buffer("pos_embed", table[None], persistent=False)
+            self.register_buffer("pos_embed", fixed_table(kind, grid, dim), persistent=kind == "sincos3d")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "pos_embed"
+        if self.pos_kind == "sincos3d" and key in state_dict and state_dict[key].shape == self.pos_embed.shape:
+            check_fixed_table(state_dict[key], self.pos_kind, self.grid, key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pos_embed_for(self, grid: Grid) -> torch.Tensor:
         grid = tuple(grid)
@@ -225,11 +249,34 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x) (CLIP; transformers' 'quick_gelu')."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+# model.act_layer (timm's names; config.ActLayer) -> the activation
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "quick_gelu": QuickGELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def make_act(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UserError(f"unknown model.act_layer '{name}'; valid: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -239,13 +286,14 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, eps: float,
+                 act: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
         """`queries`: compute the outputs of the last `queries` tokens only (see `Attention`)."""
@@ -290,8 +338,8 @@ def init_weights(module: nn.Module) -> None:
 
 
 class VisionTransformer(PosEmbedMixin, nn.Module):
-    """Video ViT. `num_classes=0`: encoder (final `norm`, no head). `num_classes>0`: classifier with
-    pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
+    """Video ViT. `num_classes=0`: encoder (final `norm`, no head; Identity with `final_norm=False`). `num_classes>0`:
+    classifier with pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
     'first' (`norm` -> first token -> `head`, transformers' VideoMAEForVideoClassification without mean pooling).
     """
 
@@ -305,10 +353,10 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
         self.patch_embed = PatchEmbed(cfg.in_chans, dim, cfg.tubelet_size, cfg.patch_size)
         dpr = [cfg.drop_path * i / max(depth - 1, 1) for i in range(depth)]  # linearly increasing
         self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, dpr[i], cfg.norm_eps) for i in range(depth)
+            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, dpr[i], cfg.norm_eps, cfg.act_layer) for i in range(depth)
         )
         mean_pool = num_classes > 0 and cfg.pooling == "mean"
-        self.norm = nn.Identity() if mean_pool else nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm = nn.Identity() if mean_pool or not cfg.final_norm else nn.LayerNorm(dim, eps=cfg.norm_eps)
         # interop: transformers' fc_norm uses eps 1e-5 whatever layer_norm_eps says, hence head_norm_eps
         head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
         self.fc_norm = nn.LayerNorm(dim, eps=head_eps) if mean_pool else nn.Identity()

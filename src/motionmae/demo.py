@@ -90,11 +90,9 @@ def run_probe_step(run_dir: Path, cfg: C.PretrainConfig, train_list: str, val_li
     except ImportError as e:
         print(f"  (probe skipped: motionmae.eval.probe is not available: {e})")
         return None
-    from motionmae.engine.finetune_config import ProbeConfig, load_finetune_config
-
     # both encoders see the same clips: architecture and clip format from the pretraining config
-    pcfg = load_finetune_config("", [f"probe.cache_dir={run_dir.parent / 'probe_cache'}", f"data.num_workers={cfg.data.num_workers}",
-                                     *overrides], C.to_dict(cfg), cls=ProbeConfig)
+    pcfg = C.load_config("", [f"probe.cache_dir={run_dir.parent / 'probe_cache'}", f"data.num_workers={cfg.data.num_workers}",
+                              *overrides], C.ProbeConfig, checkpoint=C.to_dict(cfg))
     try:
         return compare_probes({"MotionMAE pretrained": str(run_dir), "random init": random_encoder(pcfg.model, seed=cfg.train.seed)},
                               train_list, val_list, config=pcfg)
