@@ -366,3 +366,38 @@ def test_a_user_mistake_is_one_line_exit_2_naming_it(mistake_env, what, argv, sa
     assert rc == 2 and "Traceback" not in err, err
     assert len(lines) == 1 and lines[0].startswith(f"motionmae {argv[0]}: error:") and says in lines[0], err
     assert survivors == []
+
+
+def test_a_killed_data_worker_ends_the_run_in_one_line_and_it_resumes(tmp_path):
+    data = tiny_videos(tmp_path / "ok", n=8, frames=10)
+    run = tmp_path / "run"
+    over = [f"data.train={data}", *TINY, "data.num_workers=2", "train.batch_size=2", "train.save_every=2",
+            f"train.output_dir={run}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    p = subprocess.Popen([sys.executable, "-m", "motionmae.cli", "pretrain", *over, "train.max_steps=100000"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while p.poll() is None and time.time() < deadline:  # a worker of a finished epoch may be gone already: repeat
+            if (run / "checkpoints" / "last.safetensors").exists():
+                for pid in session_members(p.pid):
+                    if pid != p.pid:
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("pretrain [")]  # not the progress lines
+    assert p.returncode == 1 and "Traceback" not in err, err
+    assert len(lines) == 1 and "a data-loading worker died" in lines[0] and "rerun the same command to resume" in lines[0]
+    time.sleep(1)
+    assert session_members(p.pid) == []
+    rc, err, _ = run_isolated(["pretrain", *over, f"train.max_steps={max(4, _step_of(run) + 2)}"])
+    assert rc == 0, err
+
+
+def _step_of(run) -> int:
+    from motionmae.runtime.checkpoint import read_state
+
+    return int(read_state(run)["step"])
