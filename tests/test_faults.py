@@ -401,3 +401,37 @@ def _step_of(run) -> int:
     from motionmae.runtime.checkpoint import read_state
 
     return int(read_state(run)["step"])
+
+
+def test_a_full_disk_met_by_a_log_line_is_one_error_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from motionmae import config as C
+    from motionmae.engine.pretrain import pretrain
+    from motionmae.errors import UserError
+    from motionmae.runtime import logger as L
+
+    data = tiny_videos(tmp_path / "ok", n=4, frames=10)
+    cfg = C.load_config("", [*TINY, f"data.train={data}", f"train.output_dir={tmp_path / 'run'}", "train.batch_size=2",
+                             "train.max_steps=6", "train.save_every=2"])
+    real = L.MetricLogger.log
+
+    def log(self, step, metrics, prefix=""):
+        if step == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.jsonl"))
+        return real(self, step, metrics, prefix)
+
+    monkeypatch.setattr(L.MetricLogger, "log", log)
+    with pytest.raises(UserError, match=r"could not write .*metrics.jsonl: No space left on device; the last good "
+                                        r"checkpoint is ") as e:
+        pretrain(cfg)
+    from motionmae.runtime.checkpoint import read_state
+
+    assert read_state(str(e.value).rsplit(" ", 1)[1])["step"] == 2
+
+
+def test_the_long_fault_script_runs():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import faults
+
+    assert faults.main(["--quick", "--cases", "twice"]) == 0

@@ -15,6 +15,7 @@ Training reads and writes them through `Checkpointer`, the one seam a sharded fo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -27,7 +28,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from motionmae.errors import UserError
@@ -83,7 +84,11 @@ def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = No
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": "pt", META_KEY: json.dumps(meta)})
+        try:
+            save_file(tensors, tmp, metadata={"format": "pt", META_KEY: json.dumps(meta)})
+        except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors: make them one
+            full = "No space left" in str(e)
+            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(e), tmp) from None
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
