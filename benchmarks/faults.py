@@ -12,6 +12,7 @@ depend on timing, at moments drawn from a seed, and checks every time that nothi
 - worker:  a DataLoader worker SIGKILLed at a random moment: one line, no process left, the rerun resumes.
 - twice:   a second identical command on the same folder while the first runs: refused at once naming the first's
            pid; the first's metrics have every step once.
+- readonly: train.output_dir on a read-only mount (root only): refused before the first step, in one line.
 
 Every case also checks: no Python traceback, no process of the run left behind (a session of its own per run).
 
@@ -175,7 +176,7 @@ class Bench:
             os.killpg(p.pid, sig) if sig == signal.SIGKILL else os.kill(p.pid, sig)
         rc, err = finish(p)
         stopped = max((s for s, _ in losses(d)), default=0)
-        if rc == 0:
+        if rc == 0 or (rc == -sig and stopped == STEPS):  # the signal came after the last step, in the teardown
             note = f"finished before the signal (step {stopped})"
         else:
             check(rc == want_rc, f"exit {rc}, expected {want_rc}: {err[-300:]}")
@@ -257,17 +258,32 @@ class Bench:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+    def readonly(self, i: int) -> str:
+        mnt = self.work / f"ro-{i}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,ro", "tmpfs", str(mnt)], capture_output=True).returncode:
+            raise Skipped("cannot mount a tmpfs here (needs root)")
+        try:
+            t0 = time.time()
+            rc, err = run(self.args(mnt / "run"))
+            check(rc == 2 and "Read-only file system" in err and "train.output_dir=" in err, f"exit {rc}: {err[-300:]}")
+            return f"refused in {time.time() - t0:.1f} s, before the first step"
+        finally:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
 class Skipped(Exception):
     pass
 
 
-CASES = ("kill9", "sigterm", "worker", "twice", "disk")
+CASES = ("kill9", "sigterm", "worker", "twice", "disk", "readonly")
 WHAT = {
     "kill9": "SIGKILL at a random moment (saves included), rerun",
     "sigterm": "SIGTERM at a random moment, rerun",
     "worker": "a DataLoader worker SIGKILLed mid-epoch, rerun",
     "twice": "a second run on the same folder while the first runs",
     "disk": "the disk fills mid-run (tmpfs + filler file), free space, rerun",
+    "readonly": "train.output_dir on a read-only mount",
 }
 CHECKS = {
     "kill9": "resumed losses and weights equal the uninterrupted run's; no temp file left; no process left",
@@ -275,6 +291,7 @@ CHECKS = {
     "worker": "one line, exit 1; no process left; the rerun resumes",
     "twice": "the second refused at once (exit 2, names the first's pid); the first's steps each logged once",
     "disk": "one line, exit 2, naming the last good checkpoint; it verifies; the rerun resumes",
+    "readonly": "one line, exit 2, naming the key and the reason, before any training step",
 }
 
 

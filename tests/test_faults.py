@@ -435,3 +435,14 @@ def test_the_long_fault_script_runs():
     import faults
 
     assert faults.main(["--quick", "--cases", "twice"]) == 0
+
+
+def test_a_rejected_config_leaves_the_run_directory_as_it_was(tmp_path):
+    data = tiny_videos(tmp_path / "ok", n=4, frames=10)
+    over = [f"data.train={data}", *TINY, "train.batch_size=2", "train.max_steps=2", f"train.output_dir={tmp_path / 'run'}"]
+    rc, err, _ = run_isolated(["pretrain", *over])
+    assert rc == 0, err
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    rc, err, _ = run_isolated(["pretrain", *over, "mask.ratio=1.5"])
+    assert rc == 2 and "mask.ratio=1.5" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
