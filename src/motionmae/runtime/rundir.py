@@ -40,7 +40,9 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        self.dir.mkdir(parents=True, exist_ok=True)
+        problem = _folder_problem(self.dir, "the folder")
+        if problem:
+            raise UserError(f"{self.where}={self.dir}: {problem}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             if not self._lock(fd):
