@@ -330,7 +330,7 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     table = markdown_table(["case", "what", "checked every time", "tried", "passed", "notes"], [
         [c, WHAT[c], CHECKS[c], sum(r != "skipped" for r, _ in results[c]), sum(r == "passed" for r, _ in results[c]),
-         "; ".join(sorted({n for r, n in results[c] if r != "passed"})) or "-"] for c in cases])
+         "; ".join(sorted({" ".join(n.split())[:160] for r, n in results[c] if r != "passed"})) or "-"] for c in cases])
     print(table)
     print(f"{time.time() - t0:.0f} s")
     if a.update_docs:
