@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import re
 import typing
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ TargetName = Literal["appearance", "motion", "hog"]  # objective/targets.py: TAR
 Loss = Literal["mse", "l1", "smooth_l1"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
 Parallel = Literal["ddp"]  # runtime/parallel.py
-LoggerName = Literal["jsonl", "tensorboard"]  # runtime/logger.py: LOGGERS
+LoggerName = Literal["jsonl", "tensorboard", "wandb", "mlflow"]  # runtime/logger.py: LOGGERS
+OPTIONAL_LOGGERS = {"wandb": "wandb", "mlflow": "mlflow-skinny"}  # logger -> the package that brings it
 
 
 @dataclass
@@ -255,6 +257,10 @@ class TrainConfig:
         if self.max_steps == 0 and self.epochs == 0:
             raise UserError("train.epochs=0 and train.max_steps=0: nothing to train")
         _check_device(self.device, "train.device")
+        for name in self.loggers:
+            if name in OPTIONAL_LOGGERS and not _installed(name):
+                raise UserError(f"train.loggers: '{name}' is not installed: pip install {OPTIONAL_LOGGERS[name]} (or pip install "
+                                f"'motionmae[{name}]'), or leave it out of train.loggers")
 
 
 @dataclass
@@ -434,6 +440,13 @@ def _need(ok: bool, key: str, value, what: str) -> None:
 
 def _at_least(section, name: str, key: str, low: int) -> None:
     _need(getattr(section, key) >= low, f"{name}.{key}", getattr(section, key), f"must be >= {low}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules (None)
+        return False
 
 
 def _check_device(name: str, key: str) -> None:

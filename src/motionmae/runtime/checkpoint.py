@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from motionmae.errors import UserError
+from motionmae.files import new_file_mode
 from motionmae.models.state import load_matching
 from motionmae.runtime.distributed import barrier
 from motionmae.runtime.parallel import unwrap_model
@@ -39,6 +40,7 @@ META_KEY = "motionmae"
 FORMAT_VERSION = 2  # 2: per-tensor CRC-32 in the header (files of version 1 load unchecked)
 CKPT_DIR = "checkpoints"
 LAST = "last.safetensors"
+PRETRAINED_WEIGHTS = "model.safetensors"  # in a `save_pretrained` directory, beside its config.json
 _NUMBERED = re.compile(r"^step_(\d+)\.safetensors$")
 _TEMP = re.compile(r"^\..*\.tmp$")  # what `save_checkpoint` writes before its rename
 
@@ -82,6 +84,7 @@ def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = No
     meta["crc32"] = {k: tensor_crc32(v) for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())  # mkstemp makes it 0600: teammates on a shared file system could not read it
     try:
         save_file(tensors, tmp, metadata={"format": "pt", META_KEY: json.dumps(meta)})
         _fsync_file(tmp)
@@ -161,6 +164,8 @@ def resolve_checkpoint(path) -> Path:
     """A checkpoint file as given, or for a run directory / its `checkpoints/` directory, the `last` file in it."""
     p = Path(path)
     if p.is_dir():
+        if is_pretrained_dir(p):
+            return p / PRETRAINED_WEIGHTS
         for cand in (p / CKPT_DIR / LAST, p / LAST):
             if cand.is_file():
                 return cand
@@ -170,6 +175,16 @@ def resolve_checkpoint(path) -> Path:
     if not p.is_file():
         raise UserError(f"checkpoint not found: {path}")
     return p
+
+
+def is_pretrained_dir(path) -> bool:
+    """A directory written by `save_pretrained` (`MotionMAE`): `config.json` with model_type 'motionmae' beside
+    `model.safetensors`, which is a checkpoint file of this module's format (checksums included)."""
+    p = Path(path)
+    try:
+        return (p / PRETRAINED_WEIGHTS).is_file() and json.loads((p / "config.json").read_text()).get("model_type") == "motionmae"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read(path: Path, map_location, keep=lambda k: True) -> Tuple[dict, dict]:
@@ -294,6 +309,7 @@ def remove_stale_temps(run_dir) -> list:
 def _copy_atomic(src: Path, dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())
     try:
         shutil.copyfile(src, tmp)
         _fsync_file(tmp)
