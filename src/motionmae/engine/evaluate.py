@@ -8,7 +8,6 @@ are gathered. Then top-1, top-5, per-class accuracy and the confusion matrix (JS
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -19,6 +18,7 @@ from motionmae.data.labels import class_names
 from motionmae.data.loader import Batches, make_loader
 from motionmae.data.transforms import to_model_input
 from motionmae.errors import UserError
+from motionmae.files import write_json
 from motionmae.runtime.amp import autocast
 from motionmae.runtime.distributed import DistInfo, PerVideoMean, ShardedSampler, get_world_size
 
@@ -87,8 +87,11 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, num_class
 
 
 def save_confusion_png(confusion, path, class_names: Optional[Sequence[str]] = None, cell: int = 24) -> Path:
-    """Row-normalised confusion matrix as a grey-level grid (white = 0, black = the whole row), with counts."""
+    """Row-normalised confusion matrix as a grey-level grid (white = 0, black = the whole row), with counts. Full class
+    names: true classes along the left, predicted classes written upwards along the top. Written atomically."""
     from PIL import Image, ImageDraw
+
+    from motionmae.files import atomic_path
 
     conf = torch.as_tensor(confusion, dtype=torch.float64)
     c = conf.shape[0]
@@ -101,7 +104,9 @@ def save_confusion_png(confusion, path, class_names: Optional[Sequence[str]] = N
     frac = conf / rows
     for i in range(c):
         draw.text((4, margin + i * cell + cell // 3), names[i], fill="black")  # true class, left
-        draw.text((margin + i * cell + 2, 4), names[i][: max(cell // 7, 1)], fill="black")  # predicted, top
+        label = Image.new("RGB", (margin - 4, 12), "white")  # predicted class, top: drawn across, turned upwards
+        ImageDraw.Draw(label).text((margin - 8 - 7 * len(names[i]), 0), names[i], fill="black")
+        img.paste(label.rotate(90, expand=True), (margin + i * cell + (cell - 12) // 2, 0))
         for j in range(c):
             v = int(255 * (1 - frac[i, j].item()))
             x0, y0 = margin + j * cell, margin + i * cell
@@ -109,8 +114,8 @@ def save_confusion_png(confusion, path, class_names: Optional[Sequence[str]] = N
             if conf[i, j] > 0 and cell >= 16:
                 draw.text((x0 + 2, y0 + cell // 3), str(int(conf[i, j])), fill="red" if v < 128 else "black")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path
 
 
@@ -138,9 +143,10 @@ class Evaluator:
                   "views": {"temporal": cfg.data.test_clips, "spatial": cfg.data.test_crops}, **m,
                   "per_class_acc": dict(zip(names, m["per_class_acc"])), "class_names": names}
         if self.info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "eval_metrics.json").write_text(json.dumps(result, indent=1))
-            save_confusion_png(m["confusion"], self.run_dir / "confusion.png", names)
+            metrics_path = write_json(self.run_dir / "eval_metrics.json", result)
+            png = save_confusion_png(m["confusion"], self.run_dir / "confusion.png", names)
             write(f"eval step {step}: top-1 {100 * m['top1']:.1f}%  top-5 {100 * m['top5']:.1f}%  mean class "
-                  f"{100 * m['mean_class_acc']:.1f}%  ({m['num_samples']} videos x {cfg.data.test_clips * cfg.data.test_crops} views)")
+                  f"{100 * m['mean_class_acc']:.1f}%  ({m['num_samples']} videos x {cfg.data.test_clips * cfg.data.test_crops} views); "
+                  f"wrote {metrics_path} and {png}")
+            result["pictures"] = {"confusion": str(png)}
         return result

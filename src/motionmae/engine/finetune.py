@@ -169,11 +169,14 @@ class FinetuneTask(Task):
             return
         metrics = self.evaluate(trainer, step)
         trainer.log(step, {k: metrics[k] for k in ("top1", "top5", "mean_class_acc")}, prefix="val/")
+        for name, path in metrics.get("pictures", {}).items():
+            trainer.log_image(step, f"val/{name}", path)
         trainer.summary["eval"] = metrics
         trainer.model.train()
 
     def done(self, summary: dict) -> str:
         run_dir = Path(summary["run_dir"])
         ev = summary.get("eval")
-        score = f"; val top-1 {100 * ev['top1']:.1f}% top-5 {100 * ev['top5']:.1f}% ({run_dir / 'eval_metrics.json'})" if ev else ""
+        score = (f"; val top-1 {100 * ev['top1']:.1f}% top-5 {100 * ev['top5']:.1f}% ({run_dir / 'eval_metrics.json'}, "
+                 f"{run_dir / 'confusion.png'})") if ev else ""
         return f"done: {summary['step']} steps; checkpoint {summary.get('checkpoint')}{score}; log {run_dir / 'metrics.jsonl'}"

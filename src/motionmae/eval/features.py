@@ -123,29 +123,27 @@ def make_loader(dataset, batch_size: int, num_workers: int):
     return loader.make_loader(dataset, batch_size, num_workers, collate_fn=collate)
 
 
-def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -> Path:
-    """Write {"features", "labels", "index"} to .npy (features only; labels/index beside it as
-    <stem>.labels.npy / <stem>.index.npy) or .safetensors (all three; `meta` in the header)."""
+def save_features(path, out: dict, fmt: str = "", meta: Optional[dict] = None) -> list:
+    """Write {"features", "labels", "index"} to .npy (features in `path`; labels and index beside it as
+    <stem>.labels.npy / <stem>.index.npy) or .safetensors (all three; `meta` in the header). Every file is written
+    atomically with the umask's mode. Returns the paths written, `path` first."""
     import json
 
-    import numpy as np
+    from motionmae.files import atomic_path, save_npy
 
     path = Path(path)
     fmt = fmt or ("safetensors" if path.suffix == ".safetensors" else "npy")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in out.items()}, str(path),
-                  metadata={"motionmae": json.dumps(meta or {})})
-    elif fmt == "npy":
-        np.save(path, out["features"].numpy())
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata={"motionmae": json.dumps(meta or {})})
+        return [path]
+    if fmt == "npy":
         stem = path.with_suffix("") if path.suffix == ".npy" else path
-        np.save(f"{stem}.labels.npy", out["labels"].numpy())
-        np.save(f"{stem}.index.npy", out["index"].numpy())
-    else:
-        raise UserError(f"extract.format must be npy or safetensors, got '{fmt}'")
-    return path
+        return [save_npy(path, out["features"].numpy()), save_npy(f"{stem}.labels.npy", out["labels"].numpy()),
+                save_npy(f"{stem}.index.npy", out["index"].numpy())]
+    raise UserError(f"extract.format must be npy or safetensors, got '{fmt}'")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +182,8 @@ def run(args) -> int:
     bar.close()
     meta = {"checkpoint": str(args.checkpoint), "data": args.data, "kind": ex.kind, "views": ex.views,
             "num_frames": data_cfg.num_frames, "input_size": data_cfg.input_size}
-    path = save_features(args.out, out, ex.format, meta)
-    print(f"wrote {tuple(out['features'].shape)} {ex.kind} features of {out['features'].shape[0]} videos to {path}")
+    paths = save_features(args.out, out, ex.format, meta)
+    print(f"wrote {tuple(out['features'].shape)} {ex.kind} features of {out['features'].shape[0]} videos to {paths[0]}")
+    for p, what in zip(paths[1:], ("labels (N, label columns; -1: none)", "dataset index of each row")):
+        print(f"wrote {p}: {what}")
     return 0

@@ -84,10 +84,10 @@ def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = No
     meta["crc32"] = {k: tensor_crc32(v) for k, v in tensors.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, new_file_mode())  # mkstemp makes it 0600: teammates on a shared file system could not read it
     try:
         save_file(tensors, tmp, metadata={"format": "pt", META_KEY: json.dumps(meta)})
         _fsync_file(tmp)
+        os.chmod(tmp, new_file_mode())  # mkstemp and safetensors make it 0600: teammates on a shared file system could not read it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -309,10 +309,10 @@ def remove_stale_temps(run_dir) -> list:
 def _copy_atomic(src: Path, dst: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
-    os.chmod(tmp, new_file_mode())
     try:
         shutil.copyfile(src, tmp)
         _fsync_file(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
