@@ -369,14 +369,41 @@ class ExtractOptions:
     kind: Literal["pooled", "grid"] = "pooled"  # one D-vector per video, or the token grid (T', H', W', D)
     format: Literal["", "npy", "safetensors"] = ""  # '': from the output file's suffix (npy otherwise)
     views: int = 1  # temporal clips per video, features averaged (1: the centre clip)
-    batch_size: int = 8
+    batch_size: int = 8  # clips (windows) per encoder call
     amp: Amp = "auto"
     device: str = "auto"
+    # sliding windows over long videos (temporal action detection): window > 0 switches it on; --out is then a folder
+    # with one array per video and layer (eval/features.py `featurize`)
+    window: int = 0  # frames per window (the encoder's clip; model.num_frames is what it was trained on)
+    stride: int = 4  # frames between window starts (VideoMAE v2's THUMOS-14 features: 16-frame windows every 4 frames)
+    frame_step: int = 1  # stride between the frames of a window (1: consecutive, as VideoMAE v2's TAD features)
+    layers: Tuple[int, ...] = (-1,)  # encoder blocks to read (0-based; -1: the last, = today's features; -4: 4th from the end)
+    pool: Literal["mean", "time", "none"] = "mean"  # per window: (D,) | mean over space (T', D) | all tokens (T', H', W', D)
+    crop: Literal["center", "full"] = "center"  # center: short side + centre crop (the eval view) | full: whole frame resized
 
-    def check(self) -> None:
+    def check(self, model: Optional[ModelConfig] = None) -> None:
         _at_least(self, "extract", "views", 1)
         _at_least(self, "extract", "batch_size", 1)
         _check_device(self.device, "extract.device")
+        for key in ("window", "stride", "frame_step"):
+            _at_least(self, "extract", key, 0 if key == "window" else 1)
+        if not self.layers:
+            raise UserError("extract.layers is empty: name at least one encoder block, e.g. extract.layers=[-1]")
+        if self.window == 0:
+            if tuple(self.layers) != (-1,) or self.pool != "mean" or self.crop != "center":
+                raise UserError("extract.layers, extract.pool and extract.crop are settings of sliding-window extraction: "
+                                "set extract.window (e.g. extract.window=16 extract.stride=4)")
+            return
+        if self.kind != "pooled":
+            raise UserError(f"extract.kind={self.kind} is for whole clips; with extract.window use extract.pool=none for token grids")
+        if model is not None:
+            depth = model.dims()[1]
+            bad = [i for i in self.layers if not -depth <= i < depth]
+            if bad:
+                raise UserError(f"extract.layers={list(self.layers)}: {bad} do not exist, the encoder has {depth} blocks "
+                                f"(0..{depth - 1}, or -1..-{depth})")
+            if self.window % model.tubelet_size:
+                raise UserError(f"extract.window={self.window} is not divisible by model.tubelet_size={model.tubelet_size}")
 
 
 @dataclass
@@ -388,7 +415,7 @@ class ExtractConfig:
     def check(self) -> None:
         self.model.check()
         self.data.check(self.model)
-        self.extract.check()
+        self.extract.check(self.model)
 
 
 @dataclass

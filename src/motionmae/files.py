@@ -35,6 +35,11 @@ def new_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def new_dir_mode() -> int:
+    """The mode `mkdir` gives a new folder: 0777 minus the umask."""
+    return 0o777 & ~current_umask()
+
+
 def fsync_dir(path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)

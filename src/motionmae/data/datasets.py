@@ -311,7 +311,7 @@ class ClipMaker:
             raise UserError(f"data.decode_short_side must be >= 0 (0: off), got {decode_short_side}")
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
         self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
-        self.short_side = short_side or int(round(input_size * 256 / 224))
+        self.short_side = T.eval_short_side(input_size, short_side)
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
         self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
