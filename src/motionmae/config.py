@@ -203,7 +203,8 @@ class DataConfig:
     short_video: Literal["loop", "clamp"] = "loop"  # dense sampling of a video shorter than the clip span (clamp: hold last frame)
     test_clips: int = 2  # test-time temporal views K (VideoMAE: SSv2 2, K400 5, UCF101 10)
     test_crops: Literal[1, 3] = 3  # test-time spatial crops per temporal view: 3 (along the long side) or 1 (centre)
-    list_format: Literal["auto", "labels", "v2", "rawframes"] = "auto"  # labels: path label.. | v2: path start total | rawframes: dir total label
+    # labels: path label.. | v2: path start total | rawframes: dir total label | multilabel: path class class .. (a 0/1 column per class)
+    list_format: Literal["auto", "labels", "v2", "rawframes", "multilabel"] = "auto"
     decode_short_side: int = 0  # >0: the decoder's converter scales larger frames to this short side (not bit-identical to resizing later)
     shuffle_buffer: int = 128  # WebDataset shards: samples per worker's shuffle buffer (kept as undecoded bytes)
 
@@ -296,6 +297,11 @@ class FinetuneOptions:
     eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
     eval_batch_size: int = 0  # videos per eval batch (each carries data.test_clips x data.test_crops views); 0 = train.batch_size
     eval_max_videos: int = 0  # evaluate on the first N val videos only; 0 = all
+    # single: one class per video from label_column (softmax cross-entropy; top-1/top-5) | multilabel: any number of
+    # classes per video, a 0/1 label column per class (data.list_format=multilabel makes them from class lists);
+    # sigmoid + binary cross-entropy, mAP and per-class AP (label_smoothing does not apply)
+    task: Literal["single", "multilabel"] = "single"
+    label_columns: Tuple[str, ...] = ()  # multilabel: the 0/1 columns that are the classes (names or indices); () = all
 
     def check(self) -> None:
         _need(0.0 < self.layer_decay <= 1.0, "finetune.layer_decay", self.layer_decay, "must be in (0, 1]")
@@ -304,6 +310,12 @@ class FinetuneOptions:
         for key in ("mixup_prob", "mixup_switch_prob", "reprob"):
             _need(0.0 <= getattr(self, key) <= 1.0, f"finetune.{key}", getattr(self, key), "must be in [0, 1]")
         _need(0.0 <= self.label_smoothing < 1.0, "finetune.label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        if self.task == "single" and self.label_columns:
+            raise UserError("finetune.label_columns chooses the classes of finetune.task=multilabel; a single-label run "
+                            "trains on one finetune.label_column")
+        if self.task == "multilabel" and self.label_column:
+            raise UserError("finetune.task=multilabel reads 0/1 columns, one per class: choose them with "
+                            "finetune.label_columns=[...] (finetune.label_column is the single-label setting)")
 
 
 def _finetune_train() -> TrainConfig:
