@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -87,7 +88,7 @@ class WandbLogger:
 
         self._wandb = wandb
         run_dir = Path(run_dir)
-        run_id = _run_id(run_dir / "wandb_run_id", resume_step, lambda: wandb.util.generate_id())
+        run_id = _run_id(run_dir / "wandb_run_id", resume_step, lambda: secrets.token_hex(4))
         self.run = wandb.init(dir=str(run_dir), project=os.environ.get("WANDB_PROJECT", "motionmae"), name=run_dir.resolve().name,
                               id=run_id, resume="allow", config=config or {})
 
