@@ -40,6 +40,11 @@ def new_dir_mode() -> int:
     return 0o777 & ~current_umask()
 
 
+def fsync_file(path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def fsync_dir(path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
@@ -64,8 +69,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Optional, Tuple
@@ -31,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from motionmae.errors import UserError
-from motionmae.files import new_file_mode
+from motionmae.files import atomic_path
 from motionmae.models.state import load_matching
 from motionmae.runtime.distributed import barrier
 from motionmae.runtime.parallel import unwrap_model
@@ -58,7 +57,8 @@ class CheckpointWriteError(UserError):
 
 
 def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = None, rng: bool = True) -> Path:
-    """Write `path` atomically: temp file in the same directory, fsync, `os.replace`, fsync the directory.
+    """Write `path` atomically (`files.atomic_path`): temp file in the same directory, fsync, the umask's mode,
+    `os.replace`, fsync the directory.
 
     `model` may be wrapped (DDP, torch.compile); its plain state dict is saved. `state` is any
     JSON-serialisable dict (step, epoch, config, ...); it comes back from `load_checkpoint`.
@@ -82,18 +82,9 @@ def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = No
         meta["rng"] = {"python": _to_json(random.getstate()), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     tensors = _unshare(tensors)
     meta["crc32"] = {k: tensor_crc32(v) for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", META_KEY: json.dumps(meta)})
-        _fsync_file(tmp)
-        os.chmod(tmp, new_file_mode())  # mkstemp and safetensors make it 0600: teammates on a shared file system could not read it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    # temp file, fsync, the umask's mode (mkstemp and safetensors make it 0600: teammates could not read it), rename
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta)})
     return path
 
 
@@ -307,18 +298,8 @@ def remove_stale_temps(run_dir) -> list:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:  # `.last.safetensors.<random>.tmp`: what remove_stale_temps cleans up
         shutil.copyfile(src, tmp)
-        _fsync_file(tmp)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dst.parent)
 
 
 class Checkpointer:
@@ -406,21 +387,3 @@ def _unshare(tensors: dict) -> dict:
             seen.add(ptr)
         out[k] = v
     return out
-
-
-def _fsync_file(path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
