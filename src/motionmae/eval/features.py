@@ -393,7 +393,8 @@ def _run_windows(args, cfg, model, device) -> int:
                     meta={"checkpoint": str(args.checkpoint), "data": args.data})
     windows = sum(len(r.starts) for r in res)
     for layer in ex.layers:
-        print(f"wrote {len(res)} files {out / layer_folder(layer)}/<video>.npy: layer {layer}, float32 {_LAYOUT[ex.pool]}"
+        print(f"wrote {len(res)} file{'s' if len(res) != 1 else ''} {out / layer_folder(layer)}/<video>.npy: layer {layer}, "
+              f"float32 {_LAYOUT[ex.pool]}"
               f" ({windows} windows of {ex.window} frames every {ex.stride})")
     print(f"wrote {out / 'features.json'}: settings, and per video its frames, fps, windows and files")
     return 0
