@@ -89,6 +89,15 @@ def _main(argv) -> int:
     except UserError as e:
         print(f"motionmae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        # torch's message, e.g. "DataLoader worker (pid 123) is killed by signal: Killed." (often the OOM killer);
+        # the workers are reaped (data/loader.Batches) and checkpoints are intact
+        first = str(e).strip().splitlines()[0]
+        print(f"motionmae {args.command}: error: a data-loading worker died ({first}); fewer data.num_workers or more "
+              "memory may help; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -183,8 +183,10 @@ def check_source(data_cfg, split: str = "train") -> None:
         raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
                         "class folders, or a glob)")
     if _is_glob(spec):
-        if not globlib.glob(spec, recursive=True):
-            raise UserError(f"data.{split}={spec}: the glob matches no files")
+        pattern = os.path.join(data_cfg.root, spec) if data_cfg.root else spec  # as resolve_source reads it
+        if not globlib.glob(pattern, recursive=True):
+            raise UserError(f"data.{split}={spec}: the glob matches no files"
+                            f"{f' (under data.root={data_cfg.root})' if data_cfg.root and pattern != spec else ''}")
         return
     p = Path(spec)
     if not p.is_absolute() and data_cfg.root and not p.exists():
@@ -259,6 +261,7 @@ def item_generator(seed: int, epoch: int, index: int, *more: int) -> torch.Gener
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
+_ODDITY_WARNINGS = 5  # videos named per process by `ClipMaker._note_oddities` (a data set may be full of short clips)
 _REPLACEMENT_STREAM = 1 << 30  # the extra seed key of the stream that draws replacements for unreadable videos
 
 
@@ -324,6 +327,7 @@ class ClipMaker:
         self.test_clips, self.test_crops = test_clips, test_crops
         self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
         self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
+        self._noted: set = set()  # videos already warned about (per process)
 
     # -- sampling
     def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
@@ -351,6 +355,7 @@ class ClipMaker:
             else:
                 groups = self._eval_indices(n, self.test_clips if self.mode == "test" else 1)
             frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
+            self._note_oddities(e.path, reader.notes, n, frames.shape[1:3])
         clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
         clips = clip.split([len(g) for g in groups], dim=1)
         if self.mode == "train":
@@ -361,6 +366,25 @@ class ClipMaker:
         if self.mode == "val":
             return views[0], None
         return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
+
+    def _note_oddities(self, path: str, notes: List[str], n: int, size: Tuple[int, int]) -> None:
+        """One warning per video and process for what it is trained on without being what the config expects:
+        a damaged tail, a grayscale source, fewer frames than a clip spans, frames smaller than the input size."""
+        if path in self._noted:
+            return
+        notes = list(notes)
+        span = (self.num_frames - 1) * self.sampling_rate + 1 if self.sampling == "dense" else self.num_frames
+        if n < span:
+            fill = "loops over them" if self.short_video == "loop" else "holds the last one"
+            notes.append(f"has {n} frame(s), fewer than a clip spans ({self.num_frames} at stride {self.sampling_rate}): "
+                         f"the clip {fill} (data.short_video={self.short_video})")
+        if min(size) < self.input_size:
+            notes.append(f"is {size[1]}x{size[0]}, smaller than data.input_size={self.input_size}: its frames are upscaled")
+        if notes:
+            self._noted.add(path)
+            if len(self._noted) <= _ODDITY_WARNINGS:
+                last = " (further videos with such oddities are not named)" if len(self._noted) == _ODDITY_WARNINGS else ""
+                warnings.warn(f"{path}: " + "; ".join(notes) + last, RuntimeWarning, stacklevel=3)
 
     def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         flip = 0.5 if self.flip else 0.0

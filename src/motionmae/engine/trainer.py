@@ -20,6 +20,7 @@ hooks write. A run restarted in the same directory continues from `checkpoints/l
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -38,7 +39,7 @@ from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, scaled_lr
 from motionmae.errors import UserError
 from motionmae.runtime import distributed as D
 from motionmae.runtime.amp import autocast, resolve_amp
-from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, read_state, remove_stale_temps
+from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, newest_intact, read_state, remove_stale_temps
 from motionmae.runtime.device import peak_memory_mb
 from motionmae.runtime.logger import MetricLogger
 from motionmae.runtime.parallel import Parallel
@@ -232,6 +233,14 @@ class Trainer:
         self.lock = RunLock(self.cfg.train.output_dir)
         try:
             return self._fit(resume, stop_request)
+        except OSError as e:
+            if e.errno not in _WRITE_ERRORS:
+                raise
+            # a full disk or a read-only file system met by a log line, a picture or a checkpoint
+            good = newest_intact(self.cfg.train.output_dir)
+            kept = f"the last good checkpoint is {good}" if good else "no checkpoint of this run is on disk yet"
+            raise UserError(f"could not write {e.filename or 'in train.output_dir=' + str(self.cfg.train.output_dir)}: "
+                            f"{e.strerror}; {kept}") from None
         finally:
             self.lock.release()
             if previous is not None:
@@ -420,6 +429,9 @@ class Trainer:
         else:
             self.say(task.done(summary))
         return summary
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _check_outputs(run_dir: Path, need_bytes: int) -> None:

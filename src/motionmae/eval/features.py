@@ -346,8 +346,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from motionmae.runtime.amp import resolve_amp
-    from motionmae.runtime.device import resolve_device
     from motionmae.progress import ProgressBar
+    from motionmae.runtime.device import resolve_device
+    from motionmae.runtime.rundir import check_output_file
 
     sd, config_dict = load_weights(args.checkpoint)
     cfg = C.load_config(args.config, args.overrides, ExtractConfig, checkpoint=config_dict)
@@ -355,6 +356,7 @@ def run(args) -> int:
         print(C.config_text(cfg), end="")
         return 0
     ex, data_cfg = cfg.extract, cfg.data
+    check_output_file(args.out, "--out")  # before any video is decoded
     device = resolve_device(ex.device, key="extract.device")
     model = encoder_from_state(sd, config_dict, args.checkpoint).to(device).eval()
     if ex.window > 0:

@@ -82,8 +82,9 @@ def torch_load_weights_only(path) -> object:
             "Unpickling it could run code from the file. If you trust it, load it in a sandbox with "
             "weights_only=False, re-save only its state dict ('model') with torch.save, and convert that file."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+    except Exception as e:  # text, truncated or foreign files fail in many ways (KeyError, EOFError, SafetensorError...)
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}{': ' + msg if msg else ''})") from None
 
 
 def check_motion_branch(cfg, where: str) -> None:

@@ -15,6 +15,7 @@ Training reads and writes them through `Checkpointer`, the one seam a sharded fo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -26,7 +27,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from motionmae.errors import UserError
@@ -84,7 +85,11 @@ def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = No
     meta["crc32"] = {k: tensor_crc32(v) for k, v in tensors.items()}
     # temp file, fsync, the umask's mode (mkstemp and safetensors make it 0600: teammates could not read it), rename
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta)})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta)})
+        except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors: make them one
+            full = "No space left" in str(e)
+            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(e), str(tmp)) from None
     return path
 
 
