@@ -13,6 +13,7 @@ import sys
 import threading
 
 from motionmae.errors import UserError
+from motionmae.version import __version__
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -31,6 +32,7 @@ COMMANDS = {
 
 def build_parser(argv) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="motionmae", description="MotionMAE: motion-aware masked autoencoders for video.")
+    parser.add_argument("--version", action="version", version=f"motionmae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -7,7 +7,9 @@ Sources (`data.train` / `data.val`), any of:
   - `path start total`          VideoMAE v2 pretraining lists (`path 0 -1` for a video file); recognised when
                                 the last value is -1 or the path is a frame folder
   - `dir total label`           MMAction / VideoMAE v2 raw-frame lists: only with `data.list_format=rawframes`
-  `data.list_format` (auto | labels | v2 | rawframes) forces one reading when `auto` guesses wrong.
+  - `path class class ...`        multi-label lists (mmaction2's multi-class format): the video's classes, any number of
+                                  them; only with `data.list_format=multilabel`, read as a 0/1 column per class
+  `data.list_format` (auto | labels | v2 | rawframes | multilabel) forces one reading when `auto` guesses wrong.
   Relative paths are joined to `data.root`, or to the list's own folder when `root` is empty.
 - a folder of class folders (`root/<class>/<video>`): labels from the sorted folder names;
 - a folder of videos, or a glob (`clips/*.mp4`): unlabeled. A "video" is a file or a frame folder
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +72,7 @@ def _is_video(p: Path) -> bool:
     return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
 
 
-LIST_FORMATS = ("auto", "labels", "v2", "rawframes")
+LIST_FORMATS = ("auto", "labels", "v2", "rawframes", "multilabel")
 
 
 def read_annotation_list(path, root: str = "", list_format: str = "auto") -> List[VideoEntry]:
@@ -99,6 +102,11 @@ def read_annotation_list(path, root: str = "", list_format: str = "auto") -> Lis
         if not vpath:
             raise UserError(f"{where}: empty video path in {raw.strip()!r}")
         full = vpath if os.path.isabs(vpath) else str(base / vpath)
+        if list_format == "multilabel":  # path class class ...: the video's classes, any number (mmaction2's multi-class lists)
+            if any(v < 0 for v in values):
+                raise UserError(f"{where}: class indices must be >= 0, got {values}")
+            entries.append(VideoEntry(full, tuple(sorted(set(values))), 0, -1, where))
+            continue
         if ncols is not None and len(values) != ncols:
             raise UserError(f"{where}: {len(values)} value column(s) after the path, but earlier lines have {ncols}")
         ncols = len(values)
@@ -314,7 +322,7 @@ class ClipMaker:
             raise UserError(f"data.decode_short_side must be >= 0 (0: off), got {decode_short_side}")
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
         self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
-        self.short_side = short_side or int(round(input_size * 256 / 224))
+        self.short_side = T.eval_short_side(input_size, short_side)
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
         self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
@@ -509,6 +517,31 @@ def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_fra
         decode_short_side=data_cfg.decode_short_side)
 
 
+def multilabel_classes(data_cfg) -> int:
+    """Classes of `data.list_format=multilabel` lists: the largest class index in data.train or data.val, plus one
+    (so both splits have the same width)."""
+    top = -1
+    for spec in (data_cfg.train, data_cfg.val):
+        if spec:
+            entries, _ = resolve_source(spec, data_cfg.root, None, "multilabel")
+            top = max([top] + [c for e in entries for c in e.label])
+    if top < 0:
+        raise UserError(f"data.list_format=multilabel: the lists ({data_cfg.train}, {data_cfg.val}) name no class at all")
+    return top + 1
+
+
+def multi_hot(entries: Sequence[VideoEntry], num_classes: int) -> List[VideoEntry]:
+    """Entries whose `label` lists class indices -> entries whose `label` is the 0/1 vector over `num_classes` (one
+    label column per class, as a list of 0/1 columns gives directly)."""
+    out = []
+    for e in entries:
+        hot = [0] * num_classes
+        for c in e.label:
+            hot[c] = 1
+        out.append(dataclasses.replace(e, label=tuple(hot)))
+    return out
+
+
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
                   require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale") -> VideoClipDataset:
@@ -529,6 +562,8 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     if split == "val" and data_cfg.train and not _is_glob(data_cfg.train) and Path(data_cfg.train).is_dir():
         class_names = resolve_source(data_cfg.train, data_cfg.root)[1]  # val labels must follow train's classes
     entries, names = resolve_source(spec, data_cfg.root, class_names, data_cfg.list_format)
+    if data_cfg.list_format == "multilabel":
+        entries = multi_hot(entries, multilabel_classes(data_cfg))
     if check_files:
         check_paths(entries)
     if require_labels is None:

@@ -108,9 +108,14 @@ _HF_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json"
 
 
 def publish_dir(tmp: Path, dst: Path) -> None:
-    """Move the files of the finished directory `tmp` into `dst` (created if needed)."""
+    """Move the files of the finished directory `tmp` into `dst` (created if needed), with the modes the user's umask
+    gives new files and folders (mkdtemp and safetensors make them private)."""
+    from motionmae.files import new_dir_mode, new_file_mode
+
+    for f in tmp.iterdir():
+        f.chmod(new_file_mode())
     if not dst.exists():
-        tmp.chmod(0o755)  # mkdtemp made it private
+        tmp.chmod(new_dir_mode())
         tmp.rename(dst)
         return
     for pattern in _HF_FILES:
