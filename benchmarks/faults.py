@@ -25,6 +25,7 @@ Every case also checks: no Python traceback, no process of the run left behind (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -43,13 +44,29 @@ MARKERS = ("<!-- faults.py:begin -->", "<!-- faults.py:end -->")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from common import markdown_table, replace_section  # noqa: E402
-from engine_helpers import TINY, tiny_videos  # noqa: E402
+from engine_helpers import TINY, session_members, tiny_videos  # noqa: E402
 
 STEPS = 12  # 8 videos, batch 2: 4 steps an epoch, 3 epochs
 
 
 class Failed(Exception):
     pass
+
+
+class Skipped(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at `path` for the block (root only: Skipped elsewhere), unmounted after."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        raise Skipped("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def check(ok: bool, what: str) -> None:
@@ -70,18 +87,6 @@ def start(args: List[str], stderr=subprocess.PIPE) -> subprocess.Popen:
                             stderr=stderr, text=True, env=env(), start_new_session=True)
 
 
-def session(sid: int) -> List[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getsid(int(d.name)) == sid and (d / "stat").read_text().split()[2] != "Z":
-                    pids.append(int(d.name))
-            except (OSError, IndexError):
-                pass
-    return pids
-
-
 def finish(p: subprocess.Popen, timeout: float = 120) -> Tuple[int, str]:
     """Wait for `p`; then no process of its session may be left (2 s of grace)."""
     try:
@@ -91,7 +96,7 @@ def finish(p: subprocess.Popen, timeout: float = 120) -> Tuple[int, str]:
         p.communicate()
         raise Failed(f"still running after {timeout} s (a hang)")
     deadline = time.time() + 2
-    while (left := session(p.pid)) and time.time() < deadline:
+    while (left := session_members(p.pid)) and time.time() < deadline:
         time.sleep(0.1)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
@@ -201,7 +206,7 @@ class Bench:
         wait_for(lambda: (d / "checkpoints" / "last.safetensors").exists(), p)
         time.sleep(self.rng.uniform(0, 0.5))
         while p.poll() is None:  # a worker of a finished epoch may be exiting already: until one in use is hit
-            for pid in session(p.pid):
+            for pid in session_members(p.pid):
                 if pid != p.pid:
                     os.kill(pid, signal.SIGKILL)
                     break
@@ -228,11 +233,7 @@ class Bench:
         return f"refused; the first run kept {len(steps)} steps"
 
     def disk(self, i: int) -> str:
-        mnt = self.work / f"disk-{i}"
-        mnt.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
-            raise Skipped("cannot mount a tmpfs here (needs root)")
-        try:
+        with tmpfs(self.work / f"disk-{i}", "size=64m") as mnt:
             d = mnt / "run"
             p = start(self.args(d, f"train.max_steps={20 * STEPS}", "train.save_every=2", "train.keep_last=1"))
             wait_for(lambda: (d / "checkpoints" / "last.safetensors").exists(), p)
@@ -254,26 +255,13 @@ class Bench:
                                     "train.keep_last=1"))
             check(rc == 0, f"the rerun after freeing space failed: {err[-300:]}")
             return f"stopped with the last good checkpoint at step {read_state(good)['step']}; resumed after freeing space"
-        finally:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
 
     def readonly(self, i: int) -> str:
-        mnt = self.work / f"ro-{i}"
-        mnt.mkdir()
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,ro", "tmpfs", str(mnt)], capture_output=True).returncode:
-            raise Skipped("cannot mount a tmpfs here (needs root)")
-        try:
+        with tmpfs(self.work / f"ro-{i}", "size=8m,ro") as mnt:
             t0 = time.time()
             rc, err = run(self.args(mnt / "run"))
             check(rc == 2 and "Read-only file system" in err and "train.output_dir=" in err, f"exit {rc}: {err[-300:]}")
             return f"refused in {time.time() - t0:.1f} s, before the first step"
-        finally:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-class Skipped(Exception):
-    pass
 
 
 CASES = ("kill9", "sigterm", "worker", "twice", "disk", "readonly")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_helpers import TINY, tiny_videos
+from engine_helpers import TINY, session_members, tiny_videos
 
 
 def run_isolated(args, timeout=90, python_code=None):
@@ -36,18 +36,6 @@ def run_isolated(args, timeout=90, python_code=None):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     return p.returncode, err, survivors
-
-
-def session_members(sid: int):
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getsid(int(d.name)) == sid and (d / "stat").read_text().split()[2] != "Z":
-                    pids.append(int(d.name))
-            except (OSError, IndexError):
-                pass
-    return pids
 
 
 def corrupt_set(folder, n_bad=6, n_good=4):
