@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, the machine's matmul peak, analytic model FLOPs,
-markdown tables and small PNG line plots (drawn with pillow, so no plotting dependency).
+"""Helpers shared by the benchmark scripts: timing, the machine's matmul peak, markdown tables and small PNG line
+plots (drawn with pillow, so no plotting dependency). The analytic FLOP model is the package's (models/flops.py).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import math
 import platform
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -75,63 +74,6 @@ def machine_name() -> str:
         pass
     n = torch.get_num_threads()
     return f"{cpu or platform.machine()}, {n} thread{'s' if n > 1 else ''}, torch {torch.__version__}"
-
-
-# ----------------------------------------------------------------------------------------------
-# analytic FLOPs (multiply-add = 2 FLOPs), the convention of MFU accounting: only matmuls, convs and
-# attention count; norms, softmax, activations and the optimiser are free.
-
-
-def block_flops(tokens: int, dim: int, mlp_ratio: float = 4.0, queries: Optional[int] = None) -> int:
-    """Forward FLOPs of one pre-norm ViT block on `tokens` tokens of width `dim` (one clip); `queries`: only
-    that many tokens attend and go through proj and the MLP (keys and values still come from all)."""
-    hidden = int(dim * mlp_ratio)
-    q = tokens if queries is None else queries
-    linear = 2 * dim * (tokens * 2 * dim + q * (dim + dim + 2 * hidden))  # kv, then q, proj, fc1, fc2
-    attention = 2 * 2 * q * tokens * dim  # q @ k^T and attn @ v over all heads
-    return linear + attention
-
-
-@dataclass
-class MAEShape:
-    """Sizes that fix the FLOPs of one masked-autoencoder step."""
-
-    embed_dim: int
-    depth: int
-    decoder_embed_dim: int
-    decoder_depth: int
-    num_tokens: int  # N
-    num_visible: int
-    patch_dim: int  # tubelet * p * p * C: the patch-embed input and each head's output
-    heads: int = 1  # reconstruction heads (1: videomae, 2: motionmae)
-    decoders: int = 1  # decoder trunks (1: videomae / sha, 2: ind)
-    mlp_ratio: float = 4.0
-    embed_all: bool = True  # the tubelet embedding runs on all N cubes (transformers) or only the visible ones (ours)
-    last_block_all: bool = True  # the decoder's last block computes all N outputs (transformers) or the masked ones (ours)
-
-
-def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
-    """FLOPs of one training step (forward + backward) of a VideoMAE-style model, by part.
-
-    Backward costs two forward passes (input and weight gradients) except for the patch embedding,
-    whose input (the clip) needs no gradient. Targets, norms and the loss are not counted.
-    """
-    n_vis, n_mask = s.num_visible, s.num_tokens - s.num_visible
-    fwd = {
-        "patch_embed": 2 * (s.num_tokens if s.embed_all else n_vis) * s.patch_dim * s.embed_dim,
-        "encoder": s.depth * block_flops(n_vis, s.embed_dim, s.mlp_ratio),
-        "decoder": s.decoders
-        * (
-            2 * n_vis * s.embed_dim * s.decoder_embed_dim
-            + (s.decoder_depth - 1) * block_flops(s.num_tokens, s.decoder_embed_dim, s.mlp_ratio)
-            + block_flops(s.num_tokens, s.decoder_embed_dim, s.mlp_ratio, None if s.last_block_all else n_mask)
-        ),
-        "heads": s.heads * 2 * n_mask * s.decoder_embed_dim * s.patch_dim,
-    }
-    out = {k: batch * v * (2 if k == "patch_embed" else 3) for k, v in fwd.items()}
-    out["forward"] = batch * sum(fwd.values())
-    out["total"] = sum(out[k] for k in fwd)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

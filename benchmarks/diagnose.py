@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import line_plot, markdown_table  # noqa: E402
 
-from motionmae.engine.demo import reconstruction_vs_zero  # noqa: E402
+from motionmae.demo import reconstruction_vs_zero  # noqa: E402
 
 
 def trivial_loss(tubelet: int, patch: int) -> float:

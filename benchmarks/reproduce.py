@@ -162,7 +162,7 @@ def pretrain_cfg(setup: Setup, kind: Sequence[str], data: Path, seed: int, run_d
 
 def pretrain_run(setup: Setup, kind, data: Path, seed: int, run_dir: Path, quiet: bool, ledger: Ledger) -> list:
     """Train (or continue, or find the finished run); returns [(step, checkpoint)] for every saved step."""
-    from motionmae.engine.checkpoint import numbered_checkpoints
+    from motionmae.runtime.checkpoint import numbered_checkpoints
     from motionmae.engine.pretrain import pretrain
 
     cfg = pretrain_cfg(setup, kind, data, seed, run_dir)
@@ -201,9 +201,8 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
                  ledger: Ledger) -> float:
     """Short fine-tune on `setup.finetune_column` (from `checkpoint`, or from a random init); returns val top-1."""
     from motionmae import config as C
-    from motionmae.engine.checkpoint import load_model_state
     from motionmae.engine.finetune import finetune
-    from motionmae.engine.finetune_config import FinetuneConfig, load_finetune_config
+    from motionmae.runtime.checkpoint import load_model_state
 
     done = run_dir / "eval_metrics.json"
     if done.exists():
@@ -220,7 +219,7 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
     ]
     # the architecture of the checkpoint, or (from scratch) of the pretraining config
     arch = load_model_state(checkpoint)[1] if checkpoint else C.to_dict(base)
-    cfg = load_finetune_config("", over, arch, cls=FinetuneConfig)
+    cfg = C.load_config("", over, C.FinetuneConfig, checkpoint=arch)
     with _quiet(quiet), ledger.charge(f"finetune/{run_dir.name}"):
         summary = finetune(cfg, pretrained=str(checkpoint) if checkpoint else "", resume="none")
     return summary["eval"]["top1"]
@@ -237,7 +236,7 @@ def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger:
     if not done.exists():
         mean_std_cfg = None
         if not hasattr(encoder, "patch_embed"):  # a checkpoint
-            from motionmae.engine.checkpoint import load_model_state
+            from motionmae.runtime.checkpoint import load_model_state
 
             sd, config_dict = load_model_state(encoder)
             encoder, mean_std_cfg = encoder_from_state(sd, config_dict, str(encoder)), clip_data_config(config_dict)
@@ -251,7 +250,7 @@ def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger:
 
 def heldout(run_dir: Path, data: Path, ledger: Ledger) -> dict:
     """Held-out reconstruction loss of the final checkpoint beside predicting zero (cached in the run dir)."""
-    from motionmae.engine.demo import reconstruction_vs_zero
+    from motionmae.demo import reconstruction_vs_zero
 
     path = run_dir / "heldout.json"
     if not path.exists():

@@ -34,9 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    MAEShape,
     machine_name,
-    mae_step_flops,
     markdown_table,
     matmul_peak,
     median,
@@ -46,6 +44,7 @@ from common import (  # noqa: E402
 )
 
 from motionmae.config import PretrainConfig, load_config  # noqa: E402
+from motionmae.models.flops import mae_step_flops, pretrain_shape  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
@@ -79,26 +78,11 @@ def build_cfg(kind: str, setting: str) -> PretrainConfig:
     return load_config(preset, over)
 
 
-def mae_shape(cfg: PretrainConfig, mask: torch.Tensor, transformers: bool = False) -> MAEShape:
-    """The sizes that fix the step's FLOPs. `transformers`: its implementation embeds every cube and runs the
-    decoder's last block on every token; ours embeds the visible cubes and computes the masked outputs only."""
-    m = cfg.model
-    d, depth, _ = m.dims()
-    heads = {"none": 1, "sha": 2, "ind": 2}[m.decoder]
-    return MAEShape(
-        embed_dim=d,
-        depth=depth,
-        decoder_embed_dim=m.decoder_embed_dim,
-        decoder_depth=m.decoder_depth,
-        num_tokens=mask.shape[1],
-        num_visible=int((~mask[0]).sum()),
-        patch_dim=m.tubelet_size * m.patch_size**2 * m.in_chans,
-        heads=heads,
-        decoders=2 if m.decoder == "ind" else 1,
-        mlp_ratio=m.mlp_ratio,
-        embed_all=transformers,
-        last_block_all=transformers,
-    )
+def step_flops(cfg: PretrainConfig, mask: torch.Tensor, batch: int, transformers: bool = False) -> int:
+    """FLOPs of one step (models/flops.py), for the mask the case times (its visible count is the config's)."""
+    shape = pretrain_shape(cfg, transformers)
+    assert shape.num_visible == int((~mask[0]).sum()), "the timed mask keeps another number of tokens than the config"
+    return mae_step_flops(shape, batch)["total"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +96,7 @@ class Case:
     model: torch.nn.Module
     step: Callable[[], float]  # one optimiser step; returns the loss
     mask: torch.Tensor
-    transformers: bool = False  # FLOP accounting: transformers' implementation (see mae_shape)
+    transformers: bool = False  # FLOP accounting: transformers' implementation (see models/flops.pretrain_shape)
 
 
 def _autocast(dtype: str, device: torch.device):
@@ -263,7 +247,7 @@ def run_setting(setting: str, dtype: str, device: torch.device, memory: bool, ma
     rows = []
     for kind, c in zip(cases, built):
         t = median(times[c.name])
-        flops = mae_step_flops(mae_shape(c.cfg, c.mask, c.transformers), s["batch"])["total"]
+        flops = step_flops(c.cfg, c.mask, s["batch"], c.transformers)
         row = dict(
             setting=setting, dtype=dtype, case=kind, name=c.name, batch=s["batch"], step_s=t, clips_per_s=s["batch"] / t,
             times=times[c.name], gflop_per_step=flops / 1e9, achieved_gflops=flops / t / 1e9, matmul_probes=probes,
@@ -342,7 +326,7 @@ def h100_estimate() -> str:
     lines = []
     for kind in ("videomae", "motionmae-sha", "motionmae-ind"):
         c = build_cfg(kind, "base")
-        per_clip = mae_step_flops(mae_shape(c, make_mask(c, 1)), 1)["total"]
+        per_clip = step_flops(c, make_mask(c, 1), 1)
         line = [kind, f"{per_clip / 1e9:.0f}"]
         for mfu in ASSUMED_MFU:
             clips = mfu * H100_BF16_PEAK / per_clip

@@ -1,5 +1,6 @@
 """Shared by the engine tests: tiny real mp4 videos in a temp dir and the overrides of a tiny model."""
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,28 @@ def cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "motionmae.cli", *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def metric_rows(run_dir) -> list:
+    """The rows of a run's metrics.jsonl so far; a line being written by a running process is skipped."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+def session_members(sid: int) -> list:
+    """Live processes (zombies left out) of the session `sid`: a CLI run started with start_new_session=True and
+    everything it started, DataLoader workers included."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid and (d / "stat").read_text().split()[2] != "Z":
+                    pids.append(int(d.name))
+            except (OSError, IndexError):
+                pass
+    return pids

@@ -12,6 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+from motionmae.models.flops import block_flops  # noqa: E402
 import reproduce  # noqa: E402
 import step  # noqa: E402
 
@@ -38,13 +39,39 @@ def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
             if hasattr(m, "config"):
                 m.config._attn_implementation = "eager"
     counted = _count_flops(case.step)
-    expected = common.mae_step_flops(step.mae_shape(case.cfg, case.mask, case.transformers), step.SETTINGS["quick"]["batch"])["total"]
+    expected = step.step_flops(case.cfg, case.mask, step.SETTINGS["quick"]["batch"], case.transformers)
     assert counted == expected
+
+
+@pytest.mark.parametrize("decoder", ["sha", "ind"])
+def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, monkeypatch):
+    """Three targets of different widths (appearance, gray motion, HOG), one decoder trunk per target with `ind`,
+    a decoder MLP ratio other than the encoder's: models/flops.py still equals FlopCounterMode."""
+    from motionmae.config import load_config
+    from motionmae.models.flops import pretrain_step_flops
+    from motionmae.models.pretrain import PretrainModel
+    from motionmae.models.vit import Attention
+
+    monkeypatch.setattr(Attention, "fused_attn", False)
+    cfg = load_config("motionmae-sha-tiny", [
+        "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.num_frames=4", "model.img_size=32",
+        "model.patch_size=8", "model.decoder_embed_dim=16", "model.decoder_depth=2", "model.decoder_num_heads=2",
+        "model.decoder_mlp_ratio=2.0", f"model.decoder={decoder}", "objective.targets=[appearance,motion,hog]",
+        "objective.motion_color=gray", "mask.ratio=0.75"])
+    model = PretrainModel(cfg).train()
+    x = torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = step.make_mask(cfg, 3)
+    counted = _count_flops(lambda: model(x, mask)["loss"].backward())
+    # computing the targets is free by the convention (HOG's gradient filters are a conv the counter sees)
+    ids_masked = mask.nonzero()[:, 1].reshape(3, -1)
+    targets = _count_flops(lambda: model.compute_targets(x, ids_masked))
+    assert targets > 0
+    assert counted - targets == pretrain_step_flops(cfg, 3)["total"]
 
 
 def test_block_flops_by_hand():
     # 10 tokens, width 8, mlp 4x: linear 2*10*8*(24+8+64) = 15360; attention 4*10*10*8 = 3200
-    assert common.block_flops(10, 8) == 15360 + 3200
+    assert block_flops(10, 8) == 15360 + 3200
 
 
 def test_step_quick_end_to_end(tmp_path):
@@ -124,7 +151,7 @@ def test_cpu_bf16_attention_takes_explicit_path_and_matches_fp32_sdpa():
 def test_patchify_with_index_equals_gather_of_full_patchify():
     """Perf edit in objective/targets.py: reading the masked cubes straight from the clip gives exactly the
     rows of the full patchified grid (tubelet 2, non-square token grid, unsorted indices)."""
-    from motionmae.objective.targets import patchify
+    from motionmae.objective.tokens import patchify
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, 8, 16, 24, generator=g)
@@ -139,12 +166,12 @@ def test_patchify_with_index_equals_gather_of_full_patchify():
 def test_step0_probe_is_the_encoder_pretraining_starts_from(kind):
     """reproduce.py probes `random_encoder(cfg.model, seed)` as step 0 of every run: that is only right if the
     pretraining model, seeded the same way (engine/pretrain.py), builds exactly that encoder."""
-    from motionmae.engine.pretrain import build_model
     from motionmae.eval.probe import random_encoder
+    from motionmae.models.pretrain import PretrainModel
 
     cfg = step.build_cfg(kind, "quick")
     torch.manual_seed(3)
-    ours = build_model(cfg).encoder.state_dict()
+    ours = PretrainModel(cfg).encoder.state_dict()
     ref = random_encoder(cfg.model, 3).state_dict()
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from motionmae.engine import checkpoint as ck
+from motionmae.runtime import checkpoint as ck
 from motionmae.engine.optim import build_optimizer
 from motionmae.errors import UserError
 
@@ -112,3 +112,129 @@ def test_user_errors(tmp_path):
         ck.load_checkpoint(weights_only, m, build_optimizer(m, 1e-3))
     with pytest.raises(UserError, match="missing keys"):
         ck.load_checkpoint(weights_only, nn.Linear(6, 8))
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+
+
+def _data_offset(path) -> int:
+    """Byte offset where a safetensors file's tensor data starts (8-byte header length, then the JSON header)."""
+    with open(path, "rb") as f:
+        return 8 + int.from_bytes(f.read(8), "little")
+
+
+def _flip_byte(path, offset) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def _run_with_two_checkpoints(tmp_path):
+    m = _model(0)
+    opt = build_optimizer(m, lr=1e-2)
+    _train(m, opt, 1, seed=1)
+    ck.save_run_checkpoint(tmp_path, 1, m, opt, {"step": 1}, numbered=True, keep_last=3)
+    _train(m, opt, 1, seed=2)
+    ck.save_run_checkpoint(tmp_path, 2, m, opt, {"step": 2}, numbered=True, keep_last=3)
+    return tmp_path / ck.CKPT_DIR
+
+
+def test_flipped_tensor_bytes_are_an_error_naming_the_tensor_and_the_newest_intact_checkpoint(tmp_path):
+    d = _run_with_two_checkpoints(tmp_path)
+    last, step2, step1 = d / ck.LAST, d / "step_00000002.safetensors", d / "step_00000001.safetensors"
+    assert os.stat(last).st_ino != os.stat(step2).st_ino  # `last` is a file of its own
+    _flip_byte(last, _data_offset(last) + 3)  # inside the first tensor of the data section
+    with pytest.raises(ck.CorruptCheckpointError, match=r"damaged: tensor '.+' does not match") as e:
+        ck.load_checkpoint(tmp_path, _model(1))
+    assert str(step2) in str(e.value)  # the copy was not reached by the damage
+    with pytest.raises(ck.CorruptCheckpointError):
+        ck.load_model_state(last)
+    # the numbered file still loads; damaging it too points at the older one
+    ck.load_checkpoint(step2, _model(1))
+    _flip_byte(step2, os.path.getsize(step2) - 1)  # last byte of the data section
+    with pytest.raises(ck.CorruptCheckpointError) as e:
+        ck.load_checkpoint(last, _model(1))
+    assert str(step1) in str(e.value)
+    assert ck.newest_intact(tmp_path) == step1
+
+
+def test_unreadable_header_is_a_user_error_in_every_reader(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    for content in (b"", b"\x00" * 7, (10**12).to_bytes(8, "little") + b"{}", b"not a checkpoint at all"):
+        p.write_bytes(content)
+        for read in (ck.read_state, ck.load_model_state, lambda q: ck.load_checkpoint(q, _model(0))):
+            with pytest.raises(UserError, match="not a readable motionmae checkpoint"):
+                read(p)
+
+
+def test_bad_metadata_json_is_a_user_error(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "meta.safetensors"
+    save_file({"model.w": torch.zeros(2)}, str(p), metadata={ck.META_KEY: "{not json"})
+    with pytest.raises(UserError, match="not a readable motionmae checkpoint"):
+        ck.read_state(p)
+
+
+def test_non_finite_weights_are_refused_unless_allowed(tmp_path):
+    m = _model(0)
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    p = ck.save_checkpoint(tmp_path / "nan.safetensors", m, state={"config": {}})
+    with pytest.raises(UserError, match=r"NaN or inf \(first: 0.weight\)"):
+        ck.load_model_state(p)
+    with pytest.raises(UserError, match="NaN or inf"):
+        ck.load_checkpoint(p, _model(1))
+    sd, _ = ck.load_model_state(p, allow_nonfinite=True)
+    assert torch.isnan(sd["0.weight"][0, 0])
+
+
+def test_files_without_checksums_still_load(tmp_path):
+    # format 1 (before checksums): the same layout without the crc32 entry
+    import json
+
+    from safetensors.torch import save_file
+
+    m = _model(0)
+    p = tmp_path / "v1.safetensors"
+    save_file({"model." + k: v.contiguous() for k, v in m.state_dict().items()}, str(p),
+              metadata={ck.META_KEY: json.dumps({"format_version": 1, "state": {"step": 7}})})
+    b = _model(1)
+    assert ck.load_checkpoint(p, b)["step"] == 7
+    assert torch.equal(b[0].weight, m[0].weight)
+
+
+def test_failed_write_keeps_the_last_good_checkpoint_and_names_it(tmp_path, monkeypatch):
+    import errno
+
+    d = _run_with_two_checkpoints(tmp_path)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.shutil, "copyfile", full)  # the numbered file is written, the copy to `last` fails
+    m = _model(0)
+    with pytest.raises(ck.CheckpointWriteError, match=r"No space left on device; the last good checkpoint is .*last.safetensors"):
+        ck.save_run_checkpoint(tmp_path, 3, m, build_optimizer(m, lr=1e-2), {"step": 3}, numbered=True)
+    assert (d / ck.LAST).read_bytes() == before[ck.LAST]
+    assert not [n for n in os.listdir(d) if n.endswith(".tmp")]
+    assert ck.read_state(d / ck.LAST)["step"] == 2
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    d = _run_with_two_checkpoints(tmp_path)
+    (d / ".last.safetensors.abc123.tmp").write_bytes(b"x" * 100)
+    (d / ".step_00000003.safetensors.q.tmp").write_bytes(b"")
+    removed = ck.remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == [".last.safetensors.abc123.tmp", ".step_00000003.safetensors.q.tmp"]
+    assert sorted(os.listdir(d)) == [ck.LAST, "step_00000001.safetensors", "step_00000002.safetensors"]
+
+
+def test_a_run_whose_last_was_deleted_resumes_from_its_newest_numbered_checkpoint(tmp_path):
+    d = _run_with_two_checkpoints(tmp_path)
+    (d / ck.LAST).unlink()
+    assert ck.find_last(tmp_path) == d / "step_00000002.safetensors"
+    assert ck.resolve_checkpoint(tmp_path) == d / "step_00000002.safetensors"

@@ -5,7 +5,7 @@ import pytest
 
 from engine_helpers import TINY, cli
 from motionmae import config as C
-from motionmae.engine.pretrain import make_plan, pretrain, sync_clip_shape
+from motionmae.engine.trainer import make_plan
 from motionmae.errors import UserError
 
 
@@ -47,15 +47,14 @@ def test_dataset_smaller_than_one_step():
 
 
 def test_data_clip_shape_follows_model_unless_set_otherwise(tmp_path):
-    cfg = sync_clip_shape(C.load_config("", ["model.num_frames=8", "model.img_size=112"]))
+    cfg = C.load_config("", ["model.num_frames=8", "model.img_size=112"])
     assert (cfg.data.num_frames, cfg.data.input_size) == (8, 112)
-    cfg = C.load_config("", [*TINY, "data.num_frames=8", f"data.train={tmp_path}", f"train.output_dir={tmp_path / 'r'}"])
-    with pytest.raises(UserError, match="data.num_frames=8 does not match model.num_frames=4"):
-        pretrain(cfg)
+    with pytest.raises(UserError, match="data.num_frames=8 does not match model.num_frames=4"):  # when the config is built
+        C.load_config("", [*TINY, "data.num_frames=8", f"data.train={tmp_path}", f"train.output_dir={tmp_path / 'r'}"])
 
 
 def test_demo_story_end_to_end_tiny(tmp_path, capsys):
-    from motionmae.engine.demo import run_demo
+    from motionmae.demo import run_demo
 
     tiny = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
             "model.decoder_num_heads=2", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", "data.num_workers=0",
@@ -95,8 +94,8 @@ def test_reconstruction_vs_zero_by_hand(tmp_path):
 
     from motionmae import config as C
     from motionmae.data.synthetic import make_dataset
-    from motionmae.engine.checkpoint import save_checkpoint
-    from motionmae.engine.demo import reconstruction_vs_zero
+    from motionmae.runtime.checkpoint import save_checkpoint
+    from motionmae.demo import reconstruction_vs_zero
     from motionmae.models.pretrain import PretrainModel
 
     data = make_dataset(tmp_path / "d", num_train=2, num_val=6, frames=8, size=32, workers=1)

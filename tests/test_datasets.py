@@ -222,6 +222,34 @@ def test_corrupt_files_skipped_and_counted(corrupt_folder, workers):
     assert torch.allclose(reds, 8 * idx.float(), atol=3)  # each replacement's label/index matches its pixels
 
 
+def test_worker_count_does_not_change_the_data_on_corrupt_files(tmp_path):
+    # A process that already saw a video fail skips it without decoding; workers are new processes every epoch and
+    # try it again. Videos that fail only after the clip's frames were drawn (cut short at 90%) made the two differ.
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        write_video(tmp_path / f"{i:02d}.mp4", rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8))
+    for i in (3, 8):
+        data = (tmp_path / f"{i:02d}.mp4").read_bytes()
+        (tmp_path / f"{i:02d}.mp4").write_bytes(data[: int(len(data) * 0.9)])
+
+    def epochs(workers):
+        ds = build_dataset(cfg(train=str(tmp_path), num_frames=3, sampling_rate=2, input_size=16, max_skip_fraction=0.9),
+                           "train", "pretrain")
+        out = []
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out += list(DataLoader(ds, batch_size=4, num_workers=workers, collate_fn=collate))
+        return out
+
+    a, b = epochs(0), epochs(2)
+    assert sum(x["skipped"] for x in a) == 6  # both broken videos, every epoch
+    assert [x["index"].tolist() for x in a] == [x["index"].tolist() for x in b]
+    assert all(torch.equal(x["video"], y["video"]) for x, y in zip(a, b))
+    assert [x["skipped"] for x in a] == [x["skipped"] for x in b]
+
+
 def test_too_many_failures_is_a_clear_error(tmp_path):
     for i in range(6):
         (tmp_path / f"{i}.mp4").write_text("not a video")
@@ -244,9 +272,19 @@ def test_loader_benchmark_quick_mode_runs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     text = mod.run(quick=True, update_docs=False)
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| 64x48")]
-    loader = [r for r in rows if len(r) == 7]  # video, MB, num_samples, workers, clips/s, ms/clip, CPU ms/clip
-    transforms = [r for r in rows if len(r) == 3]  # source, transform, CPU ms/clip
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")]
+    loader = [r for r in rows if len(r) == 7 and r[0] == "64x48"]  # video, MB, num_samples, workers, clips/s, ms, CPU ms
+    transforms = [r for r in rows if len(r) == 3 and r[0] == "64x48"]  # source, transform, CPU ms/clip
     assert len(loader) == len(mod.QUICK["samples"]) * len(mod.QUICK["workers"]) and len(transforms) == 3
     assert all(float(r[4]) > 0 for r in loader) and all(float(r[2]) > 0 for r in transforms)
     assert "| model step (cached batch) |" in text and "the step fed" in text
+    decode = {r[1]: r for r in rows if len(r) == 6 and r[0] == "64x48"}  # video, decoder, CPU ms, vs decord, frames, identical
+    fast, plain = decode["ours (fast path)"], next(r for name, r in decode.items() if name.startswith("ours, plain"))
+    assert float(fast[2]) > 0 and int(fast[4]) < int(plain[4])  # the fast path decoded fewer frames
+    exact = [r for name, r in decode.items() if "short" not in name]  # not the two scaled rows
+    assert len(exact) >= 2 and all(r[5].split("/")[0] == r[5].split("/")[1] for r in exact)  # same frames, bit for bit
+    assert "mean abs diff" in decode[next(n for n in decode if "by the converter" in n)][5]
+    assert len([r for r in rows if len(r) == 4 and r[0] == "64x48"]) == 4  # whole items, scaled in the converter or not
+    streamed = [r for r in rows if len(r) == 5 and r[0] in ("annotation list", "shards (local files)", "shards (pipe:cat, a stream)")]
+    assert len(streamed) == 3 * len(mod.QUICK["workers"]) and all(float(r[2]) > 0 for r in streamed)
+    assert "from the shards equal the list's: yes" in text

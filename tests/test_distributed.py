@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from engine_helpers import TINY, tiny_videos
-from motionmae.engine import checkpoint as ck
-from motionmae.engine.distributed import ShardedSampler, derive_seed
-from motionmae.engine.logger import read_metrics
+from motionmae.runtime import checkpoint as ck
+from motionmae.runtime.distributed import ShardedSampler, derive_seed
+from motionmae.runtime.logger import read_metrics
 
 
 def test_shards_partition_the_single_process_order():
@@ -70,7 +70,7 @@ def test_two_gloo_ranks_equal_one_process_with_double_batch(tmp_path):
     pa, pb = ck.load_model_state(tmp_path / "ddp")[0], ck.load_model_state(tmp_path / "one")[0]
     for k in pa:
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
-    assert sorted(os.listdir(tmp_path / "ddp")) == ["checkpoints", "config.yaml", "metrics.jsonl", "tb"]  # rank 0 only
+    assert sorted(os.listdir(tmp_path / "ddp")) == [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "tb"]  # rank 0 only
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from motionmae import config as C
 from motionmae.cli import main as cli_main
-from motionmae.engine.checkpoint import save_checkpoint
+from motionmae.runtime.checkpoint import save_checkpoint
 
 TINY = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.patch_size=8", "model.num_frames=8",
         "model.img_size=32", "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2",
@@ -71,12 +71,12 @@ def test_extract_pooled_and_grid_match_direct_forward(synthetic, pretrain_ckpt, 
     path, _ = pretrain_ckpt
     out = tmp_path / "feats.npy"
     assert cli_main(["extract", "--checkpoint", str(path), "--data", synthetic["val"], "--out", str(out),
-                     "--device", "cpu", "--num-workers", "0", "--amp", "none"]) == 0
+                     "extract.device=cpu", "data.num_workers=0", "extract.amp=none"]) == 0
     pooled = np.load(out)
     labels = np.load(tmp_path / "feats.labels.npy")
     assert pooled.shape == (12, 32) and labels.shape == (12, 4)
     assert cli_main(["extract", "--checkpoint", str(path), "--data", synthetic["val"], "--out", str(tmp_path / "g.safetensors"),
-                     "--grid", "--device", "cpu", "--num-workers", "0", "--amp", "none"]) == 0
+                     "extract.kind=grid", "extract.device=cpu", "data.num_workers=0", "extract.amp=none"]) == 0
     grid = load_file(str(tmp_path / "g.safetensors"))
     assert grid["features"].shape == (12, 4, 4, 4, 32)
     assert torch.equal(grid["index"], torch.arange(12))
@@ -93,11 +93,10 @@ def test_extract_pooled_and_grid_match_direct_forward(synthetic, pretrain_ckpt, 
 
 
 def test_run_probe_random_encoder_per_column_and_cache(synthetic, tmp_path, capsys):
-    from motionmae.engine.finetune_config import ProbeConfig, load_finetune_config
     from motionmae.eval.probe import random_encoder, run_probe
 
-    cfg = load_finetune_config("", TINY[:6] + [f"probe.cache_dir={tmp_path}", "probe.k=5", "probe.linear_epochs=5",
-                                               "data.num_workers=0", "data.sampling_rate=1"], cls=ProbeConfig)
+    cfg = C.load_config("", TINY[:6] + [f"probe.cache_dir={tmp_path}", "probe.k=5", "probe.linear_epochs=5",
+                                        "data.num_workers=0", "data.sampling_rate=1"], C.ProbeConfig)
     enc = random_encoder(cfg.model, seed=0)
     res = run_probe(enc, synthetic["train"], synthetic["val"], config=cfg, name="random", device="cpu")
     assert set(res) == {"class", "direction", "speed", "arrow"}  # names from the dataset's labels.json
@@ -122,7 +121,7 @@ def test_probe_cli_checkpoint_writes_json(synthetic, pretrain_ckpt, tmp_path):
     out = tmp_path / "probe.json"
     rc = cli_main(["probe", "--checkpoint", str(path), "--train", synthetic["train"], "--val", synthetic["val"],
                    "--json", str(out), "probe.linear_epochs=5", f"probe.cache_dir={tmp_path}", "data.num_workers=0",
-                   "device=cpu"])
+                   "probe.device=cpu"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert set(res) == {"class", "direction", "speed", "arrow"}
@@ -141,8 +140,8 @@ def test_extract_several_views_of_unlabeled_videos(synthetic, pretrain_ckpt, tmp
     path, _ = pretrain_ckpt
     videos = f"{synthetic['out']}/val/*.mp4"  # a glob: no labels
     out = tmp_path / "views.npy"
-    assert cli_main(["extract", "--checkpoint", str(path), "--data", videos, "--out", str(out), "--views", "2",
-                     "--device", "cpu", "--num-workers", "0", "--amp", "none"]) == 0
+    assert cli_main(["extract", "--checkpoint", str(path), "--data", videos, "--out", str(out), "extract.views=2",
+                     "extract.device=cpu", "data.num_workers=0", "extract.amp=none"]) == 0
     pooled = np.load(out)
     assert pooled.shape == (12, 32) and (np.load(tmp_path / "views.labels.npy") == -1).all()
     # by hand: the mean over video 5's two temporal views of the token mean

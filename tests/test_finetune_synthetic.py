@@ -11,8 +11,12 @@ smoothing, warm-up + cosine, AdamW) is on.
 import json
 
 
+from motionmae.config import FinetuneConfig, load_config
 from motionmae.engine.finetune import finetune
-from motionmae.engine.finetune_config import load_finetune_config
+
+
+def load_finetune_config(spec="", overrides=(), checkpoint=None):
+    return load_config(spec, overrides, FinetuneConfig, checkpoint)
 
 
 def test_tiny_model_learns_arrow_of_time(tmp_path):

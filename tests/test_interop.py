@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from motionmae.config import ModelConfig, PretrainConfig, load_config
+from motionmae.config import ModelConfig, ObjectiveConfig, PretrainConfig, load_config
 from motionmae.errors import UserError
 from motionmae.interop import export_hf, load_hf, load_videomae
 # fp32 outputs cannot tell a LayerNorm eps of 1e-5 from 1e-12 at 1e-4 (measured: ~3e-6 apart on these models), so the
@@ -97,10 +97,17 @@ def test_hf_encoder_import_matches_transformers(tmp_path):
     assert (ours - ref).abs().max() < ATOL
 
 
-def test_hf_encoder_without_final_norm_is_refused(tmp_path):
-    VideoMAEModel(hf_config(mean_pool=True)).save_pretrained(tmp_path)
-    with pytest.raises(UserError, match="use_mean_pooling=true has no final LayerNorm"):
-        load_hf(tmp_path)
+def test_hf_encoder_without_final_norm_converts_both_ways(tmp_path):
+    # transformers' default use_mean_pooling=True: a VideoMAEModel without its final LayerNorm -> final_norm=false
+    hf = randomize(VideoMAEModel(hf_config(mean_pool=True)), seed=5)
+    assert hf.layernorm is None
+    hf.save_pretrained(tmp_path / "a")
+    conv = load_hf(tmp_path / "a")
+    assert conv.kind == "encoder" and not conv.cfg.model.final_norm and isinstance(conv.model.norm, torch.nn.Identity)
+    x = clip(conv.cfg.model)
+    assert (our_outputs(conv.model, "encoder", x) - hf_outputs(hf, "encoder", x)).abs().max() < ATOL
+    export_hf(conv.model, conv.cfg, tmp_path / "b")
+    assert VideoMAEModel.from_pretrained(tmp_path / "b").config.use_mean_pooling
 
 
 def test_hf_unmapped_and_missing_keys_are_refused(tmp_path):
@@ -241,7 +248,7 @@ def test_original_videomae_pretrain_layout_imports_with_fresh_motion_head(tmp_pa
 
     cfg = ModelConfig(size="tiny", embed_dim=192, depth=1, num_heads=3, patch_size=16, num_frames=4, img_size=32,
                       pos_embed="sincos1d", decoder="none", decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2)  # fmt: skip
-    src = randomize(PretrainModel(PretrainConfig(model=cfg)), seed=11)
+    src = randomize(PretrainModel(PretrainConfig(model=cfg, objective=ObjectiveConfig(targets=("appearance",)))), seed=11)
     torch.save({"module": src.state_dict()}, tmp_path / "pretrain.pth")
     conv = load_videomae(tmp_path / "pretrain.pth", num_frames=4, img_size=32, decoder_num_heads=2, decoder="ind")
     assert conv.kind == "pretrain" and conv.cfg.model.num_heads == 3  # 192 wide -> 3 heads (VideoMAE ViT-T table)
@@ -356,9 +363,12 @@ def test_transformers_load_with_dropped_biases_is_caught(tmp_path):
         check_parity(model, hf, "classifier", cfg)
 
 
-def test_hf_preset_suffix_gives_exportable_weights(tmp_path):
-    # '<preset>-hf' = the preset with what transformers can express; such a model exports with identical outputs
+def test_hf_preset_suffix_is_a_harmless_alias(tmp_path):
+    # '<preset>-hf' = the preset with what transformers can express, which the defaults are now: the same config
     from motionmae.models.pretrain import PretrainModel
+
+    for name in ("motionmae-sha-base", "videomae-small", "pretrain-ssv2"):
+        assert load_config(name + "-hf") == load_config(name)
 
     cfg = load_config("videomae-tiny-hf", ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.num_frames=4",
                                            "model.img_size=32", "model.decoder_embed_dim=32", "model.decoder_depth=1",
@@ -369,3 +379,83 @@ def test_hf_preset_suffix_gives_exportable_weights(tmp_path):
     assert report["kind"] == "pretrain" and report["max_abs_diff"] < ATOL
     with pytest.raises(UserError, match="each also with '-hf'"):
         load_config("videomae-enormous-hf")
+
+
+# ----------------------------------------------------------------------------------------------
+# the positional table travels with the weights
+
+
+def _tiny_cfg(**kw):
+    return ModelConfig(**{**dict(size="tiny", embed_dim=32, depth=1, num_heads=2, patch_size=16, num_frames=4, img_size=32), **kw})
+
+
+def test_what_the_weights_say_about_their_positional_table(tmp_path):
+    """VideoMAE layout: no `pos_embed` = the 1D table. So sincos1d stores none, sincos3d stores its table, and a
+    stored table must be the config's (loading it under another table is an error, not a guess)."""
+    from motionmae.config import model_config_from_dict, to_dict
+    from motionmae.runtime.checkpoint import save_checkpoint
+    from motionmae.eval.features import load_encoder
+
+    assert "pos_embed" not in VisionTransformer(_tiny_cfg(pos_embed="sincos1d")).state_dict()
+    enc3 = randomize(VisionTransformer(_tiny_cfg(pos_embed="sincos3d")), seed=1)
+    sd = enc3.state_dict()
+    assert torch.equal(sd["pos_embed"], enc3.pos_embed)
+    # a VideoMAE-layout reader (ours: load_videomae) takes the stored table as it is: the same function
+    torch.save({"model": sd}, tmp_path / "as_videomae.pth")
+    conv = load_videomae(tmp_path / "as_videomae.pth", num_frames=4, img_size=32, num_heads=2)
+    x = clip(conv.cfg.model, seed=2)
+    with torch.no_grad():
+        assert torch.equal(conv.model.forward_features(x), enc3.forward_features(x))
+    # the table of a sincos3d checkpoint is checked against the config's
+    save_checkpoint(tmp_path / "a.safetensors", enc3, state={"config": {"model": to_dict(enc3.cfg)}})
+    assert torch.equal(load_encoder(tmp_path / "a.safetensors").pos_embed, enc3.pos_embed)
+    bad = dict(sd, pos_embed=sd["pos_embed"] * 0.9)
+    with pytest.raises(UserError, match="not the model.pos_embed='sincos3d' table"):
+        VisionTransformer(_tiny_cfg(pos_embed="sincos3d")).load_state_dict(bad)
+    # ... a config that says sincos1d for weights that carry a table
+    save_checkpoint(tmp_path / "b.safetensors", enc3, state={"config": {"model": to_dict(_tiny_cfg(pos_embed="sincos1d"))}})
+    with pytest.raises(UserError, match="unexpected keys \\['pos_embed'\\].*trained with model.pos_embed=sincos3d or learnable"):
+        load_encoder(tmp_path / "b.safetensors")
+    # ... and a config that does not say at all is refused, not read with today's default
+    no_kind = {k: v for k, v in to_dict(enc3.cfg).items() if k != "pos_embed"}
+    with pytest.raises(UserError, match="does not say which positional table"):
+        model_config_from_dict({"model": no_kind})
+
+
+def test_checkpoint_without_its_sincos3d_table_is_refused_and_convert_adds_it(tmp_path, capsys):
+    """Checkpoints written before sincos3d tables were stored: the config says sincos3d, the weights have no table.
+    Loading them is refused (the same weights could be a sincos1d model); `convert --from motionmae --to motionmae`
+    re-saves them with the table computed from their own config."""
+    from motionmae.cli import main
+    from motionmae.config import to_dict
+    from motionmae.runtime.checkpoint import save_checkpoint
+    from motionmae.eval.features import load_encoder
+    from motionmae.models.pretrain import PretrainModel
+
+    cfg = PretrainConfig(model=_tiny_cfg(pos_embed="sincos3d", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2))
+    model = randomize(PretrainModel(cfg), seed=3)
+    # such a file: the same weights saved from a model that stores no table, under the sincos3d config
+    legacy = PretrainModel(PretrainConfig(model=dataclasses.replace(cfg.model, pos_embed="sincos1d")))
+    legacy.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith("pos_embed")})
+    old = save_checkpoint(tmp_path / "old.safetensors", legacy, state={"config": to_dict(cfg)}, rng=False)
+    with pytest.raises(UserError, match="no stored sincos3d positional table.*convert --from motionmae --to motionmae"):
+        load_encoder(old)
+    assert main(["convert", "--from", "motionmae", "--to", "motionmae", str(old), str(tmp_path / "new")]) == 0
+    assert "added the sincos3d positional table(s) encoder.pos_embed, decoder.pos_embed" in capsys.readouterr().out
+    enc = load_encoder(tmp_path / "new")
+    x = clip(cfg.model, seed=4)
+    with torch.no_grad():
+        assert torch.equal(enc.forward_features(x), model.encoder.forward_features(x))
+
+
+def test_fine_tuning_at_another_size_checks_the_stored_table_then_takes_the_exact_one():
+    from motionmae.models.classifier import load_pretrained_encoder
+    from motionmae.models.vit import sincos3d_table
+
+    pre = VisionTransformer(_tiny_cfg(pos_embed="sincos3d"))  # grid 2 x 2 x 2
+    clf = VisionTransformer(_tiny_cfg(pos_embed="sincos3d", num_frames=8, img_size=48), num_classes=3)  # 4 x 3 x 3
+    load_pretrained_encoder(clf, pre.state_dict(), source_grid=(2, 2, 2))
+    torch.testing.assert_close(clf.pos_embed[0], sincos3d_table((4, 3, 3), 32))
+    sd = dict(pre.state_dict(), pos_embed=pre.state_dict()["pos_embed"].flip(1))  # a table of another kind
+    with pytest.raises(UserError, match="not the model.pos_embed='sincos3d' table of the 2x2x2 token grid"):
+        load_pretrained_encoder(clf, sd, source_grid=(2, 2, 2))

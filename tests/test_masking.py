@@ -58,3 +58,48 @@ def test_bad_arguments():
         make_mask("tube", 1, (2, 4, 4), 1.0)
     with pytest.raises(UserError, match="kind"):
         make_mask("block", 1, (2, 4, 4), 0.5)
+
+
+def _moving_clip(batch):
+    """(B, 3, 2, 8, 8): one time slice of 2x2 tokens of 4x4 px (tubelet 2). Between the two frames the top-left
+    cube brightens by 1 and the top-right one by 0.5; the bottom two stay still."""
+    clip = torch.zeros(batch, 3, 2, 8, 8)
+    clip[:, :, 1, :4, :4] = 1.0
+    clip[:, :, 1, :4, 4:] = 0.5
+    return clip
+
+
+def test_motion_energy_by_hand():
+    # frame 1 - frame 0 is 1 (0.5) over the whole top-left (top-right) cube; frame 0 repeats that difference, so
+    # every value of the cube differs by 1 (0.5): mean square 1 (0.25); the still cubes 0
+    from motionmae.objective.masking import motion_energy
+
+    torch.testing.assert_close(motion_energy(_moving_clip(1), (1, 2, 2)), torch.tensor([[[1.0, 0.25, 0.0, 0.0]]]))
+    as_uint8 = (254 * _moving_clip(1)).to(torch.uint8)  # differences taken in float, not in wrapping uint8
+    torch.testing.assert_close(motion_energy(as_uint8.flip(2), (1, 2, 2)), 254**2 * torch.tensor([[[1.0, 0.25, 0.0, 0.0]]]))
+
+
+def test_motion_mask_draws_masked_cubes_in_proportion_to_frame_difference_energy():
+    # ratio 0.25 of 4 tokens: one masked per slice. Weights = energy + 1e-3 x the mean energy (0.3125):
+    # (1.0003125, 0.2503125, 0.0003125, 0.0003125) / 1.25125 -> P = 0.7994, 0.2000, 0.00025, 0.00025
+    n = 4000
+    mask = make_mask("motion", n, (1, 2, 2), 0.25, gen(0), clip=_moving_clip(n))
+    assert (mask.sum(1) == 1).all()  # the same count as every kind
+    freq = mask.float().mean(0)
+    assert abs(freq[0].item() - 0.7994) < 0.03 and abs(freq[1].item() - 0.2000) < 0.03  # +-5 standard deviations
+    assert freq[2:].sum().item() < 0.01
+    # a still clip: every position equally likely
+    still = make_mask("motion", n, (1, 2, 2), 0.25, gen(0), clip=torch.zeros(n, 3, 2, 8, 8)).float().mean(0)
+    assert (still - 0.25).abs().max() < 0.04
+
+
+def test_motion_mask_counts_and_seeding_like_the_other_kinds():
+    g = torch.Generator().manual_seed(1)
+    clip = torch.rand(3, 3, 8, 32, 32, generator=g)  # tubelet 2, patch 8: grid (4, 4, 4)
+    grid = (4, 4, 4)
+    a = make_mask("motion", 3, grid, 0.75, gen(3), clip=clip)
+    assert ((~a).reshape(3, 4, 16).sum(-1) == 4).all() and ((~a).sum(1) == num_visible(grid, 0.75)).all()
+    assert torch.equal(a, make_mask("motion", 3, grid, 0.75, gen(3), clip=clip))
+    assert not torch.equal(a, make_mask("motion", 3, grid, 0.75, gen(4), clip=clip))
+    with pytest.raises(UserError, match="mask.kind=motion needs the clip"):
+        make_mask("motion", 1, grid, 0.75, gen())

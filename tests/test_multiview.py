@@ -3,7 +3,7 @@ import torch
 
 from motionmae.data.datasets import collate, dense_view_indices
 from motionmae.data.transforms import eval_views
-from motionmae.eval.multiview import average_view_scores, predict_multiview
+from motionmae.engine.evaluate import average_view_scores, predict_multiview
 
 
 class _PoolLinear(torch.nn.Module):

@@ -1,7 +1,6 @@
 """The pretraining loop: exact resume after SIGKILL, accumulation = a bigger batch, NaN stop, run-dir contents."""
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -12,11 +11,12 @@ import time
 import pytest
 import torch
 
-from engine_helpers import TINY, tiny_videos
+from engine_helpers import TINY, metric_rows, tiny_videos
 from motionmae import config as C
-from motionmae.engine import checkpoint as ck
-from motionmae.engine.logger import read_metrics
-from motionmae.engine.pretrain import NonFiniteLossError, make_plan, pretrain
+from motionmae.runtime import checkpoint as ck
+from motionmae.runtime.logger import read_metrics
+from motionmae.engine.pretrain import pretrain
+from motionmae.engine.trainer import NonFiniteLossError, make_plan
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,13 @@ def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in _rows(run_dir)):
+        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in metric_rows(run_dir)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.002)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(r["step"] for r in _rows(run_dir))
+    killed_at = max(r["step"] for r in metric_rows(run_dir))
     assert killed_at < 12
     resumed_from = ck.read_state(run_dir)["step"]
     assert resumed_from % 2 == 0 and 2 <= resumed_from <= killed_at
@@ -73,16 +73,6 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def _rows(run_dir):
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line being written
-            pass
-    return rows
 
 
 def test_accumulation_equals_bigger_batch(videos, tmp_path):
@@ -144,14 +134,14 @@ def test_sigterm_saves_last_at_the_current_step_and_exits_143(videos, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and _rows(run_dir):
+        if (run_dir / "metrics.jsonl").exists() and metric_rows(run_dir):
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.01)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, stdout
     state = ck.read_state(run_dir)
-    assert 1 <= state["step"] < 200 and state["step"] == max(r["step"] for r in _rows(run_dir))
+    assert 1 <= state["step"] < 200 and state["step"] == max(r["step"] for r in metric_rows(run_dir))
     assert f"stopped by signal at step {state['step']}/200" in stdout
 
 
@@ -177,7 +167,7 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path,
     over = ["train.amp=fp16", "train.batch_size=2", "train.max_steps=8", "train.save_every=4"]
     with _one_thread():
         pretrain(_cfg(videos, tmp_path / "full", *over), resume="none")
-    rows = _rows(tmp_path / "full")
+    rows = metric_rows(tmp_path / "full")
     scales = [r["loss_scale"] for r in rows]
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert not math.isfinite(rows[0]["grad_norm"]) and scales[0] == 2.0**22  # overflow: skipped, scale halved
@@ -186,13 +176,13 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(videos, tmp_path,
     assert ck.read_state(mid)["loss_scaler"]["scale"] == scales[3]
     with _one_thread():
         pretrain(_cfg(videos, tmp_path / "resumed", *over), resume=str(mid))
-    assert [r["loss_scale"] for r in _rows(tmp_path / "resumed")] == scales[4:]
+    assert [r["loss_scale"] for r in metric_rows(tmp_path / "resumed")] == scales[4:]
     a, b = _params(tmp_path / "full"), _params(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resolve_amp(monkeypatch):
-    from motionmae.engine.pretrain import resolve_amp
+    from motionmae.runtime.amp import resolve_amp
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_amp(a, cpu) for a in ("none", "bf16", "fp16")] == [None, torch.bfloat16, torch.float16]
@@ -201,3 +191,34 @@ def test_resolve_amp(monkeypatch):
         assert resolve_amp("auto", cuda) == want
     with pytest.raises(C.UserError, match="auto, bf16, fp16, none"):
         resolve_amp("fp8", cpu)
+
+
+def test_motion_masks_and_a_hog_target_end_to_end(videos, tmp_path):
+    # a target and a masking kind that are config entries only: a run, its checkpoint and its pictures
+    cfg = _cfg(videos, tmp_path, "mask.kind=motion", "objective.targets=[appearance,motion,hog]", "objective.w_hog=2",
+               "train.batch_size=2", "train.max_steps=2", "train.viz_every=0", "train.loggers=[jsonl]")
+    pretrain(cfg)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["loss"] == pytest.approx(r["loss_appearance"] + r["loss_motion"] + 2 * r["loss_hog"], rel=1e-5)
+    assert "decoder.hog_head.weight" in _params(tmp_path)
+    assert not (tmp_path / "tb").exists()  # train.loggers: only the JSONL log
+    from PIL import Image
+
+    from motionmae import viz
+
+    with Image.open(tmp_path / "pictures" / "step_00000002.png") as im:  # 2 + 1 + 2 + 2 columns of 32 px x 4
+        assert im.size[0] == viz.GUTTER + 7 * 32 * viz.panel_scale(32) + 6 * viz.GAP
+
+
+def test_compiled_model_takes_the_same_steps(videos, tmp_path, monkeypatch):
+    # train.compile goes through the model-wrapping seam; dynamo's eager backend keeps the kernels, so the losses match
+    eager = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: eager(model, backend="eager"))
+    a = pretrain(_cfg(videos, tmp_path / "a", "train.batch_size=2", "train.max_steps=2"))
+    b = pretrain(_cfg(videos, tmp_path / "b", "train.batch_size=2", "train.max_steps=2", "train.compile=true"))
+    ra, rb = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert [r["loss"] for r in rb] == pytest.approx([r["loss"] for r in ra], rel=1e-6)
+    pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
+    assert pa.keys() == pb.keys()  # saved without the `_orig_mod.` prefix

@@ -65,7 +65,7 @@ def test_decoder_none_loss_is_videomae_normalised_pixel_mse():
     model, cfg = build("videomae")
     clip, mask = batch(model, cfg, kind="tube")
     out = model(clip, mask)
-    assert out["pred_motion"] is None and out["loss_motion"].item() == 0.0
+    assert "pred_motion" not in out and "loss_motion" not in out  # appearance is the only target
     expect = videomae_loss_by_hand(model, clip, mask)
     torch.testing.assert_close(out["loss"], expect, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["loss_appearance"], out["loss"])
@@ -133,9 +133,10 @@ def test_extra_frame_encoder_sees_first_t_frames():
     model, cfg = build("motionmae-sha", "objective.motion_pad=extra_frame")
     clip, mask = batch(model, cfg, frames=5)
     out = model(clip, mask)
-    first = dataclasses.replace(cfg.objective, motion_pad="first")
-    model.objective_cfg = first
-    ref = model(clip[:, :, :4], mask)
+    first = dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, motion_pad="first"))
+    same = PretrainModel(first)
+    same.load_state_dict(model.state_dict())
+    ref = same(clip[:, :, :4], mask)
     torch.testing.assert_close(out["pred_appearance"], ref["pred_appearance"])
     torch.testing.assert_close(out["loss_appearance"], ref["loss_appearance"])
     assert not torch.allclose(out["target_motion"], ref["target_motion"])
@@ -171,3 +172,37 @@ def test_user_errors():
     clip, mask = batch(model, cfg)
     with pytest.raises(UserError, match=r"\(2, 32\)"):
         model(clip, mask[:, :16])
+
+
+def test_a_head_per_target_with_videomae_key_names_for_appearance():
+    from motionmae.models.pretrain import branch_prefixes
+
+    three = ["objective.targets=[appearance,motion,hog]", "objective.hog_cell=2", "objective.w_hog=0.5"]
+    sha, cfg = build("motionmae-sha", *three)
+    heads = {k for k in sha.state_dict() if "head" in k}
+    assert heads == {f"decoder.{h}.{p}" for h in ("head", "motion_head", "hog_head") for p in ("weight", "bias")}
+    assert branch_prefixes(cfg) == ("decoder.motion_head.", "decoder.hog_head.")
+    out = sha(*batch(sha, cfg))
+    assert out["pred_hog"].shape == out["target_hog"].shape == (2, 16, 2 * 2 * 9 * 3)  # 4 px patches, 2x2 cells of 2 px
+    torch.testing.assert_close(out["loss"], out["loss_appearance"] + out["loss_motion"] + 0.5 * out["loss_hog"])
+    ind, cfg = build("motionmae-ind", *three)
+    assert {k.split(".")[0] for k in ind.state_dict()} == {
+        "encoder", "encoder_to_decoder", "mask_token", "decoder", "motion_encoder_to_decoder", "motion_mask_token",
+        "motion_decoder", "hog_encoder_to_decoder", "hog_mask_token", "hog_decoder"}
+    assert branch_prefixes(cfg) == ("motion_", "hog_")
+
+
+def test_overfit_fixed_batch_with_hog_every_loss_drops_5x():
+    model, cfg = build("motionmae-sha", "objective.targets=[appearance,motion,hog]", "objective.hog_cell=2")
+    clip, mask = batch(model, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    names = ("loss_appearance", "loss_motion", "loss_hog")
+    for step in range(150):
+        out = model(clip, mask)
+        if step == 0:
+            first = [out[k].item() for k in names]
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    out = model(clip, mask)
+    assert all(out[k].item() < f / 5 for k, f in zip(names, first)), ([out[k].item() for k in names], first)

@@ -10,7 +10,7 @@ from motionmae.config import DataConfig, load_config
 from motionmae.data import transforms as T
 from motionmae.data.datasets import VideoClipDataset, build_dataset, item_generator
 from motionmae.data.decode import write_video
-from motionmae.engine.finetune_config import FinetuneOptions
+from motionmae.config import FinetuneOptions
 from motionmae.errors import UserError
 
 SPEC = "rand-m7-n4-mstd0.5-inc1"

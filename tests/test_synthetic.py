@@ -123,10 +123,14 @@ def test_make_dataset_round_trip(tmp_path):
     specs, render = specs_from_meta(meta, "train")  # the generator settings come back from labels.json
     assert specs == clip_specs(6, 8, 32, 3, "train", len(CLASSES), style)
     assert [e.label for e in entries] == [s.labels() for s in specs]
-    for e, s in zip(entries[:2], specs):
+    for e, s, other in zip(entries[:2], specs, specs[2:]):
         with VideoReader(e.path) as r:
             assert r.num_frames == 8
-            assert np.abs(r.get_frames(range(8)).astype(float) - render(s)).mean() < 6  # H.264 crf 18
+            got = r.get_frames(range(8)).astype(float)
+        # H.264 crf 18 at 32 px, yuv420p: textured colour loses much of its chroma, so compare luma, and
+        # require the file to be far closer to its own spec's render than to another clip's
+        own, wrong = (np.abs(got.mean(-1) - render(x).astype(float).mean(-1)).mean() for x in (s, other))
+        assert own < 8 and own < 0.5 * wrong, (own, wrong)
     ds = build_dataset(DataConfig(train=info["train"], val=info["val"], num_frames=4, sampling_rate=2, input_size=32),
                        "val", "finetune")
     assert len(ds) == 3 and ds.num_labels == 4 and ds[0]["video"].shape == (3, 4, 32, 32)

@@ -12,14 +12,16 @@ import torch
 
 from motionmae.config import ObjectiveConfig
 from motionmae.errors import UserError
-from motionmae.objective.targets import (
-    appearance_target,
-    cube_stats,
-    motion_target,
-    normalized_tokens,
-    patchify,
-    unpatchify,
-)
+from motionmae.objective.targets import Appearance, Motion
+from motionmae.objective.tokens import cube_stats, normalized_tokens, patchify, unpatchify
+
+
+def appearance_target(clip, cfg, tubelet, patch, index=None):
+    return Appearance(cfg, tubelet, patch).compute(clip, index)
+
+
+def motion_target(clip, cfg, tubelet, patch, index=None):
+    return Motion(cfg, tubelet, patch).compute(clip, index)
 
 COLOUR = (1.0, 0.5, 0.25)
 PATH = [(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)]
@@ -148,3 +150,54 @@ def test_motion_bad_options():
         motion_target(square_clip(), cfg(motion_gap=4), 1, 4)
     with pytest.raises(UserError, match="motion_mode"):
         motion_target(square_clip(), cfg(motion_mode="log"), 1, 4)
+
+
+def test_hog_of_one_cell_by_hand():
+    # one 8x8 cell, tubelet 1: x = a(col) + b(row), a step of 1 between columns 3|4, b a step of 0.5 between
+    # rows 3|4 (channel 0 only; channel 1 a plain vertical edge; channel 2 flat). Sobel on a separable image:
+    # gx = 4 (a[j-1] - a[j+1]), gy = 4 (b[i-1] - b[i+1]), so
+    #   columns 3, 4 outside rows 3, 4 (12 px): gx = -4, gy = 0   -> |g| 4,        atan2 = -pi/2 -> -4.5 -> bin 4
+    #   rows 3, 4 outside columns 3, 4 (12 px): gx = 0,  gy = -2  -> |g| 2,        atan2 = pi    ->  9   -> bin 0
+    #   the 4 crossing pixels:                  gx = -4, gy = -2  -> |g| sqrt(20), atan2 = -2.034 -> -5.83 -> bin 3
+    # histogram (bin 0, 3, 4) = (24, 4 sqrt(20), 48), L2 norm sqrt(3200): (3, sqrt(5), 6) / sqrt(50)
+    from motionmae.objective.hog import HOG
+
+    x = torch.zeros(1, 3, 1, 8, 8)
+    x[0, 0, 0, :, 4:] += 1.0
+    x[0, 0, 0, 4:, :] += 0.5
+    x[0, 1, 0, :, 4:] = 1.0
+    hog = HOG(ObjectiveConfig(hog_bins=9, hog_cell=8), tubelet=1, patch=8)
+    out = hog.compute(x)
+    assert out.shape == (1, 1, 9 * 3) and hog.dim == 27
+    v = out[0, 0].reshape(9, 3)  # (bin, channel): channel fastest
+    expect0 = torch.zeros(9)
+    expect0[[0, 3, 4]] = torch.tensor([3.0, math.sqrt(5), 6.0]) / math.sqrt(50)
+    torch.testing.assert_close(v[:, 0], expect0)
+    torch.testing.assert_close(v[:, 1], torch.eye(9)[4])  # a vertical edge alone: all in bin 4
+    assert torch.equal(v[:, 2], torch.zeros(9))  # a flat channel has no histogram (not NaN)
+
+
+def test_hog_takes_each_cubes_first_frame_and_lays_cells_out_row_major():
+    from motionmae.objective.hog import HOG, hog_cells
+
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(2, 3, 4, 16, 32, generator=g)
+    hog = HOG(ObjectiveConfig(hog_cell=4), tubelet=2, patch=8)  # 2x2 cells per 8 px patch, 9 bins
+    full = hog.compute(clip)
+    assert full.shape == (2, 2 * 2 * 4, 4 * 9 * 3)
+    cells = hog_cells(clip[:, :, 2], 9, 4)  # frame 2 = first frame of the second cube: (B, C, 9, 4, 8)
+    # token (t'=1, h'=1, w'=2) holds cells rows 2-3, columns 4-5 of frame 2; value (cell_y=1, cell_x=0, bin 5, C=2)
+    n, k = 1 * 8 + 1 * 4 + 2, ((1 * 2 + 0) * 9 + 5) * 3 + 2
+    assert full[1, n, k] == cells[1, 2, 5, 3, 4]
+    idx = torch.tensor([[14, 3], [0, 9]])
+    torch.testing.assert_close(hog.compute(clip, idx), torch.gather(full, 1, idx[..., None].expand(-1, -1, full.shape[-1])))
+
+
+def test_registry_builds_the_configured_targets_in_order():
+    from motionmae.config import load_config
+    from motionmae.objective.targets import TARGETS, build_targets
+
+    cfg = load_config("", ["objective.targets=[hog,appearance]", "objective.motion_color=gray", "objective.w_hog=0.5"])
+    targets = build_targets(cfg.objective, cfg.model)
+    assert [t.name for t in targets] == ["hog", "appearance"] and set(TARGETS) == {"appearance", "motion", "hog"}
+    assert [t.dim for t in targets] == [2 * 2 * 9 * 3, 2 * 16 * 16 * 3] and targets[0].weight == 0.5

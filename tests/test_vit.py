@@ -14,7 +14,7 @@ from motionmae.models.vit import (
     sinusoid_table,
 )
 from motionmae.objective.masking import make_mask
-from motionmae.objective.targets import patchify, unpatchify
+from motionmae.objective.tokens import patchify, unpatchify
 
 
 def tiny(**kw) -> ModelConfig:
@@ -76,7 +76,7 @@ def test_sincos3d_table_by_hand_and_resized_grid_extends_it():
         expect += [math.sin(pos * o) for o in om(d)] + [math.cos(pos * o) for o in om(d)]
     torch.testing.assert_close(row, torch.tensor(expect), atol=1e-6, rtol=0)
     # a bigger grid holds the same rows at the old coordinates (integer positions, recomputed exactly)
-    model = VisionTransformer(tiny())
+    model = VisionTransformer(tiny(pos_embed="sincos3d"))
     big = model.pos_embed_for((3, 5, 5))[0].reshape(3, 5, 5, -1)
     torch.testing.assert_close(big[:2, :4, :4].reshape(32, -1), model.pos_embed[0])
 

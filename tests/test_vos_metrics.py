@@ -144,3 +144,17 @@ def test_list_sequences_errors(tmp_path):
         davis.list_sequences(tmp_path, "val")
     with pytest.raises(UserError, match=r"train.txt:1: sequence 'a' has no frames"):
         davis.list_sequences(tmp_path, "train")
+
+
+def test_evaluate_sequence_counts_void_as_background_like_davis2017_evaluation():
+    # davis2017-evaluation sets 255 to 0 when it reads an annotation, before it looks for void pixels: void is
+    # background for J and F. A prediction that covers an object's void border therefore loses J.
+    gt = np.zeros((3, 40, 40), np.uint8)
+    gt[:, 10:20, 10:20] = 1
+    ring = square((40, 40), 9, 9, 12) & ~square((40, 40), 10, 10, 10)
+    gt[:, ring] = davis.VOID
+    pred = np.zeros_like(gt)
+    pred[:, 9:21, 9:21] = 1  # the object and its void border
+    j, _ = davis.evaluate_sequence(gt, pred, 1)
+    assert j[0, 0] == pytest.approx(100 / 144)
+    assert davis.region_similarity(gt[1] == 1, pred[1] == 1, gt[1] == davis.VOID) == 1.0  # what ignoring void would give

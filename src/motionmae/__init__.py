@@ -1,6 +1,6 @@
 """MotionMAE: motion-aware masked autoencoders for self-supervised video representation learning."""
 
-__version__ = "0.1.0"
+from motionmae.version import __version__  # noqa: F401
 
 
 def __getattr__(name):
@@ -9,4 +9,15 @@ def __getattr__(name):
         from motionmae.eval.features import load_encoder
 
         return load_encoder
+    if name == "featurize":
+        from motionmae.eval.features import featurize
+
+        return featurize
+    if name == "MotionMAE":
+        from motionmae.interop.pretrained import MotionMAE
+
+        return MotionMAE
     raise AttributeError(name)
+
+
+__all__ = ["MotionMAE", "featurize", "load_encoder", "__version__"]

@@ -7,7 +7,9 @@ Sources (`data.train` / `data.val`), any of:
   - `path start total`          VideoMAE v2 pretraining lists (`path 0 -1` for a video file); recognised when
                                 the last value is -1 or the path is a frame folder
   - `dir total label`           MMAction / VideoMAE v2 raw-frame lists: only with `data.list_format=rawframes`
-  `data.list_format` (auto | labels | v2 | rawframes) forces one reading when `auto` guesses wrong.
+  - `path class class ...`        multi-label lists (mmaction2's multi-class format): the video's classes, any number of
+                                  them; only with `data.list_format=multilabel`, read as a 0/1 column per class
+  `data.list_format` (auto | labels | v2 | rawframes | multilabel) forces one reading when `auto` guesses wrong.
   Relative paths are joined to `data.root`, or to the list's own folder when `root` is empty.
 - a folder of class folders (`root/<class>/<video>`): labels from the sorted folder names;
 - a folder of videos, or a glob (`clips/*.mp4`): unlabeled. A "video" is a file or a frame folder
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +63,16 @@ def _is_glob(s: str) -> bool:
     return any(ch in s for ch in "*?[")
 
 
+def is_shard_spec(spec: str) -> bool:
+    """A source naming WebDataset shards (`data/shards.py`): every `::`-separated part ends in `.tar`."""
+    return bool(spec) and all(p.strip().endswith(".tar") for p in spec.split("::"))
+
+
 def _is_video(p: Path) -> bool:
     return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
 
 
-LIST_FORMATS = ("auto", "labels", "v2", "rawframes")
+LIST_FORMATS = ("auto", "labels", "v2", "rawframes", "multilabel")
 
 
 def read_annotation_list(path, root: str = "", list_format: str = "auto") -> List[VideoEntry]:
@@ -94,6 +102,11 @@ def read_annotation_list(path, root: str = "", list_format: str = "auto") -> Lis
         if not vpath:
             raise UserError(f"{where}: empty video path in {raw.strip()!r}")
         full = vpath if os.path.isabs(vpath) else str(base / vpath)
+        if list_format == "multilabel":  # path class class ...: the video's classes, any number (mmaction2's multi-class lists)
+            if any(v < 0 for v in values):
+                raise UserError(f"{where}: class indices must be >= 0, got {values}")
+            entries.append(VideoEntry(full, tuple(sorted(set(values))), 0, -1, where))
+            continue
         if ncols is not None and len(values) != ncols:
             raise UserError(f"{where}: {len(values)} value column(s) after the path, but earlier lines have {ncols}")
         ncols = len(values)
@@ -144,6 +157,9 @@ def resolve_source(spec: str, root: str = "", class_names=None,
     """Entries and class names (None unless class folders) for a list file, a folder or a glob."""
     if not spec:
         raise UserError("no data source given: set data.train / data.val to an annotation list, a folder or a glob")
+    if is_shard_spec(spec):
+        raise UserError(f"'{spec}' names WebDataset shards; this command reads annotation lists, folders and globs "
+                        "(shards stream through motionmae.data.shards.build_dataset)")
     if _is_glob(spec):
         files = sorted(p for p in globlib.glob(os.path.join(root, spec) if root else spec, recursive=True))
         files = [f for f in files if _is_video(Path(f))]
@@ -158,6 +174,25 @@ def resolve_source(spec: str, root: str = "", class_names=None,
     if p.is_file() and p.suffix.lower() not in VIDEO_EXTENSIONS:
         return read_annotation_list(p, root, list_format), None
     return [VideoEntry(str(p), (), where=str(p))], None
+
+
+def check_source(data_cfg, split: str = "train") -> None:
+    """Fail early, with the key named, when data.<split> is unset or points at nothing (before a model is built)."""
+    spec = getattr(data_cfg, split)
+    if not spec:
+        raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
+                        "class folders, or a glob)")
+    if _is_glob(spec):
+        pattern = os.path.join(data_cfg.root, spec) if data_cfg.root else spec  # as resolve_source reads it
+        if not globlib.glob(pattern, recursive=True):
+            raise UserError(f"data.{split}={spec}: the glob matches no files"
+                            f"{f' (under data.root={data_cfg.root})' if data_cfg.root and pattern != spec else ''}")
+        return
+    p = Path(spec)
+    if not p.is_absolute() and data_cfg.root and not p.exists():
+        p = Path(data_cfg.root) / spec
+    if not p.exists():
+        raise UserError(f"data.{split}={spec}: no such file or directory")
 
 
 def check_paths(entries: Sequence[VideoEntry], show: int = 5) -> None:
@@ -184,7 +219,7 @@ def dense_indices(num_video_frames: int, num_frames: int, stride: int, generator
         raise ValueError("video has no frames")
     offsets = np.arange(num_frames, dtype=np.int64) * stride
     if n >= span:
-        start = T._randint(0, n - span, generator) if generator is not None else (n - span) // 2
+        start = T.randint(0, n - span, generator) if generator is not None else (n - span) // 2
         return start + offsets
     if short_video == "loop":
         return offsets % n
@@ -220,33 +255,57 @@ def segment_indices(num_video_frames: int, num_frames: int, generator: Optional[
     return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
 
 
-def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A generator seeded from (seed, epoch, index), well mixed so nearby tuples give unrelated streams."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(2, dtype=np.uint32)
+def item_generator(seed: int, epoch: int, index: int, *more: int) -> torch.Generator:
+    """A generator seeded from (seed, epoch, index, *more), well mixed so nearby tuples give unrelated streams."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index, *more]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+_ODDITY_WARNINGS = 5  # videos named per process by `ClipMaker._note_oddities` (a data set may be full of short clips)
+_REPLACEMENT_STREAM = 1 << 30  # the extra seed key of the stream that draws replacements for unreadable videos
 
 
 # ----------------------------------------------------------------------------------------------
 # dataset
 
 
-class VideoClipDataset(Dataset):
-    """Clips from a list of `VideoEntry`.
+class SkipLog:
+    """Unreadable videos of one process (each DataLoader worker keeps its own): each is warned about and counted;
+    once more than `max_skip_fraction` of the videos tried failed (judged after `floor` were tried), a UserError
+    names the first failures."""
+
+    def __init__(self, max_skip_fraction: float, floor: int):
+        self.max_skip_fraction, self.floor = max_skip_fraction, floor
+        self.failed: Dict[int, Tuple[str, str]] = {}  # key -> (video, error)
+        self.tried: set = set()
+
+    def record(self, key: int, name: str, err: Exception) -> None:
+        self.failed[key] = (name, str(err))
+        warnings.warn(f"skipping unreadable video {name}: {err}", RuntimeWarning, stacklevel=4)
+        if len(self.failed) > self.max_skip_fraction * max(len(self.tried), self.floor):
+            first = "; ".join(f"{n} ({msg})" for n, msg in list(self.failed.values())[:3])
+            raise UserError(f"{len(self.failed)} of {len(self.tried)} videos tried failed to decode, more than "
+                            f"data.max_skip_fraction={self.max_skip_fraction}: first failures: {first}")
+
+
+class ClipMaker:
+    """How one video becomes an item: temporal sampling, decoding, then the spatial transform of `mode`; shared by
+    the map-style `VideoClipDataset` and the shard stream (`data/shards.py`).
 
     mode: 'train' (random temporal sample, then the spatial train transform of `crop`), 'val' (centre clip,
     short-side resize, centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with
     "view" ids). `aa`: RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', 'train' only.
     crop='multiscale' (pretraining): multi-scale crop, flip, then RandAugment if any. crop='rrc' (VideoMAE
     fine-tuning): frames larger than `short_side` resized down to it (VideoMAE decodes at about that size),
-    RandAugment, random resized crop, flip.
+    RandAugment, random resized crop, flip. `decode_short_side` > 0: the decoder's converter scales larger
+    frames down to that short side (data.decode_short_side; not bit-identical to resizing after decoding).
     """
 
-    def __init__(self, entries: Sequence[VideoEntry], *, num_frames: int = 16, sampling_rate: int = 4,
-                 sampling: str = "dense", mode: str = "train", input_size: int = 224, short_side: int = 0,
-                 scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66), flip: bool = True, num_samples: int = 1,
-                 short_video: str = "loop", test_clips: int = 2, test_crops: int = 3, seed: int = 0,
-                 max_skip_fraction: float = 0.5, class_names: Optional[List[str]] = None, max_attempts: int = 50,
-                 aa: str = "", crop: str = "multiscale"):
+    def __init__(self, *, num_frames: int = 16, sampling_rate: int = 4, sampling: str = "dense", mode: str = "train",
+                 input_size: int = 224, short_side: int = 0, scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
+                 flip: bool = True, num_samples: int = 1, short_video: str = "loop", test_clips: int = 2,
+                 test_crops: int = 3, aa: str = "", crop: str = "multiscale", decode_short_side: int = 0,
+                 max_attempts: int = 50):
         if mode not in ("train", "val", "test"):
             raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
         if sampling not in ("dense", "segment"):
@@ -259,24 +318,132 @@ class VideoClipDataset(Dataset):
             raise UserError(f"data.test_crops must be 1 or 3, got {test_crops}")
         if num_samples < 1 or num_frames < 1 or sampling_rate < 1:
             raise UserError("data.num_samples, data.num_frames and data.sampling_rate must be >= 1")
+        if decode_short_side < 0:
+            raise UserError(f"data.decode_short_side must be >= 0 (0: off), got {decode_short_side}")
+        self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
+        self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
+        self.short_side = T.eval_short_side(input_size, short_side)
+        self.num_samples, self.short_video = num_samples, short_video
+        self.test_clips, self.test_crops = test_clips, test_crops
+        self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
+        self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
+        self._noted: set = set()  # videos already warned about (per process)
+
+    # -- sampling
+    def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
+        if self.sampling == "segment":
+            return segment_indices(n, self.num_frames, gen)
+        return dense_indices(n, self.num_frames, self.sampling_rate, gen, self.short_video)
+
+    def _eval_indices(self, n: int, k: int) -> List[np.ndarray]:
+        if self.sampling == "segment":
+            return [segment_indices(n, self.num_frames, None, v, k) for v in range(k)]
+        return dense_view_indices(n, self.num_frames, self.sampling_rate, k, self.short_video)
+
+    # -- loading
+    def _clip(self, e: VideoEntry, gen: torch.Generator, source=None):
+        """(video, view ids or None) of entry `e`, decoded from `source` (the file's bytes) or else from e.path.
+        `source` may also be the VideoDecodeError met while fetching the bytes."""
+        if isinstance(source, VideoDecodeError):
+            raise source
+        with VideoReader(e.path if source is None else source, name=e.path, short_side=self.decode_short_side) as reader:
+            n = reader.num_frames - e.start if e.total < 0 else e.total
+            if n <= 0:
+                raise VideoDecodeError(f"{e.path}: no frames (start {e.start}, {reader.num_frames} frames)")
+            if self.mode == "train":
+                groups = [self._train_indices(n, gen) for _ in range(self.num_samples)]
+            else:
+                groups = self._eval_indices(n, self.test_clips if self.mode == "test" else 1)
+            frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
+            self._note_oddities(e.path, reader.notes, n, frames.shape[1:3])
+        clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
+        clips = clip.split([len(g) for g in groups], dim=1)
+        if self.mode == "train":
+            views = [self._train_view(c, gen) for c in clips]
+            return torch.stack(views) if self.num_samples > 1 else views[0], None
+        views = [v for c in clips for v in T.eval_views(c, self.input_size, self.short_side,
+                                                         self.test_crops if self.mode == "test" else 1)]
+        if self.mode == "val":
+            return views[0], None
+        return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
+
+    def _note_oddities(self, path: str, notes: List[str], n: int, size: Tuple[int, int]) -> None:
+        """One warning per video and process for what it is trained on without being what the config expects:
+        a damaged tail, a grayscale source, fewer frames than a clip spans, frames smaller than the input size."""
+        if path in self._noted:
+            return
+        notes = list(notes)
+        span = (self.num_frames - 1) * self.sampling_rate + 1 if self.sampling == "dense" else self.num_frames
+        if n < span:
+            fill = "loops over them" if self.short_video == "loop" else "holds the last one"
+            notes.append(f"has {n} frame(s), fewer than a clip spans ({self.num_frames} at stride {self.sampling_rate}): "
+                         f"the clip {fill} (data.short_video={self.short_video})")
+        if min(size) < self.input_size:
+            notes.append(f"is {size[1]}x{size[0]}, smaller than data.input_size={self.input_size}: its frames are upscaled")
+        if notes:
+            self._noted.add(path)
+            if len(self._noted) <= _ODDITY_WARNINGS:
+                last = " (further videos with such oddities are not named)" if len(self._noted) == _ODDITY_WARNINGS else ""
+                warnings.warn(f"{path}: " + "; ".join(notes) + last, RuntimeWarning, stacklevel=3)
+
+    def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        flip = 0.5 if self.flip else 0.0
+        if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment on the frames, then the crop
+            if min(clip.shape[-2:]) > self.short_side:  # VideoMAE decodes at ~256 px; RandAugment cost grows with pixels
+                clip = T.short_side_resize(clip, self.short_side)
+            if self.rand_augment is not None:
+                clip = self.rand_augment(clip, gen)
+            return T.random_flip(T.random_resized_crop(clip, self.input_size, gen), gen, flip)
+        clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
+        return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
+
+    def _read_item(self, first: tuple, draw, keys: tuple, skips: SkipLog) -> dict:
+        """The item of candidate `first` = (key, entry, source or None); while candidates fail to decode, of the
+        replacements `draw(rng)` returns. Attempt a draws its clip from a generator seeded from (*keys, a) (a = 0:
+        `keys` alone), and replacements come from a stream of their own: what an item holds never depends on which
+        failures this process saw before, so the number of workers (each with its own `skips`) does not change the
+        data. "skipped" is 1 when `first` itself failed."""
+        replacements = item_generator(*keys, _REPLACEMENT_STREAM)
+        (key, e, source), skipped = first, 0
+        for attempt in range(self.max_attempts):
+            gen = item_generator(*keys, *((attempt,) if attempt else ()))
+            if key not in skips.failed:
+                skips.tried.add(key)
+                try:
+                    video, view = self._clip(e, gen, source)
+                except VideoDecodeError as err:
+                    skips.record(key, e.path, err)
+                else:
+                    item = {"video": video, "label": torch.tensor(e.label or (-1,), dtype=torch.int64), "index": key,
+                            "skipped": skipped}
+                    if view is not None:
+                        item["view"] = view
+                    return item
+            skipped = 1
+            key, e, source = draw(replacements)
+        raise UserError(f"no readable video after {self.max_attempts} draws starting at index {first[0]} "
+                        f"({len(skips.failed)} of {len(skips.tried)} videos tried failed)")
+
+
+class VideoClipDataset(ClipMaker, Dataset):
+    """Clips from a list of `VideoEntry` (clip options: `ClipMaker`). Every random draw of item `index` comes
+    from generators seeded from (seed, epoch, index); an unreadable video is replaced by another one drawn from
+    the seed (`ClipMaker._read_item`; `SkipLog` counts them)."""
+
+    def __init__(self, entries: Sequence[VideoEntry], *, seed: int = 0, max_skip_fraction: float = 0.5,
+                 class_names: Optional[List[str]] = None, **clip_options):
+        super().__init__(**clip_options)
         if not entries:
             raise UserError("dataset has no videos")
         widths = {len(e.label) for e in entries}
         if len(widths) > 1:
             raise UserError(f"videos carry different numbers of labels {sorted(widths)}")
         self.entries = list(entries)
-        self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
-        self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
-        self.short_side = short_side or int(round(input_size * 256 / 224))
-        self.num_samples, self.short_video = num_samples, short_video
-        self.test_clips, self.test_crops = test_clips, test_crops
         self.seed, self.epoch = seed, 0
-        self.max_skip_fraction, self.max_attempts = max_skip_fraction, max_attempts
+        self.max_skip_fraction = max_skip_fraction
         self.class_names = class_names
-        self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
         self.num_labels = widths.pop()
-        self._failed: Dict[int, str] = {}  # index -> error, per process (each worker holds its own copy)
-        self._tried: set = set()
+        self.skips = SkipLog(max_skip_fraction, floor=min(len(self.entries), 20))
 
     def __len__(self):
         return len(self.entries)
@@ -300,81 +467,15 @@ class VideoClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    # -- sampling
-    def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
-        if self.sampling == "segment":
-            return segment_indices(n, self.num_frames, gen)
-        return dense_indices(n, self.num_frames, self.sampling_rate, gen, self.short_video)
-
-    def _eval_indices(self, n: int, k: int) -> List[np.ndarray]:
-        if self.sampling == "segment":
-            return [segment_indices(n, self.num_frames, None, v, k) for v in range(k)]
-        return dense_view_indices(n, self.num_frames, self.sampling_rate, k, self.short_video)
-
-    # -- loading
     def _load(self, index: int, gen: torch.Generator):
-        e = self.entries[index]
-        with VideoReader(e.path) as reader:
-            n = reader.num_frames - e.start if e.total < 0 else e.total
-            if n <= 0:
-                raise VideoDecodeError(f"{e.path}: no frames (start {e.start}, {reader.num_frames} frames)")
-            if self.mode == "train":
-                groups = [self._train_indices(n, gen) for _ in range(self.num_samples)]
-            else:
-                groups = self._eval_indices(n, self.test_clips if self.mode == "test" else 1)
-            frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
-        clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
-        clips = clip.split([len(g) for g in groups], dim=1)
-        if self.mode == "train":
-            views = [self._train_view(c, gen) for c in clips]
-            return torch.stack(views) if self.num_samples > 1 else views[0], None
-        views = [v for c in clips for v in T.eval_views(c, self.input_size, self.short_side,
-                                                         self.test_crops if self.mode == "test" else 1)]
-        if self.mode == "val":
-            return views[0], None
-        return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
-
-    def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        flip = 0.5 if self.flip else 0.0
-        if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment on the frames, then the crop
-            if min(clip.shape[-2:]) > self.short_side:  # VideoMAE decodes at ~256 px; RandAugment cost grows with pixels
-                clip = T.short_side_resize(clip, self.short_side)
-            if self.rand_augment is not None:
-                clip = self.rand_augment(clip, gen)
-            return T.random_flip(T.random_resized_crop(clip, self.input_size, gen), gen, flip)
-        clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
-        return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
-
-    def _record_failure(self, index: int, err: Exception) -> None:
-        self._failed[index] = str(err)
-        warnings.warn(f"skipping unreadable video {self.entries[index].path}: {err}", RuntimeWarning, stacklevel=3)
-        floor = min(len(self), 20)  # judge the fraction only once enough videos were tried
-        if len(self._failed) > self.max_skip_fraction * max(len(self._tried), floor):
-            first = "; ".join(f"{self.entries[i].path} ({msg})" for i, msg in list(self._failed.items())[:3])
-            raise UserError(f"{len(self._failed)} of {len(self._tried)} videos tried failed to decode, more than "
-                            f"data.max_skip_fraction={self.max_skip_fraction}: first failures: {first}")
+        return self._clip(self.entries[index], gen)
 
     def __getitem__(self, index: int) -> dict:
-        gen = item_generator(self.seed, self.epoch, index)
-        idx, skipped = int(index), 0
-        for _ in range(self.max_attempts):
-            if idx not in self._failed:
-                self._tried.add(idx)
-                try:
-                    video, view = self._load(idx, gen)
-                except VideoDecodeError as err:
-                    self._record_failure(idx, err)
-                else:
-                    e = self.entries[idx]
-                    item = {"video": video, "label": torch.tensor(e.label or (-1,), dtype=torch.int64),
-                            "index": idx, "skipped": skipped}
-                    if view is not None:
-                        item["view"] = view
-                    return item
-            skipped = 1 if idx == index else skipped
-            idx = T._randint(0, len(self) - 1, gen)  # a replacement, drawn deterministically from the seed
-        raise UserError(f"no readable video after {self.max_attempts} draws starting at index {index} "
-                        f"({len(self._failed)} of {len(self._tried)} videos tried failed)")
+        def draw(rng):  # a replacement, drawn deterministically from the seed
+            i = int(torch.randint(len(self), (1,), generator=rng))
+            return i, self.entries[i], None
+
+        return self._read_item((int(index), self.entries[index], None), draw, (self.seed, self.epoch, int(index)), self.skips)
 
 
 def collate(batch: List[dict]) -> dict:
@@ -397,6 +498,50 @@ def collate(batch: List[dict]) -> dict:
 # entry point
 
 
+def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_frames: Optional[int] = None,
+                 extra_frames: int = 0, aa: str = "", crop: str = "multiscale") -> dict:
+    """`ClipMaker` options for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test'), from the
+    data config (see `build_dataset`)."""
+    if split not in ("train", "val"):
+        raise UserError(f"split must be 'train' or 'val', got '{split}'")
+    if mode not in ("pretrain", "finetune", "test"):
+        raise UserError(f"mode must be 'pretrain', 'finetune' or 'test', got '{mode}'")
+    ds_mode = "test" if mode == "test" else ("train" if split == "train" else "val")
+    return dict(
+        num_frames=(num_frames or data_cfg.num_frames) + extra_frames, sampling_rate=data_cfg.sampling_rate,
+        sampling=data_cfg.sampling, mode=ds_mode, input_size=data_cfg.input_size, short_side=data_cfg.short_side,
+        scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
+        short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
+        aa=aa if mode == "finetune" and split == "train" else "",
+        crop=crop if mode == "finetune" and split == "train" else "multiscale",
+        decode_short_side=data_cfg.decode_short_side)
+
+
+def multilabel_classes(data_cfg) -> int:
+    """Classes of `data.list_format=multilabel` lists: the largest class index in data.train or data.val, plus one
+    (so both splits have the same width)."""
+    top = -1
+    for spec in (data_cfg.train, data_cfg.val):
+        if spec:
+            entries, _ = resolve_source(spec, data_cfg.root, None, "multilabel")
+            top = max([top] + [c for e in entries for c in e.label])
+    if top < 0:
+        raise UserError(f"data.list_format=multilabel: the lists ({data_cfg.train}, {data_cfg.val}) name no class at all")
+    return top + 1
+
+
+def multi_hot(entries: Sequence[VideoEntry], num_classes: int) -> List[VideoEntry]:
+    """Entries whose `label` lists class indices -> entries whose `label` is the 0/1 vector over `num_classes` (one
+    label column per class, as a list of 0/1 columns gives directly)."""
+    out = []
+    for e in entries:
+        hot = [0] * num_classes
+        for c in e.label:
+            hot[c] = 1
+        out.append(dataclasses.replace(e, label=tuple(hot)))
+    return out
+
+
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
                   require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale") -> VideoClipDataset:
@@ -407,12 +552,9 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
     `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) and
     `crop` (finetune.crop, see `VideoClipDataset`) apply to the finetune train split only: pretraining clips get
-    the multi-scale crop and are never augmented.
+    the multi-scale crop and are never augmented. WebDataset shards: `data.shards.build_dataset`.
     """
-    if split not in ("train", "val"):
-        raise UserError(f"split must be 'train' or 'val', got '{split}'")
-    if mode not in ("pretrain", "finetune", "test"):
-        raise UserError(f"mode must be 'pretrain', 'finetune' or 'test', got '{mode}'")
+    options = clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop)
     spec = data_cfg.train if split == "train" else data_cfg.val
     if not spec:
         raise UserError(f"data.{split} is empty: set it to an annotation list, a folder of videos or class folders, or a glob")
@@ -420,6 +562,8 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     if split == "val" and data_cfg.train and not _is_glob(data_cfg.train) and Path(data_cfg.train).is_dir():
         class_names = resolve_source(data_cfg.train, data_cfg.root)[1]  # val labels must follow train's classes
     entries, names = resolve_source(spec, data_cfg.root, class_names, data_cfg.list_format)
+    if data_cfg.list_format == "multilabel":
+        entries = multi_hot(entries, multilabel_classes(data_cfg))
     if check_files:
         check_paths(entries)
     if require_labels is None:
@@ -427,12 +571,4 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     if require_labels and not entries[0].label:
         raise UserError(f"data.{split}={spec} has no labels, but mode '{mode}' needs them "
                         "(use 'path label' lines or class folders)")
-    ds_mode = "test" if mode == "test" else ("train" if split == "train" else "val")
-    return VideoClipDataset(
-        entries, num_frames=(num_frames or data_cfg.num_frames) + extra_frames, sampling_rate=data_cfg.sampling_rate,
-        sampling=data_cfg.sampling, mode=ds_mode, input_size=data_cfg.input_size, short_side=data_cfg.short_side,
-        scales=data_cfg.scales, flip=data_cfg.flip, num_samples=data_cfg.num_samples if ds_mode == "train" else 1,
-        short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
-        seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names,
-        aa=aa if mode == "finetune" and split == "train" else "",
-        crop=crop if mode == "finetune" and split == "train" else "multiscale")
+    return VideoClipDataset(entries, seed=seed, max_skip_fraction=data_cfg.max_skip_fraction, class_names=names, **options)

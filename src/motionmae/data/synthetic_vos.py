@@ -32,7 +32,7 @@ from PIL import Image
 
 from motionmae.data.synthetic import CLASSES, Style, background, glyph_alpha
 from motionmae.errors import UserError
-from motionmae.eval.davis import write_mask
+from motionmae.data.palette import write_mask
 
 SCENES = ("glyphs", "sprites")
 

@@ -29,7 +29,7 @@ def from_numpy_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)
 
 
-def _randint(low: int, high: int, generator: torch.Generator) -> int:
+def randint(low: int, high: int, generator: torch.Generator) -> int:
     """Uniform integer in [low, high] (inclusive)."""
     return int(torch.randint(low, high + 1, (1,), generator=generator))
 
@@ -65,13 +65,13 @@ def multi_scale_crop_params(height: int, width: int, input_size: int, scales: Se
     # Sizes within 3 px of the target snap to it (avoids a needless 1-2 px resize).
     snapped = [input_size if abs(s - input_size) < 3 else s for s in sizes]
     pairs = [(snapped[i], snapped[j]) for i in range(len(sizes)) for j in range(len(sizes)) if abs(i - j) <= max_distort]
-    crop_w, crop_h = pairs[_randint(0, len(pairs) - 1, generator)]
+    crop_w, crop_h = pairs[randint(0, len(pairs) - 1, generator)]
     crop_w, crop_h = min(crop_w, width), min(crop_h, height)
     w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
     offsets = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]  # (x, y) in steps: corners and centre
     if more_fix_crop:
         offsets += [(0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
-    ox, oy = offsets[_randint(0, len(offsets) - 1, generator)]
+    ox, oy = offsets[randint(0, len(offsets) - 1, generator)]
     return oy * h_step, ox * w_step, crop_h, crop_w
 
 
@@ -98,7 +98,7 @@ def random_resized_crop_params(height: int, width: int, scale: Tuple[float, floa
         aspect = math.exp(_uniform(log_lo, log_hi, generator))
         w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            return _randint(0, height - h, generator), _randint(0, width - w, generator), h, w
+            return randint(0, height - h, generator), randint(0, width - w, generator), h, w
     if width / height < ratio[0]:
         w, h = width, int(round(width / ratio[0]))
     elif width / height > ratio[1]:
@@ -121,14 +121,16 @@ def random_flip(clip: torch.Tensor, generator: torch.Generator, p: float = 0.5) 
     return clip.flip(-1) if u < p else clip
 
 
+def short_side_shape(h: int, w: int, size: int) -> Tuple[int, int]:
+    """(H, W) with min(H, W) == size and the aspect ratio kept (rounded)."""
+    if h <= w:
+        return size, max(size, int(round(w * size / h)))
+    return max(size, int(round(h * size / w))), size
+
+
 def short_side_resize(clip: torch.Tensor, size: int) -> torch.Tensor:
     """Resize (C, T, H, W) so that min(H, W) == size, keeping the aspect ratio."""
-    h, w = clip.shape[-2:]
-    if h <= w:
-        new = (size, max(size, int(round(w * size / h))))
-    else:
-        new = (max(size, int(round(h * size / w))), size)
-    return resize(clip, new)
+    return resize(clip, short_side_shape(*clip.shape[-2:], size))
 
 
 def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
@@ -161,6 +163,48 @@ def eval_views(clip: torch.Tensor, input_size: int, short_side: int, num_crops: 
     if num_crops == 3:
         return three_crop(clip, input_size)
     raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+
+
+def eval_short_side(input_size: int, short_side: int = 0) -> int:
+    """The short side clips are resized to before the test crop: `short_side`, or 0 for input_size * 256 / 224
+    (VideoMAE's 224 -> 256)."""
+    return short_side or int(round(input_size * 256 / 224))
+
+
+def preprocess(frames, input_size: int, mean: Sequence[float], std: Sequence[float], short_side: int = 0,
+               crop: str = "center", device=None) -> torch.Tensor:
+    """Decoded frames -> model input, the way evaluation clips are made (one centre view).
+
+    `frames`: uint8 (T, H, W, C) or a batch (B, T, H, W, C), numpy or torch (what PyAV, decord and
+    torchvision.io.read_video return; `data.decode.VideoReader(path).get_frames(indices)` too). Also taken: the
+    datasets' (C, T, H, W) / (B, C, T, H, W) uint8. Returns float (B, C, T, input_size, input_size) on `device`:
+    short side resized to `short_side` (0: input_size * 256 / 224) and the centre crop (`crop="full"`: the whole
+    frame resized to input_size x input_size, as VideoMAE v2's TAD features), scaled to [0, 1], normalised with
+    mean/std. Give exactly the frames the model should see (`model.num_frames` of them, at its frame stride).
+    """
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    c = len(mean)
+    if x.dim() == 4:
+        x = x[None]
+    if x.dim() != 5 or c not in (x.shape[1], x.shape[-1]):
+        raise ValueError(f"expected frames (T, H, W, {c}) or (B, T, H, W, {c}), got shape {tuple(x.shape)}")
+    if x.shape[-1] == c:
+        x = x.permute(0, 4, 1, 2, 3)  # -> (B, C, T, H, W)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames (0..255), got {x.dtype}: for float frames in [0, 1] use "
+                         "(frames * 255).round().to(torch.uint8), or normalise them yourself")
+    views = [spatial_view(v, input_size, short_side, crop) for v in x]
+    return to_model_input(torch.stack(views), mean, std, device)
+
+
+def spatial_view(clip: torch.Tensor, input_size: int, short_side: int = 0, crop: str = "center") -> torch.Tensor:
+    """uint8 (C, T, H, W) -> (C, T, input_size, input_size): the centre test view (`crop="center"`), or the whole frame
+    resized (`crop="full"`)."""
+    if crop == "full":
+        return resize(clip, (input_size, input_size))
+    if crop != "center":
+        raise ValueError(f"crop must be 'center' or 'full', got '{crop}'")
+    return eval_views(clip, input_size, eval_short_side(input_size, short_side), 1)[0]
 
 
 def to_model_input(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float], device=None,

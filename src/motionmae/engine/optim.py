@@ -12,9 +12,9 @@ from typing import Callable, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-# Parameter names (by suffix) that get no weight decay besides every 1-D tensor (norms, biases):
-# positional embeddings and learned tokens, as in MAE / VideoMAE / timm.
-NO_DECAY = ("pos_embed", "decoder_pos_embed", "mask_token", "cls_token")
+# Parameter names (by suffix) that get no weight decay besides every 1-D tensor (norms, biases): a learnable
+# positional embedding (encoder's and decoder's `pos_embed`) and the mask tokens, as in MAE / VideoMAE / timm.
+NO_DECAY = ("pos_embed", "mask_token")
 
 
 def param_groups(
@@ -35,7 +35,7 @@ def param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(no_decay) or name.split(".")[-1] in no_decay
+        skip = p.ndim <= 1 or name.endswith(no_decay)
         scale = float(lr_scale_fn(name)) if lr_scale_fn is not None else 1.0
         key = (not skip, scale)
         if key not in groups:

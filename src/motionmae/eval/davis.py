@@ -9,7 +9,9 @@ scikit-image dependencies:
 - Per object: mean over the frames excluding the first and the last; recall = fraction of those
   frames > 0.5; decay = mean of the first quarter minus mean of the last quarter.
 - J&F-Mean = (mean over objects of J-Mean + mean over objects of F-Mean) / 2.
-Annotation value 255 is "void": ignored by both metrics, as in DAVIS.
+Annotation value 255 ("void") is background for the scores, which is what davis2017-evaluation computes: its
+loader sets 255 to 0 before the metrics look for void pixels, so their `void_pixels` argument is never used
+(`region_similarity` / `boundary_f_measure` keep that argument, as the official functions do).
 """
 
 from __future__ import annotations
@@ -23,59 +25,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from motionmae.data.palette import davis_palette, read_mask, write_mask  # noqa: F401  (the PNG format, shared with data)
 from motionmae.errors import UserError
 
 VOID = 255
 BOUND_TH = 0.008
-
-
-def davis_palette() -> np.ndarray:
-    """The DAVIS / PASCAL VOC colour map, (256, 3) uint8: index i -> colour from the bits of i."""
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
-
-
-# ----------------------------------------------------------------------------------------------
-# palette PNGs
-
-
-def read_mask(path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """A palette (or grey) PNG -> (indices uint8 (H, W), palette uint8 (256, 3) or None for grey)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                raw = im.getpalette() or []
-                pal = np.zeros((256, 3), dtype=np.uint8)
-                raw = np.asarray(raw[: 256 * 3], dtype=np.uint8).reshape(-1, 3)
-                pal[: len(raw)] = raw
-                return np.array(im, dtype=np.uint8), pal
-            if im.mode == "L":
-                return np.array(im, dtype=np.uint8), None
-            mode = im.mode
-    except OSError as e:
-        raise UserError(f"{path}: cannot read mask: {e}") from None
-    raise UserError(f"{path}: expected a palette ('P') or grey ('L') PNG of object indices, got mode '{mode}'")
-
-
-def write_mask(path, mask: np.ndarray, palette: Optional[np.ndarray] = None) -> None:
-    """Write object indices (H, W) as a palette PNG (default: the DAVIS palette)."""
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    pal = davis_palette() if palette is None else np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    full = np.zeros((256, 3), dtype=np.uint8)  # always 256 entries, so the PNG stays 8-bit and the palette round-trips
-    full[: len(pal)] = pal[:256]
-    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
-    im.putpalette(full.reshape(-1).tolist())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
 
 
 def read_frames(paths: Sequence) -> np.ndarray:
@@ -238,6 +192,7 @@ def statistics(values: np.ndarray) -> Tuple[float, float, float]:
         warnings.simplefilter("ignore", category=RuntimeWarning)
         mean = float(np.nanmean(values)) if values.size else float("nan")
         recall = float(np.nanmean(values > 0.5)) if values.size else float("nan")
+        # the official code casts these bin edges to uint8 (wrong above 256 frames; DAVIS sequences have <= 104)
         ids = (np.round(np.linspace(1, len(values), 5) + 1e-10) - 1).astype(int)
         bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
         decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3])) if values.size else float("nan")
@@ -247,7 +202,7 @@ def statistics(values: np.ndarray) -> Tuple[float, float, float]:
 def evaluate_sequence(gt: np.ndarray, pred: np.ndarray, n_objects: int, bound_th: float = BOUND_TH) -> Tuple[np.ndarray, np.ndarray]:
     """Per-object, per-frame J and F, each (n_objects, T - 2): frames 1 .. T-2 (first and last excluded).
 
-    `gt`, `pred`: uint8 (T, H, W) object indices; 255 in `gt` is void.
+    `gt`, `pred`: uint8 (T, H, W) object indices; 255 in `gt` (void) counts as background, as in davis2017-evaluation.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
@@ -255,11 +210,10 @@ def evaluate_sequence(gt: np.ndarray, pred: np.ndarray, n_objects: int, bound_th
     j = np.zeros((n_objects, len(gt)))
     f = np.zeros((n_objects, len(gt)))
     for t in range(len(gt)):
-        void = gt[t] == VOID
         for k in range(n_objects):
             g, p = gt[t] == k + 1, pred[t] == k + 1
-            j[k, t] = region_similarity(g, p, void)
-            f[k, t] = boundary_f_measure(g, p, void, bound_th)
+            j[k, t] = region_similarity(g, p)
+            f[k, t] = boundary_f_measure(g, p, bound_th=bound_th)
     return j, f
 
 

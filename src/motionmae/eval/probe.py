@@ -13,7 +13,6 @@ prints a small table; `compare_probes({name: encoder_or_checkpoint}, ...)` print
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -22,66 +21,12 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-from motionmae.engine.finetune_config import ProbeConfig, load_finetune_config
+from motionmae import config as C
+from motionmae.config import ProbeConfig
+from motionmae.data.labels import label_names
 from motionmae.errors import UserError
 
 EncoderLike = Union[str, os.PathLike, torch.nn.Module]
-
-
-# ----------------------------------------------------------------------------------------------
-# label columns
-
-
-def _labels_json(source: str) -> dict:
-    """`labels.json` beside a list (written by `motionmae make-dataset`): {"columns": [...], <column>: [class names]}."""
-    p = Path(source)
-    meta = (p.parent if p.is_file() else p) / "labels.json"
-    try:
-        return json.loads(meta.read_text()) if meta.is_file() else {}
-    except ValueError:
-        return {}
-
-
-def label_names(source: str, num_labels: int) -> list:
-    """Names of the label columns of a list: `labels.json`'s "columns" beside it, or a header comment
-    `# path name1 name2 ...`, when either has one name per column; else `label` / `label0, label1, ...`."""
-    cols = _labels_json(source).get("columns")
-    if isinstance(cols, list) and len(cols) == num_labels:
-        return [str(c) for c in cols]
-    p = Path(source)
-    if p.is_file():
-        with open(p, errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                if line.startswith("#"):
-                    parts = line.lstrip("#").replace(",", " ").split()
-                    if len(parts) == num_labels + 1:
-                        return parts[1:]
-                    continue
-                break
-    return ["label"] if num_labels == 1 else [f"label{i}" for i in range(num_labels)]
-
-
-def class_names(source: str, column: str, num_classes: int) -> Optional[list]:
-    """Class names of a label column from `labels.json` beside the list, if it has the right count."""
-    names = _labels_json(source).get(column)
-    return [str(n) for n in names] if isinstance(names, list) and len(names) == num_classes else None
-
-
-def resolve_label_column(spec: str, names: Sequence[str], where: str = "finetune.label_column") -> int:
-    """'' -> 0; an index ('2'); or a column name."""
-    if spec == "" or spec is None:
-        return 0
-    if str(spec).lstrip("-").isdigit():
-        i = int(spec)
-        if not 0 <= i < len(names):
-            raise UserError(f"{where}={spec}: the list has {len(names)} label column(s) ({', '.join(names)})")
-        return i
-    if spec not in names:
-        raise UserError(f"{where}='{spec}' is not a label column; the list's columns are: {', '.join(names)}")
-    return list(names).index(spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,23 +63,20 @@ def _fingerprint_source(source: str) -> dict:
 
 def _load(encoder_or_checkpoint: EncoderLike, cfg: ProbeConfig, device):
     """(model, data config, fingerprint dict, default cache dir) for a checkpoint path or a module."""
-    from motionmae.eval.features import clip_data_config, encoder_from_state
+    from motionmae.eval.features import encoder_from_state
 
     if isinstance(encoder_or_checkpoint, torch.nn.Module):
         model = encoder_or_checkpoint
-        mc = getattr(model, "cfg", cfg.model)
-        data = dataclasses.replace(cfg.data, num_frames=mc.num_frames, input_size=mc.img_size)
+        data = C.follow_model(cfg.data, getattr(model, "cfg", cfg.model))
         return model, data, {"module": _fingerprint_module(model)}, Path("runs") / "probe_cache"
-    from motionmae.engine.checkpoint import load_model_state, resolve_checkpoint
+    from motionmae.runtime.checkpoint import load_model_state, resolve_checkpoint
 
     path = resolve_checkpoint(encoder_or_checkpoint)
     st = path.stat()
     sd, config_dict = load_model_state(path)
     model = encoder_from_state(sd, config_dict, str(path))
-    saved = clip_data_config(config_dict)
-    # the encoder fixes the clip shape and normalisation; the user's config chooses the rest (root, workers, ...)
-    data = dataclasses.replace(cfg.data, **{k: getattr(saved, k) for k in ("num_frames", "input_size", "mean", "std",
-                                                                            "sampling_rate", "sampling")})
+    # the encoder fixes the clip shape and format; the user's config chooses the rest (root, workers, ...)
+    data = C.checkpoint_data(cfg.data, config_dict)
     fp = {"checkpoint": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     cache = path.parent.parent / "probe_cache" if path.parent.name == "checkpoints" else path.parent / "probe_cache"
     return model, data, fp, cache
@@ -146,13 +88,13 @@ def cached_features(model, fingerprint: dict, data_cfg, source: str, class_sourc
     `cache_dir/<key>.safetensors`, the key hashing the encoder, the list's content and every clip setting."""
     from safetensors.torch import load_file, save_file
 
-    from motionmae.engine.logger import ProgressBar
-    from motionmae.engine.pretrain import resolve_amp
     from motionmae.eval.features import eval_dataset, extract_features, make_loader
+    from motionmae.runtime.amp import resolve_amp
+    from motionmae.progress import ProgressBar
 
     settings = {k: getattr(data_cfg, k) for k in ("num_frames", "sampling_rate", "sampling", "input_size", "short_side",
                                                   "mean", "std", "root", "short_video")}
-    amp_dtype = resolve_amp(amp, device)
+    amp_dtype = resolve_amp(amp, device, key="probe.amp")
     key_doc = {"encoder": fingerprint, "source": _fingerprint_source(source), "classes": class_source,
                "settings": settings, "views": views, "amp": str(amp_dtype), "version": 1}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -172,10 +114,10 @@ def cached_features(model, fingerprint: dict, data_cfg, source: str, class_sourc
     bar.close()
     out["num_labels"] = torch.tensor(dataset.num_labels)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata={"key": json.dumps(key_doc, default=str)})
-        os.replace(tmp, path)
+        from motionmae.files import atomic_path
+
+        with atomic_path(path) as tmp:  # a unique temp name: two probes filling one cache never write the same file
+            save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata={"key": json.dumps(key_doc, default=str)})
     return out
 
 
@@ -206,20 +148,19 @@ def probe_features(train: dict, val: dict, names: Sequence[str], cfg: ProbeConfi
 
 
 def run_probe(encoder_or_checkpoint: EncoderLike, train_list: str, val_list: str, config: Optional[ProbeConfig] = None,
-              overrides: Sequence[str] = (), name: str = "", device: str = "auto", cache: bool = True,
-              verbose: bool = True) -> Dict[str, Dict[str, float]]:
+              overrides: Sequence[str] = (), name: str = "", device: str = "", verbose: bool = True) -> Dict[str, Dict[str, float]]:
     """k-NN and linear probe of a frozen encoder (a module, a checkpoint file or a run directory).
 
     Returns {column: {"knn": acc, "linear": acc, "chance": 1/classes}}, one entry per label column of the lists,
     and prints a small table (`verbose`). `config`: a ProbeConfig (default: defaults + `overrides`, e.g.
-    "probe.k=10", "data.root=..."); the clip shape comes from the encoder.
+    "probe.k=10", "data.root=..."); the clip shape comes from the encoder. `device`: '' = probe.device.
     """
-    from motionmae.engine.distributed import resolve_device
+    from motionmae.runtime.device import resolve_device
 
-    cfg = config or load_finetune_config("", overrides, cls=ProbeConfig)
-    dev = resolve_device(device if device != "auto" else cfg.device)
+    cfg = config or C.load_config("", overrides, cls=ProbeConfig)
+    dev = resolve_device(device or cfg.probe.device, key="probe.device")
     model, data_cfg, fp, default_cache = _load(encoder_or_checkpoint, cfg, dev)
-    cache_dir = (Path(cfg.probe.cache_dir) if cfg.probe.cache_dir else default_cache) if cache else None
+    cache_dir = (Path(cfg.probe.cache_dir) if cfg.probe.cache_dir else default_cache) if cfg.probe.cache else None
     name = name or (Path(str(encoder_or_checkpoint)).name if not isinstance(encoder_or_checkpoint, torch.nn.Module) else "encoder")
     class_source = train_list if Path(train_list).is_dir() else ""
     kw = dict(views=cfg.probe.views, batch_size=cfg.probe.batch_size, device=dev, cache_dir=cache_dir, amp=cfg.probe.amp,
@@ -268,13 +209,11 @@ def add_arguments(parser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a motionmae checkpoint (.safetensors) or run directory")
     src.add_argument("--random-init", action="store_true", help="a randomly initialised encoder of --config's architecture")
-    parser.add_argument("--config", default="", metavar="PRESET_OR_YAML", help="architecture for --random-init; probe/data settings")
     parser.add_argument("--train", required=True, help="labelled training list (or class folders) for k-NN / the linear probe")
     parser.add_argument("--val", required=True, help="labelled evaluation list (or class folders)")
-    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
-                        help="e.g. probe.k=10 probe.views=2 probe.linear_epochs=50 data.root=... model.size=small")
-    parser.add_argument("--no-cache", action="store_true", help="extract features again, write no cache")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    C.add_config_arguments(parser, "architecture for --random-init; probe and data settings",
+                           "e.g. probe.k=10 probe.views=2 probe.cache=false probe.device=cpu data.root=... model.size=small")
 
 
 def run(args) -> int:
@@ -282,14 +221,19 @@ def run(args) -> int:
         raise UserError("--random-init needs the architecture: --config PRESET (e.g. motionmae-sha-small) or model.* overrides")
     checkpoint_config = None
     if args.checkpoint:
-        from motionmae.engine.checkpoint import load_model_state
+        from motionmae.runtime.checkpoint import load_model_state
 
         checkpoint_config = load_model_state(args.checkpoint)[1]
-    cfg = load_finetune_config(args.config, args.overrides, checkpoint_config, cls=ProbeConfig)
+    cfg = C.load_config(args.config, args.overrides, ProbeConfig, checkpoint_config)
+    if args.print_config:
+        print(C.config_text(cfg), end="")
+        return 0
     target = random_encoder(cfg.model, cfg.probe.seed) if args.random_init else args.checkpoint
     d, depth, _ = cfg.model.dims()
     name = f"random init (dim {d}, depth {depth})" if args.random_init else Path(args.checkpoint).name
-    results = run_probe(target, args.train, args.val, config=cfg, name=name, cache=not args.no_cache)
+    results = run_probe(target, args.train, args.val, config=cfg, name=name)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from motionmae.files import write_json
+
+        print(f"wrote {write_json(args.json, results, indent=2)}")
     return 0

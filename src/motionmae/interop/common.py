@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -38,12 +38,22 @@ class Converted:
 def pretrain_config(model_cfg):
     """A PretrainConfig around an imported ModelConfig, its data clip shape matching the model's (what
     `motionmae finetune --pretrained` takes from a checkpoint). Frame stride is not stored by either format."""
-    from motionmae.config import DataConfig, PretrainConfig, preset_dict, update
+    from motionmae.config import DataConfig, PretrainConfig, follow_model, preset_dict, update
 
-    cfg = PretrainConfig(model=model_cfg, data=DataConfig(num_frames=model_cfg.num_frames, input_size=model_cfg.img_size))
+    data = follow_model(DataConfig(), model_cfg)
+    if model_cfg.in_chans != 3:  # no ImageNet statistics: targets from the input as it is (transformers does the same)
+        data = replace(data, mean=(0.0,) * model_cfg.in_chans, std=(1.0,) * model_cfg.in_chans)
+    cfg = PretrainConfig(model=model_cfg, data=data)
     if model_cfg.decoder == "none":  # a plain VideoMAE: its masking and objective too
         cfg = update(cfg, {k: v for k, v in preset_dict("videomae").items() if k != "model"})
     return cfg
+
+
+def mlp_ratio_for(inner: int, dim: int) -> float:
+    """A ratio r with int(dim * r) == inner (how our blocks size their MLP, as timm / VideoMAE do): inner / dim,
+    nudged by half a unit where float rounding would land just below `inner`."""
+    r = inner / dim
+    return r if int(dim * r) == inner else (inner + 0.5) / dim
 
 
 def torch_load_weights_only(path) -> object:
@@ -72,8 +82,47 @@ def torch_load_weights_only(path) -> object:
             "Unpickling it could run code from the file. If you trust it, load it in a sandbox with "
             "weights_only=False, re-save only its state dict ('model') with torch.save, and convert that file."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+    except Exception as e:  # text, truncated or foreign files fail in many ways (KeyError, EOFError, SafetensorError...)
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}{': ' + msg if msg else ''})") from None
+
+
+def check_motion_branch(cfg, where: str) -> None:
+    """A motion branch needs frame differences: a pretraining model of fewer frames than the gap cannot have one."""
+    m, o = cfg.model, cfg.objective
+    if m.decoder != "none" and m.num_frames <= o.motion_gap:
+        raise UserError(f"{where}: a {m.num_frames}-frame model has no frame differences for MotionMAE's motion branch; "
+                        "convert it with --decoder none (a plain VideoMAE)")
+
+
+def check_destination(dst, overwrite: bool) -> None:
+    """A conversion never writes over existing files unless asked to: a file, or a non-empty directory, is refused."""
+    dst = Path(dst)
+    if dst.exists() and not overwrite and (not dst.is_dir() or any(dst.iterdir())):
+        raise UserError(f"{dst}: exists and is not empty; pass --force (overwrite=True) to write over it")
+
+
+# files transformers reads weights or configs from: a forced export removes stale ones so they cannot shadow ours
+_HF_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+             "pytorch_model.bin.index.json", "preprocessor_config.json", "video_preprocessor_config.json", "README.md")
+
+
+def publish_dir(tmp: Path, dst: Path) -> None:
+    """Move the files of the finished directory `tmp` into `dst` (created if needed), with the modes the user's umask
+    gives new files and folders (mkdtemp and safetensors make them private)."""
+    from motionmae.files import new_dir_mode, new_file_mode
+
+    for f in tmp.iterdir():
+        f.chmod(new_file_mode())
+    if not dst.exists():
+        tmp.chmod(new_dir_mode())
+        tmp.rename(dst)
+        return
+    for pattern in _HF_FILES:
+        for f in dst.glob(pattern):
+            f.unlink()
+    for f in tmp.iterdir():
+        f.replace(dst / f.name)
 
 
 def block_count(sd: StateDict, prefix: str) -> int:

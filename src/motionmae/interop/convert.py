@@ -3,8 +3,9 @@
     motionmae convert --from hf --to motionmae  hf_dir/           out.safetensors
     motionmae convert --from videomae --to hf   checkpoint.pth    hf_dir/  [--num-frames 16 --img-size 224]
     motionmae convert --from motionmae --to hf  runs/finetune/    hf_dir/
+    motionmae convert --from motionmae --to motionmae old_run/   new_run/   # re-save (adds a sincos3d table older files lack)
 
-Every conversion that involves transformers is checked against transformers itself (same random clip, max
+A DST that exists and is not empty is refused unless --force. Every conversion that involves transformers is checked against transformers itself (same random clip, max
 abs difference of the outputs must be < --atol) unless --no-verify; see docs/INTEROP.md.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from motionmae.errors import UserError
-from motionmae.interop.common import Converted
+from motionmae.interop.common import Converted, check_destination
 from motionmae.models.state import load_matching
 
 FORMATS_IN = ("hf", "videomae", "motionmae")
@@ -21,16 +22,18 @@ FORMATS_OUT = ("hf", "motionmae")
 
 
 # ----------------------------------------------------------------------------------------------
-# motionmae checkpoints (engine/checkpoint.py's format: safetensors `model.*` + JSON state with `config`)
+# motionmae checkpoints (runtime/checkpoint.py's format: safetensors `model.*` + JSON state with `config`)
 
 
-def save_motionmae(conv: Converted, dst) -> Path:
+def save_motionmae(conv: Converted, dst, overwrite: bool = False) -> Path:
     """Write a weights-only motionmae checkpoint; a path without `.safetensors` is a run directory
-    (written as `DST/checkpoints/last.safetensors`, which every command accepts as `DST`)."""
+    (written as `DST/checkpoints/last.safetensors`, which every command accepts as `DST`). A non-empty `dst` is
+    refused unless `overwrite`."""
     from motionmae.config import to_dict
-    from motionmae.engine.checkpoint import CKPT_DIR, LAST, save_checkpoint
+    from motionmae.runtime.checkpoint import CKPT_DIR, LAST, save_checkpoint
 
     dst = Path(dst)
+    check_destination(dst, overwrite)
     path = dst if dst.suffix == ".safetensors" else dst / CKPT_DIR / LAST
     state = {"config": to_dict(conv.cfg), "step": 0, "kind": "converted", "model_kind": conv.kind, "num_classes": conv.num_classes,
              "class_names": conv.class_names, "converted_notes": conv.notes}
@@ -38,16 +41,18 @@ def save_motionmae(conv: Converted, dst) -> Path:
 
 
 def load_motionmae(src, decoder: str = "") -> Converted:
-    """A motionmae checkpoint (file or run directory) -> our model, kind taken from its keys."""
-    from motionmae.config import DataConfig, ModelConfig, ObjectiveConfig, PretrainConfig, from_dict
-    from motionmae.engine.checkpoint import load_model_state, read_state
-    from motionmae.interop.hf import MOTION_PREFIXES, build_model
+    """A motionmae checkpoint (file or run directory) -> our model, kind taken from its keys.
+
+    The model is built from the checkpoint's own config, so a sincos3d table it does not store (checkpoints
+    written before tables were stored) is taken from that config, and noted."""
+    from motionmae.config import DataConfig, ObjectiveConfig, PretrainConfig, from_dict, model_config_from_dict
+    from motionmae.interop.hf import build_model
+    from motionmae.models.pretrain import branch_prefixes
+    from motionmae.runtime.checkpoint import load_model_state, read_state
 
     sd, cfg_dict = load_model_state(src)
     state = read_state(src)
-    if not isinstance(cfg_dict, dict) or "model" not in cfg_dict:
-        raise UserError(f"{src}: the checkpoint stores no model config (state.config.model)")
-    m = from_dict(ModelConfig, cfg_dict["model"], "model")
+    m = model_config_from_dict(cfg_dict, str(src))
     if decoder:
         m.decoder = decoder
     # a fine-tuning config has no objective section; the data section gives the mean/std targets are built with
@@ -64,8 +69,13 @@ def load_motionmae(src, decoder: str = "") -> Converted:
     else:
         kind, num_classes = "encoder", 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_matching(model, sd, str(src), fresh=MOTION_PREFIXES if decoder else ())["fresh"]
     notes = list(state.get("converted_notes", []))
+    own = model.state_dict()
+    tables = [k for k, _ in model.named_buffers() if k.endswith("pos_embed") and k in own and k not in sd]
+    if tables:
+        sd = {**sd, **{k: own[k] for k in tables}}
+        notes.append(f"added the {m.pos_embed} positional table(s) {', '.join(tables)} from the checkpoint's config")
+    fresh = load_matching(model, sd, str(src), fresh=branch_prefixes(cfg) if decoder else ())["fresh"]
     names = state.get("class_names")
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, names if isinstance(names, list) else None)
 
@@ -88,6 +98,7 @@ def add_arguments(p) -> None:
     p.add_argument("--allow-eps-change", action="store_true",
                    help="--to hf: accept transformers' fixed eps 1e-5 in fc_norm / decoder.norm (original VideoMAE: 1e-6); "
                         "the output difference is still measured and must stay below --atol")
+    p.add_argument("--force", action="store_true", help="write over a DST that exists and is not empty")
     p.add_argument("--no-verify", action="store_true", help="skip the output comparison with transformers")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |ours - transformers| (fp32)")
 
@@ -100,8 +111,7 @@ def run(args) -> int:
     given = [k for k, v in vm_only.items() if v is not None]
     if given and args.src_format != "videomae":
         raise UserError(f"{', '.join(given)}: only for --from videomae (the other formats store their config)")
-    if args.src_format == args.dst_format == "motionmae":
-        raise UserError("--from motionmae --to motionmae: nothing to convert")
+    check_destination(args.dst, args.force)  # before any work
     decoder = args.decoder if args.dst_format == "motionmae" else "none"
     if args.src_format == "hf":
         conv = hf.load_hf(args.src, decoder=decoder)
@@ -112,7 +122,7 @@ def run(args) -> int:
     m = conv.cfg.model
     d, n, h = m.dims()
     print(f"read {args.src}: {conv.kind}, embed {d}, depth {n}, heads {h}, tubelet {m.tubelet_size}x{m.patch_size}x{m.patch_size}, "
-          f"{m.num_frames} frames x {m.img_size} px, pos_embed {m.pos_embed}, pooling {m.pooling}"
+          f"{m.num_frames} frames x {m.img_size} px, pos_embed {m.pos_embed}, act {m.act_layer}, pooling {m.pooling}"
           + (f", {conv.num_classes} classes" if conv.num_classes else ""))
     for note in conv.notes:
         print(f"  note: {note}")
@@ -121,13 +131,14 @@ def run(args) -> int:
         print(f"  checked against transformers: max |diff| = {diff:.3g}")
     if args.dst_format == "hf":
         report = hf.export_hf(conv.model, conv.cfg, args.dst, verify=not args.no_verify, atol=args.atol, class_names=conv.class_names,
-                              allow_eps_change=args.allow_eps_change)
+                              allow_eps_change=args.allow_eps_change, overwrite=args.force,
+                              source=f"{args.src} ({args.src_format})")
         if report["dropped"]:
             print(f"  dropped {len(report['dropped'])} motion-branch tensors: transformers' VideoMAE has no motion head")
         print(f"wrote {args.dst} ({hf.ARCH[report['kind']]})")
         if report["max_abs_diff"] is not None:
             print(f"  checked against transformers: max |diff| = {report['max_abs_diff']:.3g}")
     else:
-        path = save_motionmae(conv, args.dst)
+        path = save_motionmae(conv, args.dst, overwrite=args.force)
         print(f"wrote {path}")
     return 0

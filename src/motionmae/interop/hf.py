@@ -13,7 +13,10 @@ Conventions carried over exactly (see docs/INTEROP.md):
 - LayerNorm eps: `layer_norm_eps` (default 1e-12) in every block and in the final `videomae.layernorm`;
   `fc_norm` and the decoder's final `norm` use PyTorch's default 1e-5 whatever layer_norm_eps says.
 - pooling: use_mean_pooling=True -> no final encoder norm, mean over tokens -> fc_norm -> classifier;
-  False -> final norm -> first token -> classifier.
+  False -> final norm -> first token -> classifier. In a VideoMAEModel / VideoMAEForPreTraining it only removes the
+  final encoder norm (ours: final_norm=False).
+- MLP: intermediate_size / decoder_intermediate_size (ours: mlp_ratio / decoder_mlp_ratio, independent);
+  hidden_act (ours: act_layer; the exact and tanh GELUs, quick_gelu, relu, silu).
 - input: transformers takes (B, T, C, H, W); ours (B, C, T, H, W).
 """
 
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -30,11 +35,17 @@ from motionmae.errors import UserError
 from motionmae.interop.common import (
     Converted,
     StateDict,
+    check_destination,
+    check_motion_branch,
+    mlp_ratio_for,
     pretrain_config,
+    publish_dir,
     refuse_leftovers,
     take,
     torch_load_weights_only,
 )
+from motionmae.models.pretrain import branch_prefix, branch_prefixes
+from motionmae.objective.targets import TARGETS
 from motionmae.models.state import load_matching
 
 HF_LN_DEFAULT_EPS = 1e-5  # nn.LayerNorm default: transformers' fc_norm and decoder.norm
@@ -53,8 +64,6 @@ _BLOCK_LINEAR = {
     "mlp.fc2": "output.dense",
 }
 _QKV = "attention.attention."
-# our motion branch (no VideoMAE / transformers counterpart): sha's extra head, ind's second decoder
-MOTION_PREFIXES = ("decoder.motion_head.", "motion_")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,32 +78,39 @@ def _pair_to_int(v, key: str, where: str) -> int:
     return int(v)
 
 
-def _ratio(inner: int, dim: int, key: str, where: str) -> float:
-    r = inner / dim
-    if int(dim * r) != inner:
-        raise UserError(f"{where}: {key}={inner} is not representable as int({dim} * mlp_ratio)")
-    return r
+# transformers' hidden_act -> our model.act_layer (same function; the tanh GELUs differ only in rounding)
+HF_ACTS = {
+    "gelu": "gelu", "gelu_python": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_accurate": "gelu_tanh",
+    "gelu_python_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu", "swish": "silu",
+}  # fmt: skip
+# ours -> the name written to config.json (transformers computes exactly our function with it)
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu"}
 
 
-def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha"):
-    """transformers VideoMAEConfig (as a dict) -> our PretrainConfig (model + objective sections)."""
+def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha", kind: str = "pretrain"):
+    """transformers VideoMAEConfig (as a dict) -> our PretrainConfig (model + objective sections).
+
+    `kind` decides what `use_mean_pooling` means: the pooling of a classifier, the absence of the final encoder
+    LayerNorm otherwise. The decoder settings are carried over for every kind (so a round trip keeps config.json);
+    only a pretraining model builds, and so checks, a decoder."""
     from motionmae.config import SIZES, ModelConfig
 
     act = hf.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise UserError(f"{where}: hidden_act='{act}' is not supported (ours is exact GELU, transformers' 'gelu')")
+    if act not in HF_ACTS:
+        raise UserError(f"{where}: hidden_act='{act}' is not supported; supported: {', '.join(HF_ACTS)}")
     d, n, h = int(hf.get("hidden_size", 768)), int(hf.get("num_hidden_layers", 12)), int(hf.get("num_attention_heads", 12))
     size = next((k for k, v in SIZES.items() if v == (d, n, h)), "base")
-    mlp_ratio = _ratio(int(hf.get("intermediate_size", 3072)), d, "intermediate_size", where)
     dd = int(hf.get("decoder_hidden_size", 384))
-    dec_ratio = _ratio(int(hf.get("decoder_intermediate_size", 1536)), dd, "decoder_intermediate_size", where)
     qkv_bias = hf.get("qv_bias", hf.get("qkv_bias", True))
+    mean_pooling = bool(hf.get("use_mean_pooling", True))
     m = ModelConfig(
         size=size,
         embed_dim=d,
         depth=n,
         num_heads=h,
-        mlp_ratio=mlp_ratio,
+        mlp_ratio=mlp_ratio_for(int(hf.get("intermediate_size", 3072)), d),
         patch_size=_pair_to_int(hf.get("patch_size", 16), "patch_size", where),
         tubelet_size=int(hf.get("tubelet_size", 2)),
         num_frames=int(hf.get("num_frames", 16)),
@@ -102,15 +118,19 @@ def cfg_from_hf(hf: dict, where: str = "config.json", decoder: str = "sha"):
         in_chans=int(hf.get("num_channels", 3)),
         qkv_bias=bool(qkv_bias),
         pos_embed="sincos1d",
-        pooling="mean" if hf.get("use_mean_pooling", True) else "first",
+        act_layer=HF_ACTS[act],
+        # a classifier pools by mean (-> fc_norm) or takes the first token after `norm`; an encoder has no pooling
+        # and use_mean_pooling only removes its final norm
+        final_norm=kind == "classifier" or not mean_pooling,
+        pooling="mean" if mean_pooling or kind != "classifier" else "first",
         norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
         head_norm_eps=HF_LN_DEFAULT_EPS,
         decoder=decoder,
         decoder_embed_dim=dd,
         decoder_depth=int(hf.get("decoder_num_hidden_layers", 4)),
         decoder_num_heads=int(hf.get("decoder_num_attention_heads", 6)),
+        decoder_mlp_ratio=mlp_ratio_for(int(hf.get("decoder_intermediate_size", 1536)), dd),
     )
-    m = _set_decoder_mlp_ratio(m, dec_ratio, where)
     cfg = pretrain_config(m)
     cfg.objective.appearance_norm = bool(hf.get("norm_pix_loss", True))
     return cfg
@@ -126,9 +146,13 @@ def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Option
     if m.pos_embed != "sincos1d":
         raise UserError(
             f"model.pos_embed='{m.pos_embed}' cannot be exported: transformers' VideoMAE only has the fixed 1D sinusoid "
-            "table. Train (or fine-tune) with model.pos_embed=sincos1d to export, e.g. from a '-hf' preset such as "
-            "motionmae-sha-base-hf; see docs/INTEROP.md"
+            "table (our default, model.pos_embed=sincos1d); see docs/INTEROP.md"
         )
+    if m.act_layer not in ACT_TO_HF:
+        raise UserError(f"model.act_layer='{m.act_layer}' has no transformers counterpart")
+    if kind == "classifier" and m.pooling == "first" and not m.final_norm:
+        raise UserError("a first-token classifier without final norm (model.final_norm=false) cannot be exported: "
+                        "transformers' VideoMAEForVideoClassification normalises before taking the first token")
     head_eps = m.norm_eps if m.head_norm_eps is None else m.head_norm_eps
     uses_head_norm = (kind == "classifier" and m.pooling == "mean") or (kind == "pretrain")
     if uses_head_norm and head_eps != HF_LN_DEFAULT_EPS and not allow_eps_change:
@@ -149,18 +173,19 @@ def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Option
         "num_hidden_layers": n,
         "num_attention_heads": h,
         "intermediate_size": int(d * m.mlp_ratio),
-        "hidden_act": "gelu",
+        "hidden_act": ACT_TO_HF[m.act_layer],
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "initializer_range": 0.02,
         "layer_norm_eps": m.norm_eps,
         "qkv_bias": m.qkv_bias,  # transformers 4.x name; 5.x maps it to qv_bias
-        # our encoders (and pretraining encoders) always end with `norm`: transformers' layernorm, no mean pooling
-        "use_mean_pooling": kind == "classifier" and m.pooling == "mean",
+        # a classifier: mean pooling (no final norm, fc_norm) or first token after the final norm; an encoder (also
+        # a pretraining one): with or without its final norm
+        "use_mean_pooling": m.pooling == "mean" if kind == "classifier" else not m.final_norm,
         "decoder_num_attention_heads": m.decoder_num_heads,
         "decoder_hidden_size": m.decoder_embed_dim,
         "decoder_num_hidden_layers": m.decoder_depth,
-        "decoder_intermediate_size": int(m.decoder_embed_dim * _decoder_mlp_ratio(m)),
+        "decoder_intermediate_size": int(m.decoder_embed_dim * m.decoder_mlp_ratio),
         "norm_pix_loss": bool(cfg.objective.appearance_norm),
     }
     if kind == "classifier":
@@ -168,19 +193,6 @@ def hf_config_from_cfg(cfg, kind: str, num_classes: int = 0, class_names: Option
         out["id2label"] = {str(i): str(n) for i, n in enumerate(names)}
         out["label2id"] = {str(n): i for i, n in enumerate(names)}
     return out
-
-
-def _decoder_mlp_ratio(m) -> float:
-    v = getattr(m, "decoder_mlp_ratio", None)
-    return m.mlp_ratio if v is None else v
-
-
-def _set_decoder_mlp_ratio(m, ratio: float, where: str):
-    if hasattr(m, "decoder_mlp_ratio"):
-        m.decoder_mlp_ratio = ratio
-    elif ratio != m.mlp_ratio:
-        raise UserError(f"{where}: decoder MLP ratio {ratio} differs from the encoder's {m.mlp_ratio}; our decoder shares it")
-    return m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,8 +302,8 @@ def ours_to_hf(sd: StateDict, cfg, kind: str, where: str = "model") -> Tuple[Sta
         out.update(_blocks_to_hf(src, "decoder.blocks.", "decoder.decoder_layers.", m.decoder_depth, m.qkv_bias, where))
         out.update(_pair(src, "decoder.norm", "decoder.norm", where))
         out.update(_pair(src, "decoder.head", "decoder.head", where))
-        # the motion branch has no transformers counterpart
-        dropped = sorted(k for k in src if k.startswith(MOTION_PREFIXES))
+        # the other targets' heads / decoders have no transformers counterpart
+        dropped = sorted(k for k in src if k.startswith(branch_prefixes(cfg)))
         for k in dropped:
             src.pop(k)
     refuse_leftovers(src, where)
@@ -299,8 +311,9 @@ def ours_to_hf(sd: StateDict, cfg, kind: str, where: str = "model") -> Tuple[Sta
 
 
 def _has_final_norm(kind: str, m) -> bool:
-    """Our encoder ends with `norm` unless it is a mean-pooling classifier (then fc_norm follows the mean)."""
-    return kind != "classifier" or m.pooling == "first"
+    """Whether our model has the encoder's `norm` (see VisionTransformer): not in a mean-pooling classifier (fc_norm
+    follows the mean instead), nor with final_norm=false."""
+    return m.final_norm and (kind != "classifier" or m.pooling == "first")
 
 
 def _is_fixed_pos(cfg) -> bool:
@@ -355,20 +368,21 @@ def load_hf(path, decoder: str = "sha", kind: Optional[str] = None) -> Converted
     hf_cfg, sd = read_hf_dir(path)
     kind = kind or detect_hf_kind(sd, hf_cfg)
     where = str(path)
-    cfg = cfg_from_hf(hf_cfg, where=str(Path(path) / "config.json"), decoder=decoder)
-    if kind != "classifier":
-        if cfg.model.pooling == "mean":
-            raise UserError(
-                f"{where}: {ARCH[kind]} with use_mean_pooling=true has no final LayerNorm, while our encoders always end "
-                "with one; convert the VideoMAEForVideoClassification checkpoint it came from instead"
-            )
-        cfg.model.pooling = "mean"  # an encoder has no pooling; keep the fine-tuning default (VideoMAE)
+    cfg = cfg_from_hf(hf_cfg, where=str(Path(path) / "config.json"), decoder=decoder, kind=kind)
+    if kind == "pretrain":
+        check_motion_branch(cfg, where)
     num_classes = int(sd["classifier.weight"].shape[0]) if kind == "classifier" and "classifier.weight" in sd else 0
     ours = hf_to_ours(sd, cfg, kind, where)
     model = build_model(cfg, kind, num_classes)
-    fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
-    notes = [f"motion branch initialised fresh ({len(fresh)} tensors)"] if fresh else []
+    fresh = load_matching(model, ours, where, fresh=branch_prefixes(cfg))["fresh"]
+    notes = [fresh_note(cfg, fresh)] if fresh else []
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh, _class_names(hf_cfg, num_classes))
+
+
+def fresh_note(cfg, fresh: list) -> str:
+    """What a VideoMAE checkpoint did not have: the heads / decoders of our other targets."""
+    names = [n for n in cfg.objective.targets if n != "appearance"]
+    return f"{' and '.join(names)} branch initialised fresh ({len(fresh)} tensors)"
 
 
 def _class_names(hf_cfg: dict, num_classes: int) -> Optional[list]:
@@ -408,16 +422,23 @@ def export_hf(
     atol: float = 1e-4,
     class_names: Optional[list] = None,
     allow_eps_change: bool = False,
+    overwrite: bool = False,
+    source: str = "",
 ) -> dict:
-    """Write our model as a transformers VideoMAE directory (config.json + model.safetensors).
+    """Write our model as a transformers VideoMAE directory: config.json, model.safetensors, preprocessor_config.json
+    (VideoMAEImageProcessor: resize, centre crop to model.img_size, our mean/std) and a model card (README.md).
 
     With `verify`, the directory is loaded back with transformers' `from_pretrained` (strict: no missing or
     unexpected keys) and its outputs compared with ours on a random clip; any difference above `atol` is an
-    error (with `allow_eps_change` too: the comparison is always with our model as it is). `class_names` become
-    config.json's id2label. Returns {'kind', 'dropped', 'max_abs_diff'}.
+    error (with `allow_eps_change` too: the comparison is always with our model as it is). Everything is written
+    to a temporary directory next to `dst` and moved into place only once checked. A non-empty `dst` is refused
+    unless `overwrite`. `class_names` become config.json's id2label; `source` is named in the model card.
+    Returns {'kind', 'dropped', 'max_abs_diff'}.
     """
     from safetensors.torch import save_file
 
+    dst = Path(dst)
+    check_destination(dst, overwrite)
     kind, num_classes = model_kind(model)
     hf_cfg = hf_config_from_cfg(cfg, kind, num_classes, class_names, allow_eps_change)
     params = list(model.parameters())
@@ -425,15 +446,85 @@ def export_hf(
         model = copy.deepcopy(model).to("cpu", torch.float32)  # written and checked in fp32 on the CPU
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     out, dropped = ours_to_hf(sd, cfg, kind)
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in out.items()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
     report = {"kind": kind, "dropped": dropped, "max_abs_diff": None}
-    if verify:
-        hf_model = load_transformers(dst, kind)
-        report["max_abs_diff"] = check_parity(model, hf_model, kind, cfg, atol, str(dst), check_eps=not allow_eps_change)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "preprocessor_config.json").write_text(json.dumps(image_processor_config(cfg), indent=2) + "\n")
+        if verify:
+            hf_model = load_transformers(tmp, kind)
+            report["max_abs_diff"] = check_parity(model, hf_model, kind, cfg, atol, str(dst), check_eps=not allow_eps_change)
+        (tmp / "README.md").write_text(model_card(hf_cfg, cfg, report, source, allow_eps_change))
+        publish_dir(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def image_processor_config(cfg) -> dict:
+    """preprocessor_config.json of a `VideoMAEImageProcessor` for our input: short side resized to img_size, centre
+    crop img_size x img_size (the hub's VideoMAE processors), [0, 1], then our mean/std."""
+    s = cfg.model.img_size
+    return {
+        "image_processor_type": "VideoMAEImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": s},
+        "resample": 2,  # bilinear
+        "do_center_crop": True,
+        "crop_size": {"height": s, "width": s},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(cfg.data.mean),
+        "image_std": list(cfg.data.std),
+    }
+
+
+def model_card(hf_cfg: dict, cfg, report: dict, source: str = "", eps_changed: bool = False) -> str:
+    """README.md for an exported directory: what the model is, where it came from, how it was checked, how to load it."""
+    from motionmae.version import __version__
+
+    arch, m = hf_cfg["architectures"][0], cfg.model
+    tags = ["video", "videomae", "motionmae"]
+    task = {"VideoMAEForVideoClassification": "video-classification"}.get(arch, "feature-extraction")
+    lines = ["---", "library_name: transformers", f"pipeline_tag: {task}", "tags:"] + [f"- {t}" for t in tags] + ["---", ""]
+    lines += [f"# {arch} (exported by motionmae {__version__})", ""]
+    if source:
+        lines += [f"Converted from `{source}` with `motionmae convert --to hf`.", ""]
+    lines += [
+        "| | |", "|---|---|",
+        f"| architecture | `{arch}` |",
+        f"| encoder | ViT, width {hf_cfg['hidden_size']}, depth {hf_cfg['num_hidden_layers']}, {hf_cfg['num_attention_heads']} heads, "
+        f"MLP {hf_cfg['intermediate_size']} ({hf_cfg['hidden_act']}), LayerNorm eps {hf_cfg['layer_norm_eps']} |",
+        f"| input | {m.num_frames} frames x {m.img_size} x {m.img_size} px, {m.in_chans} channels, tubelet {m.tubelet_size} x "
+        f"{m.patch_size} x {m.patch_size}; mean {list(cfg.data.mean)}, std {list(cfg.data.std)} |",
+        "| positional embedding | fixed 1D sin-cos table over all tokens (VideoMAE) |",
+    ]
+    if arch == "VideoMAEForVideoClassification":
+        lines.append(f"| head | {'mean pooling -> fc_norm' if hf_cfg['use_mean_pooling'] else 'first token'} -> "
+                     f"{len(hf_cfg['id2label'])} classes |")
+    if arch == "VideoMAEForPreTraining":
+        lines.append(f"| decoder | width {hf_cfg['decoder_hidden_size']}, depth {hf_cfg['decoder_num_hidden_layers']}, "
+                     f"{hf_cfg['decoder_num_attention_heads']} heads; appearance head only |")
+    lines.append("")
+    if report.get("max_abs_diff") is not None:
+        lines += [f"Checked against transformers on export: the same random clip through motionmae and through this "
+                  f"directory loaded with `from_pretrained` (no missing or unexpected keys), largest absolute difference "
+                  f"of the outputs {report['max_abs_diff']:.3g} (fp32).", ""]
+    if eps_changed:
+        lines += ["The eps of `fc_norm` / `decoder.norm` changed to transformers' fixed 1e-5 on export (measured above).", ""]
+    if report.get("dropped"):
+        lines += [f"MotionMAE's motion branch ({len(report['dropped'])} tensors) has no transformers counterpart and is not "
+                  "included: this is the appearance (VideoMAE) part of the model.", ""]
+    loader = {"VideoMAEForVideoClassification": "VideoMAEForVideoClassification", "VideoMAEForPreTraining": "VideoMAEForPreTraining"}
+    cls = loader.get(arch, "VideoMAEModel")
+    lines += ["```python", f"from transformers import AutoImageProcessor, {cls}", "",
+              'processor = AutoImageProcessor.from_pretrained("THIS_DIR")', f'model = {cls}.from_pretrained("THIS_DIR")',
+              f"inputs = processor(list_of_{m.num_frames}_frames, return_tensors=\"pt\")  # frames: HxWx3 uint8 arrays",
+              "outputs = model(**inputs)", "```", ""]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,10 +553,15 @@ def _clip(cfg, seed: int = 0, batch: int = 2) -> torch.Tensor:
 
 
 def parity_mask(cfg, batch: int = 2, ratio: float = 0.75, seed: int = 0) -> torch.Tensor:
-    """A random (B, N) bool mask, True = masked, the same count in every row (transformers requires it)."""
-    from motionmae.objective.masking import make_mask
-
-    return make_mask("random", batch, cfg.model.grid(), ratio, torch.Generator().manual_seed(seed))
+    """A random (B, N) bool mask, True = masked, the same count in every row (transformers requires it), with at
+    least one masked and one visible token whatever the grid (a 1 x 1 x 2 grid too)."""
+    t, h, w = cfg.model.grid()
+    n = t * h * w
+    if n < 2:
+        raise UserError(f"a pretraining model needs at least 2 tokens to mask some and keep some; this one has {n}")
+    count = min(max(int(ratio * n), 1), n - 1)
+    order = torch.rand(batch, n, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
+    return torch.zeros(batch, n, dtype=torch.bool).scatter_(1, order[:, :count], True)
 
 
 @torch.no_grad()
@@ -490,8 +586,10 @@ def our_outputs(model, kind: str, x: torch.Tensor, mask: Optional[torch.Tensor] 
 
 
 def layernorm_eps(module: torch.nn.Module) -> list:
-    """eps of every LayerNorm, in registration order (ours and transformers' register them in the same order)."""
-    return [m.eps for m in module.modules() if isinstance(m, torch.nn.LayerNorm)]
+    """eps of every LayerNorm, in registration order (ours and transformers' register them in the same order);
+    our branches of targets other than appearance (no transformers counterpart) left out."""
+    ours = tuple(branch_prefix(t, d) for t in TARGETS if t != "appearance" for d in ("sha", "ind"))
+    return [m.eps for name, m in module.named_modules() if isinstance(m, torch.nn.LayerNorm) and not name.startswith(ours)]
 
 
 def check_parity(model, hf_model, kind: str, cfg, atol: float = 1e-4, where: str = "", check_eps: bool = True) -> float:

@@ -18,11 +18,14 @@ from motionmae.interop.common import (
     Converted,
     StateDict,
     block_count,
+    check_motion_branch,
+    mlp_ratio_for,
     pretrain_config,
     refuse_leftovers,
     torch_load_weights_only,
 )
-from motionmae.models.state import load_matching
+from motionmae.models.pretrain import branch_prefixes
+from motionmae.models.state import load_matching, strip_prefixes
 
 # heads are invisible in weight shapes; VideoMAE's (and v2's) model zoo uses these
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
@@ -38,10 +41,8 @@ _BLOCK_PARAMS = (
 def read_state_dict(path) -> StateDict:
     """The model state dict of a VideoMAE checkpoint: top-level `model` or `module` (or a bare state dict),
     `_orig_mod.` / `module.` prefixes removed."""
-    from motionmae.models.classifier import _strip
-
     obj = torch_load_weights_only(path)
-    sd = _strip(obj) if isinstance(obj, dict) else None
+    sd = strip_prefixes(obj) if isinstance(obj, dict) else None
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path}: no state dict found (expected a 'model' or 'module' entry of tensors; top level has {keys})")
@@ -81,8 +82,7 @@ def cfg_from_videomae(
     if any(".gamma_1" in k or ".gamma_2" in k for k in sd):
         raise UserError(f"{where}: the checkpoint uses layer scale (blocks.N.gamma_1/gamma_2), which our ViT does not have")
     h = _heads(d, ENCODER_HEADS, num_heads, "--num-heads", where)
-    hidden = sd[pre + "blocks.0.mlp.fc1.weight"].shape[0]
-    mlp_ratio = hidden / d
+    mlp_ratio = mlp_ratio_for(sd[pre + "blocks.0.mlp.fc1.weight"].shape[0], d)
     pos = sd.get(pre + "pos_embed")
     n_frames, size = num_frames or 16, img_size or 224
     if pos is not None:  # learnable: its length pins T'*H'*W'
@@ -108,6 +108,7 @@ def cfg_from_videomae(
         pos_embed="learnable" if pos is not None else "sincos1d",
         # 'first' only for a fine-tuned model without mean pooling (its final norm is kept); encoders ignore it
         pooling="first" if not pre and "fc_norm.weight" not in sd and "norm.weight" in sd and "head.weight" in sd else "mean",
+        final_norm=bool(pre) or "head.weight" in sd or "norm.weight" in sd,  # a fine-tuned encoder without `norm`
         norm_eps=VIDEOMAE_EPS,
         head_norm_eps=VIDEOMAE_EPS,
         decoder=decoder,
@@ -118,11 +119,7 @@ def cfg_from_videomae(
         m.decoder_depth = block_count(sd, "decoder.blocks.")
         m.decoder_num_heads = _heads(dd, DECODER_HEADS, decoder_num_heads, "--decoder-num-heads", where)
         if "decoder.blocks.0.mlp.fc1.weight" in sd:
-            r = sd["decoder.blocks.0.mlp.fc1.weight"].shape[0] / dd
-            if hasattr(m, "decoder_mlp_ratio"):
-                m.decoder_mlp_ratio = r
-            elif r != mlp_ratio:
-                raise UserError(f"{where}: decoder MLP ratio {r} differs from the encoder's {mlp_ratio}")
+            m.decoder_mlp_ratio = mlp_ratio_for(sd["decoder.blocks.0.mlp.fc1.weight"].shape[0], dd)
     m.grid()  # validates divisibility
     return pretrain_config(m)
 
@@ -163,10 +160,10 @@ def videomae_to_ours(sd: StateDict, cfg, where: str = "checkpoint"):
         kind = "pretrain"
     else:
         kind = "classifier" if "head.weight" in src else "encoder"
-        if kind == "encoder" or m.pooling == "first":
+        if (kind == "encoder" and m.final_norm) or (kind == "classifier" and m.pooling == "first"):
             mv("norm.weight")
             mv("norm.bias")
-        else:
+        elif kind == "classifier":
             mv("fc_norm.weight")
             mv("fc_norm.bias")
         if kind == "classifier":
@@ -186,20 +183,22 @@ def load_videomae(
 ) -> Converted:
     """An original VideoMAE `.pth` -> our model (eval mode, CPU): pretraining layout -> `PretrainModel` (motion
     branch fresh unless decoder='none'); fine-tuned layout -> classifier (or encoder when it has no head)."""
-    from motionmae.interop.hf import MOTION_PREFIXES, build_model
+    from motionmae.interop.hf import build_model, fresh_note
 
     where = str(path)
     sd = read_state_dict(path)
     cfg = cfg_from_videomae(sd, where, num_frames, img_size, num_heads, decoder_num_heads, decoder)
     ours, kind = videomae_to_ours(sd, cfg, where)
+    if kind == "pretrain":
+        check_motion_branch(cfg, where)
     num_classes = int(ours["head.weight"].shape[0]) if kind == "classifier" else 0
     model = build_model(cfg, kind, num_classes)
-    fresh = load_matching(model, ours, where, fresh=MOTION_PREFIXES)["fresh"]
+    fresh = load_matching(model, ours, where, fresh=branch_prefixes(cfg))["fresh"]
     notes = []
     if num_heads is None:
         notes.append(f"heads inferred from the width: {cfg.model.num_heads}")
     if num_frames is None or img_size is None:
         notes.append(f"clip size assumed {cfg.model.num_frames} frames x {cfg.model.img_size} px (override with --num-frames / --img-size)")
     if fresh:
-        notes.append(f"motion branch initialised fresh ({len(fresh)} tensors)")
+        notes.append(fresh_note(cfg, fresh))
     return Converted(model.eval(), cfg, kind, num_classes, notes, fresh)

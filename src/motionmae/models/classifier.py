@@ -14,8 +14,8 @@ import torch
 
 from motionmae.config import ModelConfig
 from motionmae.errors import UserError
-from motionmae.models.state import load_matching
-from motionmae.models.vit import Grid, VisionTransformer, resize_pos_embed
+from motionmae.models.state import load_matching, strip_prefixes
+from motionmae.models.vit import Grid, VisionTransformer, check_fixed_table, resize_pos_embed
 
 # keys a freshly initialised classifier may lack in a pretraining checkpoint
 _NEW_KEYS = ("fc_norm.", "head.")
@@ -25,19 +25,6 @@ def build_classifier(cfg: ModelConfig, num_classes: int) -> VisionTransformer:
     return VisionTransformer(cfg, num_classes=num_classes)
 
 
-def _strip(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Unwrap {'model': ...} / {'module': ...} and drop `module.` / `_orig_mod.` prefixes."""
-    for top in ("model", "module", "state_dict"):
-        if top in state_dict and isinstance(state_dict[top], Mapping):
-            state_dict = state_dict[top]
-    out = {}
-    for k, v in state_dict.items():
-        while k.startswith(("module.", "_orig_mod.")):  # either order: DDP(compile(m)) and compile(DDP(m))
-            k = k.split(".", 1)[1]
-        out[k] = v
-    return out
-
-
 def encoder_state_dict(
     model: VisionTransformer, pretrain_state_dict: Mapping[str, torch.Tensor], source_grid: Optional[Grid] = None
 ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
@@ -45,10 +32,11 @@ def encoder_state_dict(
 
     Decoder keys are dropped; the encoder `norm` is dropped when `model.norm` is Identity (mean pooling,
     as VideoMAE fine-tuning does); a learnable `pos_embed` is resized from `source_grid` (the checkpoint's
-    token grid; inferred from the table's length when not given) to the model's grid. A state dict
+    token grid; inferred from the table's length when not given) to the model's grid, a stored sincos3d table is
+    checked against that grid's and replaced by the exact table of the model's grid. A state dict
     without `encoder.` keys is taken as already in encoder layout. Returns (state dict, dropped keys).
     """
-    sd = _strip(pretrain_state_dict)
+    sd = strip_prefixes(pretrain_state_dict)
     if any(k.startswith("encoder.") for k in sd):
         dropped = [k for k in sd if not k.startswith("encoder.")]
         sd = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
@@ -64,7 +52,11 @@ def encoder_state_dict(
         old = tuple(source_grid) if source_grid is not None else _guess_grid(n, model.grid)
         if math.prod(old) != n:
             raise UserError(f"pos_embed has {n} tokens, not the {'x'.join(map(str, old))} token grid of the checkpoint's config")
-        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], old, model.grid)
+        if model.pos_kind == "sincos3d":  # a fixed table: check it is the one trained with, then take the exact one for the new grid
+            check_fixed_table(sd["pos_embed"], model.pos_kind, old, "pos_embed")
+            sd["pos_embed"] = own["pos_embed"]
+        else:
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], old, model.grid)
     return sd, dropped
 
 

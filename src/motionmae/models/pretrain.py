@@ -1,20 +1,21 @@
 """The MotionMAE / VideoMAE pretraining model, top to bottom: targets, encoder on visible tokens, decoder(s), loss.
 
-Decoder designs (`model.decoder`):
-- 'none': one decoder, appearance head only. With tube masking this is VideoMAE.
-- 'sha':  one decoder trunk shared by both targets; only the last Linear differs (`decoder.head` for
-          appearance, `decoder.motion_head` for motion). Costs one extra Linear.
-- 'ind':  two independent decoders: (`encoder_to_decoder`, `mask_token`, `decoder`) for appearance and
-          (`motion_encoder_to_decoder`, `motion_mask_token`, `motion_decoder`) for motion.
+The reconstruction targets are `objective.targets` (objective/targets.py: appearance, motion, hog, ...); the
+decoder layout (`model.decoder`) says how their heads share the decoder:
+- 'sha':  one decoder trunk shared by every target; only the last Linear differs, one head per target.
+- 'ind':  one independent decoder per target (its own `encoder_to_decoder`, mask token and blocks).
+- 'none': one decoder, one target: with appearance and tube masking this is VideoMAE.
 Decoder input (VideoMAE order): the visible tokens, then one mask token per masked position, each plus
 its own decoder positional embedding; the heads see only the last N_masked tokens, so no unshuffle.
-The key names of the appearance branch are the original VideoMAE ones (`encoder.*`, `encoder_to_decoder`,
-`mask_token`, `decoder.blocks.N.*`, `decoder.norm`, `decoder.head`).
+
+Key names: appearance's modules keep the original VideoMAE names (`encoder.*`, `encoder_to_decoder`, `mask_token`,
+`decoder.blocks.N.*`, `decoder.norm`, `decoder.head`); another target's head is `decoder.<name>_head` (sha) and
+its decoder `<name>_encoder_to_decoder`, `<name>_mask_token`, `<name>_decoder.*` (ind) -- `branch_prefix` says where.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -25,21 +26,37 @@ from motionmae.models.vit import (
     Block,
     PosEmbedMixin,
     VisionTransformer,
+    check_clip,
     gather_tokens,
     init_weights,
     run_blocks,
     visible_and_masked_index,
 )
 from motionmae.objective.loss import reconstruction_loss
-from motionmae.objective.targets import appearance_target, motion_channels, motion_target, num_appearance_frames
+from motionmae.objective.targets import build_targets
 
-DECODERS = ("sha", "ind", "none")
+
+def _own(name: str) -> str:
+    """Attribute prefix of a target's own modules: none for appearance (VideoMAE's names), `<name>_` otherwise."""
+    return "" if name == "appearance" else f"{name}_"
+
+
+def branch_prefix(name: str, decoder: str) -> str:
+    """State-dict prefix of the modules that belong to target `name` alone (not for appearance, whose names are
+    VideoMAE's): `decoder.<name>_head.` in a shared decoder, `<name>_` for its own decoder (ind)."""
+    return f"{_own(name)}" if decoder == "ind" else f"decoder.{_own(name)}head."
+
+
+def branch_prefixes(cfg: PretrainConfig) -> Tuple[str, ...]:
+    """`branch_prefix` of every target but appearance: what VideoMAE / transformers checkpoints do not have."""
+    return tuple(branch_prefix(n, cfg.model.decoder) for n in cfg.objective.targets if n != "appearance")
 
 
 class Decoder(PosEmbedMixin, nn.Module):
-    """Light transformer over all N tokens: `pos_embed`, `blocks`, `norm`, `head` (+ `motion_head` for sha)."""
+    """Light transformer over all N tokens: `pos_embed`, `blocks`, `norm`, and one Linear head per target of
+    `heads` ({attribute name: width}): `head` for appearance (VideoMAE) or a single target, `<name>_head` else."""
 
-    def __init__(self, cfg: ModelConfig, out_dim: int, motion_dim: int = 0):
+    def __init__(self, cfg: ModelConfig, heads: Dict[str, int]):
         super().__init__()
         dim = cfg.decoder_embed_dim
         if dim % cfg.decoder_num_heads:
@@ -47,14 +64,22 @@ class Decoder(PosEmbedMixin, nn.Module):
                 f"model.decoder_embed_dim={dim} is not divisible by model.decoder_num_heads={cfg.decoder_num_heads}"
             )
         self.blocks = nn.ModuleList(
-            Block(dim, cfg.decoder_num_heads, cfg.mlp_ratio, cfg.qkv_bias, 0.0, cfg.norm_eps)
+            Block(dim, cfg.decoder_num_heads, cfg.decoder_mlp_ratio, cfg.qkv_bias, 0.0, cfg.norm_eps, cfg.act_layer)
             for _ in range(cfg.decoder_depth)
         )
         self.norm = nn.LayerNorm(dim, eps=cfg.head_norm_eps if cfg.head_norm_eps is not None else cfg.norm_eps)
-        self.head = nn.Linear(dim, out_dim)
-        self.motion_head = nn.Linear(dim, motion_dim) if motion_dim else None
+        for attr, width in heads.items():
+            setattr(self, attr, nn.Linear(dim, width))
         init_weights(self)
         self._init_pos_embed(cfg.pos_embed, cfg.grid(), dim)
+
+
+class Branch:
+    """One decoder trunk and the targets whose heads sit on it (attribute names on the model)."""
+
+    def __init__(self, embed: str, mask_token: str, decoder: str, heads: List[Tuple[str, str]]):
+        self.embed, self.mask_token, self.decoder = embed, mask_token, decoder
+        self.heads = heads  # [(target name, head attribute on the decoder)]
 
 
 class PretrainModel(nn.Module):
@@ -63,61 +88,47 @@ class PretrainModel(nn.Module):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         m, o = cfg.model, cfg.objective
-        if m.decoder not in DECODERS:
-            raise UserError(f"unknown model.decoder '{m.decoder}'; valid: {', '.join(DECODERS)}")
-        if len(cfg.data.mean) != m.in_chans or len(cfg.data.std) != m.in_chans:
-            raise UserError(f"data.mean / data.std need {m.in_chans} values (model.in_chans)")
+        if m.decoder == "none" and len(o.targets) != 1:
+            raise UserError(f"model.decoder=none reconstructs one target; objective.targets={list(o.targets)}")
         self.model_cfg, self.objective_cfg = m, o
         self.grad_checkpointing = m.grad_checkpointing
         self.tubelet, self.patch = m.tubelet_size, m.patch_size
+        self.targets = build_targets(o, m)
         # the clip arrives normalised; targets are computed on it un-normalised back to [0, 1] (VideoMAE)
         self.register_buffer("mean", torch.tensor(cfg.data.mean, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.data.std, dtype=torch.float32).view(1, -1, 1, 1, 1), persistent=False)
 
         self.encoder = VisionTransformer(m)
-        cube = m.tubelet_size * m.patch_size**2
-        appearance_dim, motion_dim = cube * m.in_chans, cube * motion_channels(o, m.in_chans)
-
-        self.encoder_to_decoder = nn.Linear(self.encoder.embed_dim, m.decoder_embed_dim, bias=False)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, m.decoder_embed_dim))
-        self.decoder = Decoder(m, appearance_dim, motion_dim if m.decoder == "sha" else 0)
         if m.decoder == "ind":
-            self.motion_encoder_to_decoder = nn.Linear(self.encoder.embed_dim, m.decoder_embed_dim, bias=False)
-            self.motion_mask_token = nn.Parameter(torch.zeros(1, 1, m.decoder_embed_dim))
-            self.motion_decoder = Decoder(m, motion_dim)
+            groups = [[t] for t in self.targets]
+        else:
+            groups = [self.targets]
+        self.branches: List[Branch] = []
+        for group in groups:  # VideoMAE's registration order: embed, mask token, decoder, per trunk
+            own = _own(group[0].name) if m.decoder == "ind" else ""
+            heads = [(t.name, "head" if m.decoder == "ind" or t.name == "appearance" else f"{_own(t.name)}head") for t in group]
+            setattr(self, f"{own}encoder_to_decoder", nn.Linear(self.encoder.embed_dim, m.decoder_embed_dim, bias=False))
+            setattr(self, f"{own}mask_token", nn.Parameter(torch.zeros(1, 1, m.decoder_embed_dim)))
+            by_name = {t.name: t for t in group}
+            setattr(self, f"{own}decoder", Decoder(m, {attr: by_name[name].dim for name, attr in heads}))
+            self.branches.append(Branch(f"{own}encoder_to_decoder", f"{own}mask_token", f"{own}decoder", heads))
         for p in self.parameters(recurse=False):  # the mask tokens
             nn.init.trunc_normal_(p, std=0.02)
-        init_weights(self.encoder_to_decoder)
-        if m.decoder == "ind":
-            init_weights(self.motion_encoder_to_decoder)
+        for branch in self.branches:
+            init_weights(getattr(self, branch.embed))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = self.encoder.grad_checkpointing = enable
 
-    @property
-    def has_motion(self) -> bool:
-        return self.model_cfg.decoder != "none"
+    def compute_targets(self, clip: torch.Tensor, ids_masked: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Every target at the masked tokens, {name: (B, M, dim)}, float32, no gradient."""
+        clip01 = torch.addcmul(self.mean, clip.float(), self.std)
+        return {t.name: t.compute(clip01, ids_masked) for t in self.targets}
 
-    def targets(self, clip: torch.Tensor, ids_masked: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Appearance and motion targets of the masked tokens, (B, M, P), float32, no gradient."""
-        o = self.objective_cfg
-        with torch.no_grad():
-            clip01 = torch.addcmul(self.mean, clip.float(), self.std)
-            appearance = appearance_target(clip01, o, self.tubelet, self.patch, ids_masked)
-            motion = motion_target(clip01, o, self.tubelet, self.patch, ids_masked) if self.has_motion else None
-        return appearance, motion
-
-    def forward_decoder(
-        self,
-        latent: torch.Tensor,
-        ids_visible: torch.Tensor,
-        ids_masked: torch.Tensor,
-        grid,
-        embed: nn.Linear,
-        mask_token: torch.Tensor,
-        decoder: Decoder,
-    ) -> torch.Tensor:
-        """Encoder latent (B, N_vis, D) -> decoder features of the masked tokens (B, N_mask, D_dec)."""
+    def forward_decoder(self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor, grid,
+                        branch: Branch) -> torch.Tensor:
+        """Encoder latent (B, N_vis, D) -> the branch's decoder features of the masked tokens (B, N_mask, D_dec)."""
+        embed, mask_token, decoder = getattr(self, branch.embed), getattr(self, branch.mask_token), getattr(self, branch.decoder)
         x = embed(latent)
         b, n_mask = x.shape[0], ids_masked.shape[1]
         pos = decoder.pos_embed_for(grid).to(x.dtype).expand(b, -1, -1)
@@ -125,49 +136,36 @@ class PretrainModel(nn.Module):
         return decoder.norm(run_blocks(decoder.blocks, x, self.grad_checkpointing, keep_last=n_mask))
 
     def forward(self, clip: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """clip (B, C, T, H, W) normalised (T+g frames with motion_pad='extra_frame'); mask bool (B, N), True = masked.
+        """clip (B, C, T, H, W) normalised (T + objective.extra_frames frames); mask bool (B, N), True = masked.
 
-        Returns 'loss' (w_a * loss_appearance + w_m * loss_motion), 'loss_appearance', 'loss_motion' (0 with
-        decoder 'none'), 'pred_appearance' / 'target_appearance' (B, N_mask, tubelet*p*p*C), 'pred_motion' /
-        'target_motion' (B, N_mask, tubelet*p*p*C'; None with decoder 'none') and 'ids_masked' (B, N_mask),
-        the token index of each prediction row.
+        Returns per target `name`: 'pred_<name>' / 'target_<name>' (B, N_mask, dim) and 'loss_<name>'; 'loss' =
+        sum of w_<name> * loss_<name> in target order; 'ids_masked' (B, N_mask), the token index of each row.
         """
-        o = self.objective_cfg
-        frames = clip[:, :, : num_appearance_frames(clip, o)]
+        check_clip(clip, self.encoder.patch_embed.proj.in_channels)
+        frames = clip[:, :, : clip.shape[2] - self.objective_cfg.extra_frames]
         grid = self.encoder.patch_embed.grid(frames)
         n = grid[0] * grid[1] * grid[2]
         if mask.shape != (clip.shape[0], n) or mask.dtype != torch.bool:
             raise UserError(f"mask must be bool (B, N) = ({clip.shape[0]}, {n}) for this clip, got {mask.dtype} {tuple(mask.shape)}")
         ids_visible, ids_masked = visible_and_masked_index(mask)
-        target_appearance, target_motion = self.targets(clip, ids_masked)
+        targets = self.compute_targets(clip, ids_masked)
 
         latent = self.encoder.forward_features(frames, mask)  # (B, N_vis, D)
 
-        feats = self.forward_decoder(latent, ids_visible, ids_masked, grid, self.encoder_to_decoder, self.mask_token, self.decoder)
-        pred_appearance = self.decoder.head(feats)
-        pred_motion = None
-        if self.model_cfg.decoder == "sha":
-            pred_motion = self.decoder.motion_head(feats)
-        elif self.model_cfg.decoder == "ind":
-            feats_m = self.forward_decoder(
-                latent, ids_visible, ids_masked, grid, self.motion_encoder_to_decoder, self.motion_mask_token, self.motion_decoder
-            )
-            pred_motion = self.motion_decoder.head(feats_m)
+        preds = {}
+        for branch in self.branches:
+            feats = self.forward_decoder(latent, ids_visible, ids_masked, grid, branch)
+            decoder = getattr(self, branch.decoder)
+            preds.update({name: getattr(decoder, attr)(feats) for name, attr in branch.heads})
 
-        loss_appearance = reconstruction_loss(pred_appearance, target_appearance, o.loss)
-        loss = o.w_appearance * loss_appearance
-        if pred_motion is not None:
-            loss_motion = reconstruction_loss(pred_motion, target_motion, o.loss)
-            loss = loss + o.w_motion * loss_motion
-        else:
-            loss_motion = torch.zeros((), device=clip.device)
-        return {
-            "loss": loss,
-            "loss_appearance": loss_appearance,
-            "loss_motion": loss_motion,
-            "pred_appearance": pred_appearance,
-            "pred_motion": pred_motion,
-            "target_appearance": target_appearance,
-            "target_motion": target_motion,
-            "ids_masked": ids_masked,
-        }
+        out: Dict[str, torch.Tensor] = {}
+        loss = None
+        for t in self.targets:
+            out[f"loss_{t.name}"] = reconstruction_loss(preds[t.name], targets[t.name], self.objective_cfg.loss)
+            term = t.weight * out[f"loss_{t.name}"]
+            loss = term if loss is None else loss + term
+        out["loss"] = loss
+        for t in self.targets:
+            out[f"pred_{t.name}"], out[f"target_{t.name}"] = preds[t.name], targets[t.name]
+        out["ids_masked"] = ids_masked
+        return out

@@ -75,26 +75,50 @@ def resize_pos_embed(pos: torch.Tensor, old: Grid, new: Grid) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1).reshape(1, -1, d).to(pos.dtype)
 
 
+def fixed_table(kind: str, grid: Grid, dim: int) -> torch.Tensor:
+    """The (1, N, D) table of a fixed kind ('sincos1d' | 'sincos3d') on `grid`."""
+    n = grid[0] * grid[1] * grid[2]
+    return (sincos3d_table(grid, dim) if kind == "sincos3d" else sinusoid_table(n, dim))[None]
+
+
+def check_fixed_table(stored: torch.Tensor, kind: str, grid: Grid, where: str) -> None:
+    """A stored fixed table must be exactly the one `kind` computes on `grid`: the weights were trained with it,
+    and loading them under another table would silently change the function."""
+    expect = fixed_table(kind, grid, stored.shape[-1])
+    if stored.shape != expect.shape or not torch.allclose(stored.detach().float().cpu(), expect, rtol=0, atol=1e-6):
+        raise UserError(f"{where}: the stored positional table is not the model.pos_embed='{kind}' table of the "
+                        f"{'x'.join(map(str, grid))} token grid; the weights were trained with another table")
+
+
 class PosEmbedMixin:
     """`pos_embed` (1, N, D) built for `self.grid`, and its version for any other grid.
 
     sincos3d is recomputed exactly for the new grid (integer coordinates); sincos1d and learnable tables
     are laid out on the configured grid and resized trilinearly (the 1D table indexes flattened tokens, so
     recomputing it for another W would move every position).
+
+    What the weights carry follows the original VideoMAE layout, where a state dict without `pos_embed` means
+    the fixed 1D sinusoid table: sincos1d is not stored, a learnable table is a parameter, and the sincos3d table
+    is stored too (a persistent buffer), so that no VideoMAE-layout reader takes a 3D-table model for a 1D one.
+    A stored sincos3d table is checked on load against the one this model computes.
     """
 
     def _init_pos_embed(self, kind: str, grid: Grid, dim: int) -> None:
         if kind not in POS_EMBED_KINDS:
             raise UserError(f"unknown model.pos_embed '{kind}'; valid: {', '.join(POS_EMBED_KINDS)}")
         self.pos_kind, self.grid = kind, tuple(grid)
-        n = grid[0] * grid[1] * grid[2]
         if kind == "learnable":
+            n = grid[0] * grid[1] * grid[2]
             self.pos_embed = nn.Parameter(torch.zeros(1, n, dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         else:
-            table = sincos3d_table(grid, dim) if kind == "sincos3d" else sinusoid_table(n, dim)
-            # not persistent: fixed tables are not stored in checkpoints (as in the original VideoMAE)
-            self.register_buffer("pos_embed", table[None], persistent=False)
+            self.register_buffer("pos_embed", fixed_table(kind, grid, dim), persistent=kind == "sincos3d")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "pos_embed"
+        if self.pos_kind == "sincos3d" and key in state_dict and state_dict[key].shape == self.pos_embed.shape:
+            check_fixed_table(state_dict[key], self.pos_kind, self.grid, key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pos_embed_for(self, grid: Grid) -> torch.Tensor:
         grid = tuple(grid)
@@ -144,6 +168,32 @@ def visible_and_masked_index(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """x (B, N, D), ids (B, M) -> (B, M, D)."""
     return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
+PREPROCESS_HINT = ("decoded uint8 frames (T, H, W, C) become model input with the preprocessing helper: model.preprocess(frames) "
+                   "on a MotionMAE, or motionmae.data.transforms.preprocess(frames, input_size, mean, std)")
+
+
+def check_clip(x, in_chans: int) -> None:
+    """A clip the model cannot take is one UserError that names the layout and dtype expected and how to convert:
+    float (B, C, T, H, W), normalised with the mean/std the model was trained with."""
+    want = f"expected a float clip (B, C, T, H, W) with C={in_chans}, normalised with the model's mean/std"
+    if not torch.is_tensor(x):
+        raise UserError(f"{want}; got a {type(x).__name__}: torch.as_tensor(...), or {PREPROCESS_HINT}")
+    shape = tuple(x.shape)
+    if not x.is_floating_point():
+        raise UserError(f"{want}; got {str(x.dtype).replace('torch.', '')} {shape}: {PREPROCESS_HINT}")
+    if x.dim() == 4 and shape[0] == in_chans:
+        raise UserError(f"{want}; got {shape}, one clip without the batch dimension: x[None] (or x.unsqueeze(0))")
+    if x.dim() != 5:
+        raise UserError(f"{want}; got {x.dim()} dimensions {shape}")
+    if shape[1] != in_chans:
+        if shape[2] == in_chans:
+            raise UserError(f"{want}; got {shape}, which looks like transformers' (B, T, C, H, W): x.permute(0, 2, 1, 3, 4)")
+        if shape[4] == in_chans:
+            raise UserError(f"{want}; got {shape}, which looks like channels-last (B, T, H, W, C) frames: "
+                            f"x.permute(0, 4, 1, 2, 3), or {PREPROCESS_HINT}")
+        raise UserError(f"{want}; got {shape}")
 
 
 class PatchEmbed(nn.Module):
@@ -225,11 +275,34 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, q.shape[2], d))
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x) (CLIP; transformers' 'quick_gelu')."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+# model.act_layer (timm's names; config.ActLayer) -> the activation
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "quick_gelu": QuickGELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def make_act(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UserError(f"unknown model.act_layer '{name}'; valid: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = make_act(act)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -239,13 +312,14 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, eps: float,
+                 act: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x: torch.Tensor, queries: Optional[int] = None) -> torch.Tensor:
         """`queries`: compute the outputs of the last `queries` tokens only (see `Attention`)."""
@@ -290,8 +364,8 @@ def init_weights(module: nn.Module) -> None:
 
 
 class VisionTransformer(PosEmbedMixin, nn.Module):
-    """Video ViT. `num_classes=0`: encoder (final `norm`, no head). `num_classes>0`: classifier with
-    pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
+    """Video ViT. `num_classes=0`: encoder (final `norm`, no head; Identity with `final_norm=False`). `num_classes>0`:
+    classifier with pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
     'first' (`norm` -> first token -> `head`, transformers' VideoMAEForVideoClassification without mean pooling).
     """
 
@@ -305,10 +379,10 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
         self.patch_embed = PatchEmbed(cfg.in_chans, dim, cfg.tubelet_size, cfg.patch_size)
         dpr = [cfg.drop_path * i / max(depth - 1, 1) for i in range(depth)]  # linearly increasing
         self.blocks = nn.ModuleList(
-            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, dpr[i], cfg.norm_eps) for i in range(depth)
+            Block(dim, heads, cfg.mlp_ratio, cfg.qkv_bias, dpr[i], cfg.norm_eps, cfg.act_layer) for i in range(depth)
         )
         mean_pool = num_classes > 0 and cfg.pooling == "mean"
-        self.norm = nn.Identity() if mean_pool else nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm = nn.Identity() if mean_pool or not cfg.final_norm else nn.LayerNorm(dim, eps=cfg.norm_eps)
         # interop: transformers' fc_norm uses eps 1e-5 whatever layer_norm_eps says, hence head_norm_eps
         head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
         self.fc_norm = nn.LayerNorm(dim, eps=head_eps) if mean_pool else nn.Identity()
@@ -330,6 +404,7 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D)."""
+        check_clip(x, self.patch_embed.proj.in_channels)
         if mask is None:
             x, _ = self.embed(x)
         else:  # embed only the visible cubes
@@ -343,9 +418,28 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens as a grid (B, T', H', W', D), for dense tasks (after `norm`, which is Identity for a
         mean-pooling classifier)."""
-        grid = self.patch_embed.grid(x)
         tokens = self.forward_features(x)
-        return tokens.reshape(x.shape[0], *grid, tokens.shape[-1])
+        return tokens.reshape(x.shape[0], *self.patch_embed.grid(x), tokens.shape[-1])
+
+    def forward_intermediates(self, x: torch.Tensor, indices) -> list:
+        """The tokens (B, N, D) after each block in `indices` (0-based; negative counts from the end, -1 = the last),
+        in the order given, each through the final `norm` -- so layer -1 is exactly `forward_features(x)` and an
+        earlier layer is what the encoder would output if it ended there (DINOv2's `get_intermediate_layers`
+        with norm). Blocks after the deepest one asked for are not run."""
+        check_clip(x, self.patch_embed.proj.in_channels)
+        depth = len(self.blocks)
+        wanted = []
+        for i in indices:
+            if not -depth <= int(i) < depth:
+                raise UserError(f"layer {i} does not exist: the encoder has {depth} blocks (layers 0..{depth - 1}, or -1..-{depth})")
+            wanted.append(int(i) % depth)
+        x, _ = self.embed(x)
+        outs = {}
+        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
+            x = checkpoint(blk, x, None, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() else blk(x)
+            if i in wanted:
+                outs[i] = self.norm(x)
+        return [outs[i] for i in wanted]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.fc_norm(x.mean(dim=1)) if self.cfg.pooling == "mean" else x[:, 0]

@@ -7,7 +7,15 @@ per temporal slice, each slice masks `floor(ratio * S)` tokens (VideoMAE's tube 
   per slice and per sample.
 - tube (VideoMAE): one 2D mask per sample, repeated over all T' slices.
 - random (MAE-ST): the same total masked count, uniform over all space-time tokens of the sample.
-Positions come from `torch.rand(..., generator=generator)` + argsort, so a seeded generator reproduces.
+- motion: like per_slice, but each slice's masked tokens are drawn without replacement with probability
+  proportional to the token's frame-difference energy (the mean squared difference of adjacent frames over
+  its cube, the first difference repeated for the first frame as the motion target does), plus a floor of
+  1e-3 x the clip's mean energy so still tokens can be drawn too: moving parts are masked first. MGMAE guides
+  its masks with optical flow; this needs none.
+Positions come from `torch.rand(..., generator=generator)` (+ argsort), so a seeded generator reproduces.
+
+A new kind: a function `(rand, batch_size, grid, k, clip) -> bool (B, T', S)` masking k tokens per slice (or
+T' * k per sample), its entry in `MASKS`, and its name in config.MaskKind.
 """
 
 from __future__ import annotations
@@ -16,16 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from motionmae.config import masked_per_slice
 from motionmae.errors import UserError
-
-MASK_KINDS = ("per_slice", "tube", "random")
-
-
-def masked_per_slice(slice_tokens: int, ratio: float) -> int:
-    """Masked tokens per temporal slice: floor(ratio * S) (a tiny epsilon absorbs float error, e.g. 0.29*100)."""
-    if not 0.0 <= ratio < 1.0:
-        raise UserError(f"mask.ratio={ratio} must be in [0, 1)")
-    return min(int(ratio * slice_tokens + 1e-6), slice_tokens - 1)
 
 
 def num_visible(grid: Tuple[int, int, int], ratio: float) -> int:
@@ -43,6 +43,47 @@ def _lowest(noise: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+def _per_slice(rand, b, grid, k, clip):
+    t, h, w = grid
+    return _lowest(rand(b, t, h * w), k)
+
+
+def _tube(rand, b, grid, k, clip):
+    t, h, w = grid
+    return _lowest(rand(b, 1, h * w), k).expand(b, t, h * w)
+
+
+def _random(rand, b, grid, k, clip):
+    t, h, w = grid
+    return _lowest(rand(b, t * h * w), t * k).reshape(b, t, h * w)
+
+
+def _motion(rand, b, grid, k, clip):
+    if clip is None:
+        raise UserError("mask.kind=motion needs the clip (its frame differences weight the masked positions)")
+    weight = motion_energy(clip, grid)
+    weight = weight + 1e-3 * weight.mean(dim=(1, 2), keepdim=True) + 1e-12
+    # k draws without replacement, P ~ weight: the k smallest exponential variates divided by the weights
+    u = rand(b, grid[0], grid[1] * grid[2])
+    return _lowest(-torch.log1p(-u) / weight.to(u.device), k)
+
+
+MASKS = {"per_slice": _per_slice, "tube": _tube, "random": _random, "motion": _motion}
+
+
+def motion_energy(clip: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
+    """(B, T', H'*W'): per token, the mean over its cube of the squared difference to the previous frame
+    (frame 0 takes frame 1's difference). `clip` (B, C, T, H, W), any scale (uint8 or float)."""
+    x = clip.float()
+    d = x.new_empty(x.shape)
+    torch.sub(x[:, :, 1:], x[:, :, :-1], out=d[:, :, 1:])
+    d[:, :, :1] = d[:, :, 1:2]
+    t, h, w = grid
+    b, c, frames, height, width = x.shape
+    cubes = d.square().reshape(b, c, t, frames // t, h, height // h, w, width // w)
+    return cubes.mean(dim=(1, 3, 5, 7)).reshape(b, t, h * w)
+
+
 def make_mask(
     kind: str,
     batch_size: int,
@@ -50,23 +91,19 @@ def make_mask(
     ratio: float,
     generator: Optional[torch.Generator] = None,
     device=None,
+    clip: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """bool (B, N) with N = T'*H'*W', True = masked; every row masks the same count (see module docstring)."""
+    """bool (B, N) with N = T'*H'*W', True = masked; every row masks the same count (see module docstring).
+
+    `clip` (B, C, T, H, W): the frames the encoder sees (T = T' x tubelet), for kinds that look at them (motion)."""
+    if kind not in MASKS:
+        raise UserError(f"unknown mask.kind '{kind}'; valid: {', '.join(MASKS)}")
     t, h, w = grid
-    s = h * w
-    k = masked_per_slice(s, ratio)
+    k = masked_per_slice(h * w, ratio)
     draw_device = generator.device if generator is not None else device
 
     def rand(*shape):
         return torch.rand(*shape, generator=generator, device=draw_device)
 
-    if kind == "per_slice":
-        mask = _lowest(rand(batch_size, t, s), k)
-    elif kind == "tube":
-        mask = _lowest(rand(batch_size, 1, s), k).expand(batch_size, t, s)
-    elif kind == "random":
-        mask = _lowest(rand(batch_size, t * s), t * k)
-    else:
-        raise UserError(f"unknown mask.kind '{kind}'; valid: {', '.join(MASK_KINDS)}")
-    mask = mask.reshape(batch_size, t * s)
+    mask = MASKS[kind](rand, batch_size, grid, k, clip).reshape(batch_size, t * h * w)
     return mask if device is None else mask.to(device)

@@ -1,4 +1,5 @@
-"""torch.distributed plumbing: init from torchrun's environment, rank helpers, a resumable sharded sampler.
+"""torch.distributed plumbing: init from torchrun's environment, rank helpers, a resumable sharded sampler, and
+per-video means gathered over ranks.
 
 A single process (no torchrun) is world size 1 and never touches torch.distributed, so every helper
 here is safe to call unconditionally. Backend: nccl on CUDA, gloo on CPU.
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from motionmae.errors import UserError
+from motionmae.runtime.device import resolve_device
 
 
 @dataclass
@@ -27,21 +29,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when CUDA is available, else cpu; 'cuda' -> cuda:<local_rank>."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"train.device='{name}' is not a device; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device='{name}' but CUDA is not available on this machine; use train.device=cpu")
-    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -109,20 +96,27 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return _all_reduce(t, "max")
 
 
+def on_main_then_share(fn):
+    """Run `fn()` on rank 0 only; every rank returns its result, or raises the UserError it raised (so a refusal on
+    rank 0, e.g. a locked run directory, ends every rank instead of leaving the others waiting in a collective)."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as e:
+            error = str(e)
+    if is_dist():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def derive_seed(*keys: int) -> int:
@@ -166,3 +160,41 @@ class ShardedSampler(torch.utils.data.Sampler):
             order = (order * (total // max(len(order), 1) + 1))[:total]
         order = order[:total]
         return iter(order[self.rank :: self.world][self.start :])
+
+
+class PerVideoMean:
+    """Accumulates per-row values (one row per view) into a per-video mean, keyed by dataset index.
+
+    A video padded in twice by a sampler, or split across batches, still gets the plain mean of its views.
+    `result()` gathers over ranks and returns (means (N, ...), labels (N, L), indices (N,)) sorted by index.
+    """
+
+    def __init__(self):
+        self.sums: dict = {}  # index -> [sum, count, label]
+
+    def add(self, index, values: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = labels.view(values.shape[0], -1)
+        for row, idx in enumerate(torch.as_tensor(index).view(-1).tolist()):
+            entry = self.sums.setdefault(idx, [0.0, 0, labels[row]])
+            entry[0] = entry[0] + values[row]
+            entry[1] += 1
+
+    def __len__(self) -> int:
+        return len(self.sums)
+
+    def result(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sums = self.sums
+        if is_dist():
+            gathered = [None] * get_world_size()
+            dist.all_gather_object(gathered, sums)
+            sums = {}
+            for part in gathered:
+                for idx, (s, n, lab) in part.items():
+                    entry = sums.setdefault(idx, [0.0, 0, lab])
+                    entry[0], entry[1] = entry[0] + s, entry[1] + n
+        if not sums:
+            raise ValueError("no videos were seen")
+        index = sorted(sums)
+        means = torch.stack([sums[i][0] / sums[i][1] for i in index])
+        labels = torch.stack([sums[i][2] for i in index])
+        return means, labels, torch.tensor(index, dtype=torch.int64)

@@ -101,11 +101,9 @@ def run_probe_step(run_dir: Path, cfg: C.PretrainConfig, train_list: str, val_li
     except ImportError as e:
         print(f"  (probe skipped: motionmae.eval.probe is not available: {e})")
         return None
-    from motionmae.engine.finetune_config import ProbeConfig, load_finetune_config
-
     # both encoders see the same clips: architecture and clip format from the pretraining config
-    pcfg = load_finetune_config("", [f"probe.cache_dir={run_dir.parent / 'probe_cache'}", f"data.num_workers={cfg.data.num_workers}",
-                                     f"data.short_side={cfg.data.short_side}", *overrides], C.to_dict(cfg), cls=ProbeConfig)
+    pcfg = C.load_config("", [f"probe.cache_dir={run_dir.parent / 'probe_cache'}", f"data.num_workers={cfg.data.num_workers}",
+                              f"data.short_side={cfg.data.short_side}", *overrides], C.ProbeConfig, checkpoint=C.to_dict(cfg))
     try:
         return compare_probes({"MotionMAE pretrained": str(run_dir), "random init": random_encoder(pcfg.model, seed=cfg.train.seed)},
                               train_list, val_list, config=pcfg)
@@ -128,43 +126,39 @@ def reconstruction_vs_zero(checkpoint, data_list: str, num_clips: int = 200, bat
 
     from motionmae.data.datasets import build_dataset, collate
     from motionmae.data.transforms import to_model_input
-    from motionmae.engine.checkpoint import load_model_state
-    from motionmae.engine.pretrain import build_model
+    from motionmae.runtime.checkpoint import load_model_state
+    from motionmae.models.pretrain import PretrainModel
     from motionmae.models.state import load_matching
     from motionmae.objective.loss import reconstruction_loss
     from motionmae.objective.masking import make_mask
 
     sd, cfg_dict = load_model_state(checkpoint)
     cfg = C.from_dict(C.PretrainConfig, cfg_dict)
-    model = build_model(cfg)
+    model = PretrainModel(cfg)
     load_matching(model, sd, str(checkpoint))
     model.eval().to(device)
     o = cfg.objective
-    extra = o.motion_gap if o.motion_pad == "extra_frame" else 0
     ds = build_dataset(dataclasses.replace(cfg.data, val=str(data_list), num_workers=0), "val", "finetune",
-                       extra_frames=extra, require_labels=False)
+                       extra_frames=o.extra_frames, require_labels=False)
     n = min(num_clips, len(ds))
     gen = torch.Generator().manual_seed(seed)
-    sums = dict.fromkeys(("loss_appearance", "zero_appearance", "loss_motion", "zero_motion"), 0.0)
+    names = [t.name for t in model.targets]
+    sums = {f"{w}_{k}": 0.0 for k in names for w in ("loss", "zero")}
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = collate([ds[i] for i in range(start, min(start + batch_size, n))])
             x = to_model_input(batch["video"], cfg.data.mean, cfg.data.std, device)
-            mask = make_mask(cfg.mask.kind, x.shape[0], cfg.model.grid(), cfg.mask.ratio, gen).to(device)
+            clip = batch["video"][:, :, : cfg.model.num_frames]
+            mask = make_mask(cfg.mask.kind, x.shape[0], cfg.model.grid(), cfg.mask.ratio, gen, clip=clip).to(device)
             out = model(x, mask)
             b = x.shape[0]
-            for kind in ("appearance", "motion"):
-                if out[f"pred_{kind}"] is None:
-                    continue
+            for kind in names:
                 target = out[f"target_{kind}"]
                 sums[f"loss_{kind}"] += b * float(reconstruction_loss(out[f"pred_{kind}"], target, o.loss))
                 sums[f"zero_{kind}"] += b * float(reconstruction_loss(torch.zeros_like(target), target, o.loss))
     res = {k: v / n for k, v in sums.items()}
-    if not model.has_motion:
-        res.pop("loss_motion"), res.pop("zero_motion")
-    res["ratio_appearance"] = res["loss_appearance"] / res["zero_appearance"]
-    if "zero_motion" in res:
-        res["ratio_motion"] = res["loss_motion"] / res["zero_motion"]
+    for kind in names:
+        res[f"ratio_{kind}"] = res[f"loss_{kind}"] / res[f"zero_{kind}"]
     res["clips"] = n
     return res
 
@@ -172,10 +166,9 @@ def reconstruction_vs_zero(checkpoint, data_list: str, num_clips: int = 200, bat
 def format_losses(res: dict) -> str:
     """Lines like `appearance  loss 0.61  predict-zero 0.96  ratio 0.63`."""
     lines = []
-    for kind in ("appearance", "motion"):
-        if f"loss_{kind}" in res:
-            lines.append(f"  {kind:<11} loss {res[f'loss_{kind}']:.4f}   predict-zero {res[f'zero_{kind}']:.4f}   "
-                         f"ratio {res[f'ratio_{kind}']:.3f}")
+    for kind in [k[5:] for k in res if k.startswith("loss_")]:
+        lines.append(f"  {kind:<11} loss {res[f'loss_{kind}']:.4f}   predict-zero {res[f'zero_{kind}']:.4f}   "
+                     f"ratio {res[f'ratio_{kind}']:.3f}")
     return "\n".join(lines) + f"\n  ({res['clips']} validation clips, centre clip, one seeded mask each)"
 
 

@@ -1,0 +1,2 @@
+"""What every command runs on: device, amp, distributed, model wrapping, checkpoint IO, run directory (lock, output
+checks), logs, progress. Imports nothing above it."""
