@@ -175,72 +175,93 @@ def run_variant(name: str, base: Sequence[str], extra: Sequence[str], out: Path,
 # 3. in-memory runs: the same model and objective, clips decoded once (no loader), probes at the end
 
 
+def readout_features(encoder, x: torch.Tensor, layers: Sequence[int], batch: int = 100) -> Dict[str, torch.Tensor]:
+    """Frozen features of clips `x` for several readouts: 'L<i>' = block i's tokens (through the final norm, as
+    `forward_intermediates`) mean-pooled; 'L<i>-time' = pooled over space only, the time slices concatenated."""
+    grid_t = x.shape[2] // encoder.patch_embed.proj.kernel_size[0]
+    out: Dict[str, list] = {}
+    encoder.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            for layer, tok in zip(layers, encoder.forward_intermediates(x[i:i + batch], layers)):
+                b, n, d = tok.shape
+                out.setdefault(f"L{layer}", []).append(tok.mean(1))
+                out.setdefault(f"L{layer}-time", []).append(tok.reshape(b, grid_t, n // grid_t, d).mean(2).flatten(1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
 def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], config: str = "demo", probe_at=(),
-               log=print) -> dict:
-    """Pretrain on the whole-frame clips of `data`'s train list held in memory (fresh masks every step, warm-up 40,
-    cosine); report the held-out ratio to predict-zero every steps/4 and linear probes (vs random init) at `probe_at`."""
+               log=print, seed: int = 0) -> dict:
+    """Pretrain on the eval-view clips of `data`'s train list held in memory (fresh masks every step, warm-up
+    from the config, cosine); report the held-out ratio to predict-zero every steps/4 and linear probes of every
+    layer (vs the random init the run starts from) at `probe_at`."""
     import dataclasses
 
     from motionmae.config import load_config
     from motionmae.data.datasets import build_dataset, collate
     from motionmae.data.transforms import to_model_input
     from motionmae.engine.optim import build_optimizer, lr_at
-    from motionmae.engine.pretrain import build_model, sync_clip_shape
     from motionmae.eval.linear import linear_probe_accuracy
-    from motionmae.eval.probe import random_encoder
+    from motionmae.models.pretrain import PretrainModel
     from motionmae.objective.masking import make_mask
 
-    cfg = sync_clip_shape(load_config(config, [f"data.train={data / 'train.csv'}", "train.amp=none", *overrides]))
+    cfg = load_config(config, [f"data.train={data / 'train.csv'}", "train.amp=none", f"train.seed={seed}", *overrides])
+    names = json.loads((data / "labels.json").read_text())["columns"]
 
     def load(lst):
-        ds = build_dataset(dataclasses.replace(cfg.data, val=str(lst)), "val", "finetune")
+        ds = build_dataset(dataclasses.replace(cfg.data, val=str(lst), num_workers=0), "val", "finetune")
         b = collate([ds[i] for i in range(len(ds))])
-        return to_model_input(b["video"], cfg.data.mean, cfg.data.std), b["label"]
+        return b["video"], to_model_input(b["video"], cfg.data.mean, cfg.data.std), b["label"]
 
-    x, y = load(data / "train.csv")
-    xv, yv = load(data / "val.csv")
+    raw, x, y = load(data / "train.csv")
+    _, xv, yv = load(data / "val.csv")
+    layers = list(range(cfg.model.dims()[1]))
 
     def probes(encoder) -> dict:
-        encoder.eval()
-        with torch.no_grad():
-            f = [torch.cat([encoder.forward_features(z[i:i + 100]).mean(1) for i in range(0, len(z), 100)]) for z in (x, xv)]
-        names = json.loads((data / "labels.json").read_text())["columns"]
-        return {c: 100 * linear_probe_accuracy(f[0], y[:, j], f[1], yv[:, j], int(y[:, j].max()) + 1, epochs=100)
-                for j, c in enumerate(names)}
+        ftr, fva = readout_features(encoder, x, layers), readout_features(encoder, xv, layers)
+        return {r: {c: 100 * linear_probe_accuracy(ftr[r], y[:, j], fva[r], yv[:, j], int(y[:, j].max()) + 1, epochs=100)
+                    for j, c in enumerate(names)} for r in ftr}
 
-    out = {"random init": probes(random_encoder(cfg.model, cfg.train.seed)), "curve": []}
-    log("random init: " + " ".join(f"{k} {v:.1f}" for k, v in out["random init"].items()))
+    def show(res: dict) -> str:
+        return "\n".join(f"    {r:<9}" + " ".join(f"{c} {v:5.1f}" for c, v in row.items()) for r, row in res.items())
+
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg)
+    model = PretrainModel(cfg)  # builds its encoder first: the random init below is this run's step 0
+    out = {"config": config, "overrides": list(overrides), "steps": steps, "lr": lr, "seed": seed,
+           "random init": probes(model.encoder), "curve": []}
+    log("random init:\n" + show(out["random init"]))
     opt = build_optimizer(model, lr=lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
-    g = torch.Generator().manual_seed(0)
-    mask_val = make_mask(cfg.mask.kind, min(64, len(xv)), cfg.model.grid(), cfg.mask.ratio, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(seed)
+    nv = min(64, len(xv))
+    mask_val = make_mask(cfg.mask.kind, nv, cfg.model.grid(), cfg.mask.ratio, torch.Generator().manual_seed(1),
+                         clip=load(data / "val.csv")[0][:nv] if cfg.mask.kind == "motion" else None)
+    bs = cfg.train.batch_size
     t0 = time.process_time()
     for i in range(steps + 1):
         if i % max(steps // 4, 1) == 0 or i in probe_at:
             model.eval()
             with torch.no_grad():
-                o = model(xv[: len(mask_val)], mask_val)
-            row = {"step": i, "appearance": o["loss_appearance"].item() / (o["target_appearance"] ** 2).mean().item()}
-            if o["pred_motion"] is not None:
-                row["motion"] = o["loss_motion"].item() / (o["target_motion"] ** 2).mean().item()
+                o = model(xv[:nv], mask_val)
+            row = {"step": i, "cpu_min": (time.process_time() - t0) / 60}
+            for t in model.targets:
+                row[t.name] = o[f"loss_{t.name}"].item() / (o[f"target_{t.name}"] ** 2).mean().item()
             if i in probe_at:
                 row["probe"] = probes(model.encoder)
             out["curve"].append(row)
-            log(f"step {i}: held-out loss / predict-zero {row['appearance']:.3f}" + (f", motion {row['motion']:.3f}" if "motion" in row else "")
-                + ("; probe " + " ".join(f"{k} {v:.1f}" for k, v in row["probe"].items()) if "probe" in row else "")
-                + f" ({(time.process_time() - t0) / 60:.1f} CPU-min)")
+            log(f"step {i}: held-out loss / predict-zero " + " ".join(f"{t.name} {row[t.name]:.3f}" for t in model.targets)
+                + f" ({row['cpu_min']:.1f} CPU-min)" + ("\n" + show(row["probe"]) if "probe" in row else ""))
             model.train()
         if i == steps:
             break
-        idx = torch.randint(0, len(x), (cfg.train.batch_size,), generator=g)
-        mask = make_mask(cfg.mask.kind, cfg.train.batch_size, cfg.model.grid(), cfg.mask.ratio, g)
+        idx = torch.randint(0, len(x), (bs,), generator=g)
+        mask = make_mask(cfg.mask.kind, bs, cfg.model.grid(), cfg.mask.ratio, g,
+                         clip=raw[idx][:, :, : cfg.model.num_frames] if cfg.mask.kind == "motion" else None)
         for group in opt.param_groups:
-            group["lr"] = lr_at(i, steps, 40, lr, lr * 0.01, lr * 0.001)
+            group["lr"] = lr_at(i, steps, cfg.train.warmup_steps, lr, lr * 0.01, lr * 0.001)
         loss = model(x[idx], mask)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
         opt.step()
     return out
 
@@ -255,10 +276,10 @@ def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=p
     that measures how fast its decoder learns to route by position."""
     from motionmae.config import load_config
     from motionmae.engine.optim import build_optimizer, lr_at
-    from motionmae.engine.pretrain import build_model, sync_clip_shape
+    from motionmae.models.pretrain import PretrainModel
     from motionmae.objective.masking import make_mask
 
-    cfg = sync_clip_shape(load_config(config, ["data.train=unused", "train.amp=none", *overrides]))
+    cfg = load_config(config, ["data.train=unused", "train.amp=none", *overrides])
     p, t, s = cfg.model.patch_size, cfg.model.num_frames, cfg.model.img_size
     g = torch.Generator().manual_seed(0)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in (cfg.data.mean, cfg.data.std))
@@ -272,7 +293,7 @@ def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=p
 
     xv = clips(64)
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = PretrainModel(cfg)
     opt = build_optimizer(model, lr=lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
     mask_val = make_mask(cfg.mask.kind, 64, cfg.model.grid(), cfg.mask.ratio, g)
     curve = []
@@ -324,6 +345,8 @@ def main(argv=None) -> int:
     m.add_argument("--steps", type=int, default=800)
     m.add_argument("--lr", type=float, default=1e-3)
     m.add_argument("--probe-at", default="", help="comma list of steps to probe at (default: the last)")
+    m.add_argument("--seed", type=int, default=0, help="train.seed: the model's init and the masks")
+    m.add_argument("--data", default="", help="an existing synthetic dataset folder (default: written per --style)")
     m.add_argument("overrides", nargs="*", help="config overrides, e.g. mask.ratio=0.75")
     sa = sub.add_parser("sanity", help="the patch-sized tile that every cube repeats: must be learned")
     sa.add_argument("--steps", type=int, default=500)
@@ -334,10 +357,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.cmd == "memory":
-        data = variant_data(Path(args.out), [kv for kv in args.style.split(";") if kv]).parent
+        data = Path(args.data) if args.data else variant_data(Path(args.out), [kv for kv in args.style.split(";") if kv]).parent
         probe_at = tuple(int(v) for v in args.probe_at.split(",")) if args.probe_at else (args.steps,)
-        res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at)
-        name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}"] if x)
+        res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at, seed=args.seed)
+        name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}", f"seed{args.seed}"] if x)
         (Path(args.out) / f"{name.replace(';', '_')}.json").write_text(json.dumps(res))
         return 0
     if args.cmd == "sanity":
