@@ -79,7 +79,8 @@ def target_stats(data: Path, frames: int, stride: int, size: int, patch: int, tu
     from motionmae.data.synthetic import render_clip, specs_from_meta
     from motionmae.objective.masking import make_mask
     from motionmae.config import ObjectiveConfig
-    from motionmae.objective.targets import cubes, motion_frames, normalized_tokens
+    from motionmae.objective.targets import motion_frames
+    from motionmae.objective.tokens import cubes, normalized_tokens
 
     meta = json.loads((data / "labels.json").read_text())
     entries = read_annotation_list(data / "train.csv")[:num_clips]
@@ -227,7 +228,7 @@ def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], conf
 
     torch.manual_seed(cfg.train.seed)
     model = PretrainModel(cfg)  # builds its encoder first: the random init below is this run's step 0
-    out = {"config": config, "overrides": list(overrides), "steps": steps, "lr": lr, "seed": seed,
+    out = {"data": str(data), "config": config, "overrides": list(overrides), "steps": steps, "lr": lr, "seed": seed,
            "random init": probes(model.encoder), "curve": []}
     log("random init:\n" + show(out["random init"]))
     opt = build_optimizer(model, lr=lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
@@ -318,6 +319,22 @@ def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=p
     return curve
 
 
+def memory_table(paths: Sequence[Path], readout: str = "L3") -> str:
+    """Markdown: one row per `memory` result file: data, overrides, held-out ratios at the end, and the
+    linear probe of `readout` (pretrained vs the run's random init, and the difference)."""
+    rows = []
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        last = r["curve"][-1]
+        pre, rnd = last["probe"][readout], r["random init"][readout]
+        rows.append([r.get("data", Path(p).stem), " ".join(r["overrides"]) or "-", str(r["steps"]), str(r.get("seed", 0)),
+                     f"{last['appearance']:.3f}", f"{last.get('motion', float('nan')):.3f}"]
+                    + [f"{pre[c]:.1f} / {rnd[c]:.1f} ({pre[c] - rnd[c]:+.1f})" for c in pre])
+    cols = list(json.loads(Path(paths[0]).read_text())["random init"][readout])
+    return markdown_table(["data", "overrides", "steps", "seed", "appearance / zero", "motion / zero"]
+                          + [f"{c}: pre / rnd (diff)" for c in cols], rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -348,6 +365,9 @@ def main(argv=None) -> int:
     m.add_argument("--seed", type=int, default=0, help="train.seed: the model's init and the masks")
     m.add_argument("--data", default="", help="an existing synthetic dataset folder (default: written per --style)")
     m.add_argument("overrides", nargs="*", help="config overrides, e.g. mask.ratio=0.75")
+    tb = sub.add_parser("table", help="markdown table of `memory` result files")
+    tb.add_argument("files", nargs="+")
+    tb.add_argument("--readout", default="L3", help="L<i> (mean-pooled block i) or L<i>-time")
     sa = sub.add_parser("sanity", help="the patch-sized tile that every cube repeats: must be learned")
     sa.add_argument("--steps", type=int, default=500)
     sa.add_argument("--lr", type=float, default=1e-3)
@@ -362,6 +382,9 @@ def main(argv=None) -> int:
         res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at, seed=args.seed)
         name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}", f"seed{args.seed}"] if x)
         (Path(args.out) / f"{name.replace(';', '_')}.json").write_text(json.dumps(res))
+        return 0
+    if args.cmd == "table":
+        print(memory_table([Path(f) for f in args.files], args.readout))
         return 0
     if args.cmd == "sanity":
         sanity_run(args.steps, args.lr, args.rolling, kind=args.kind, overrides=args.overrides)
