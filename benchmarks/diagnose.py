@@ -368,6 +368,8 @@ def main(argv=None) -> int:
     tb = sub.add_parser("table", help="markdown table of `memory` result files")
     tb.add_argument("files", nargs="+")
     tb.add_argument("--readout", default="L3", help="L<i> (mean-pooled block i) or L<i>-time")
+    tb.add_argument("--plot", default="", help="also plot each run's held-out appearance loss / predict-zero to this PNG")
+    tb.add_argument("--names", default="", help="comma-separated curve names for --plot (default: file names)")
     sa = sub.add_parser("sanity", help="the patch-sized tile that every cube repeats: must be learned")
     sa.add_argument("--steps", type=int, default=500)
     sa.add_argument("--lr", type=float, default=1e-3)
@@ -385,6 +387,15 @@ def main(argv=None) -> int:
         return 0
     if args.cmd == "table":
         print(memory_table([Path(f) for f in args.files], args.readout))
+        if args.plot:
+            names = args.names.split(",") if args.names else [Path(f).stem for f in args.files]
+            curves: Dict[str, tuple] = {}
+            for name, f in zip(names, args.files):
+                c = json.loads(Path(f).read_text())["curve"]
+                curves[name] = ([r["step"] for r in c], [r["appearance"] for r in c], [0.0] * len(c))
+            steps = sorted({s for v in curves.values() for s in v[0]})
+            curves["predict zero"] = (steps, [1.0] * len(steps), [0.0] * len(steps))
+            line_plot(Path(args.plot), curves, "held-out appearance loss / predict-zero loss", "step", "fraction")
         return 0
     if args.cmd == "sanity":
         sanity_run(args.steps, args.lr, args.rolling, kind=args.kind, overrides=args.overrides)

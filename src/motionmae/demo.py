@@ -15,13 +15,13 @@ checkpoint (pretraining resumes, so nothing is redone).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 from motionmae import config as C
 from motionmae.errors import UserError
+from motionmae.files import write_json
 
 
 def add_arguments(parser) -> None:
@@ -63,7 +63,7 @@ def run_demo(out: Path, config: str = "demo", overrides=(), num_train: int = 800
         _banner("[4/5] frozen-feature probe: pretrained encoder vs random init")
         results = run_probe_step(run_dir, cfg, str(train_list), str(val_list), probe_overrides)
     report = {"reconstruction": losses, "probe": results, "steps": summary.get("step")}
-    (out / "probe.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "probe.json", report, indent=1)  # atomic, with the umask's mode
 
     seconds = time.perf_counter() - t0
     _banner(f"[5/5] done in {seconds / 60:.1f} min")
