@@ -21,13 +21,16 @@ the glyph's size and colour do not depend on time or on any label, so frame t ha
 for every value of direction, speed and arrow. The class is visible in every frame.
 
 Why it looks like this (docs/RESULTS.md, "Diagnosis"): a masked-autoencoder target is each cube normalised to
-unit variance, so the data must give masked cubes structure that visible cubes predict. Glyphs span several
-patches and have sharp edges; the background is a smooth texture of a few low-frequency plane waves (locally a
-ramp, with a guaranteed contrast in every channel, so no cube is flat codec noise blown up to unit variance);
-motion is a fraction of a patch per frame. `Style` holds these knobs (the diagnosis varies them).
+unit variance, so what a short run learns is whatever structure visible cubes predict best. With a wallpaper
+background one patch per period (`period=1/8`), that is the wallpaper: the loss falls fast, but the encoder
+becomes a texture-phase detector and its frozen features read class and motion worse than a random init.
+So the default puts the learnable structure on the glyph: a large glyph carrying a class-specific moving texture
+(`class_texture`, the same waves for every clip of a class at a random offset: like an animal's coat, part of
+the appearance class) on a smooth, drifting background of a few low-frequency waves (locally a ramp, with a
+guaranteed contrast in every channel). Motion is a fraction of a patch per frame. `Style` holds these knobs.
 
-Default: 800 train / 200 val clips, 16 frames, 32x32. `render_clip(ClipSpec)` renders one clip in memory (numpy),
-the same function the writer uses.
+Default: 800 train / 200 val clips, 16 frames, 64x64 (read at 32x32 by the demo). `render_clip(ClipSpec)`
+renders one clip in memory (numpy), the same function the writer uses.
 """
 
 from __future__ import annotations
@@ -57,17 +60,17 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 class Style:
     """How hard the data is. Lengths are fractions of the frame side; speeds are fractions of it per frame."""
 
-    glyph_radius: Tuple[float, float] = (0.20, 0.28)  # drawn uniformly per clip
+    glyph_radius: Tuple[float, float] = (0.28, 0.36)  # drawn uniformly per clip
     speeds: Tuple[float, float] = (1 / 64, 3 / 64)  # glyph motion per frame: slow, fast (0.5 / 1.5 px at 32 px)
     drift: float = 1 / 64  # background motion per frame, downwards when played forward
     background: str = "waves"  # waves: periodic texture | flat: one colour | noise: white-noise texture
-    period: float = 1 / 8  # waves: fundamental period (of the frame side): 1/8 = a wallpaper 8 tiles across
-    max_freq: int = 1  # waves: the 4 plane waves are harmonics 1..max_freq of the fundamental
+    period: float = 1.0  # waves: fundamental period (of the frame side): 1/8 = a wallpaper 8 tiles across
+    max_freq: int = 2  # waves: the 4 plane waves are harmonics 1..max_freq of the fundamental
     contrast: float = 0.35  # waves / noise: the background's range in every channel is at least 0.6 x this
-    glyph_texture: float = 0.3  # the glyph carries its own waves, moving with it: colour x (1 - this x (1 - L) / 2)
+    glyph_texture: float = 0.6  # the glyph carries its own waves, moving with it: colour x (1 - this x (1 - L) / 2)
     glyph_period: float = 1 / 8  # fundamental period of the glyph's waves (of the frame side)
     glyph_texture_moves: bool = True  # the glyph's waves move with it (False: fixed in the frame, seen through it)
-    class_texture: bool = False  # the glyph's waves are the same for every clip of a class (at a random offset)
+    class_texture: bool = True  # the glyph's waves are the same for every clip of a class (at a random offset)
 
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "Style":

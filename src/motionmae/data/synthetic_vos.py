@@ -118,10 +118,14 @@ def _sequence(rng: np.random.Generator, num_frames: int, height: int, width: int
     return frames, masks
 
 
+# a busy wallpaper (8 tiles across, drifting): matching a patch by its colour alone is then ambiguous
+VOS_BACKGROUND = Style(period=1 / 8, max_freq=1)
+
+
 def _glyph_sequence(rng: np.random.Generator, num_frames: int, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     """The 'glyphs' scene -> frames uint8 (T, H, W, 3), masks uint8 (T, H, W)."""
     side = min(height, width)
-    bg = background(rng, Style(), (height, width), num_frames)
+    bg = background(rng, VOS_BACKGROUND, (height, width), num_frames)
     colour = rng.permutation([1.0, rng.uniform(0.0, 1.0), rng.uniform(0.0, 0.6)])  # one colour for every glyph
     n_obj = int(rng.integers(2, 4))
     kinds = rng.choice(len(CLASSES), n_obj + 1, replace=False)  # the last one is the unannotated distractor
