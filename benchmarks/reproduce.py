@@ -506,6 +506,9 @@ def plots(results: Dict[str, List[Result]], out_dir: Path, prefix: str = "result
     return paths
 
 
+STUDY_MARK = "<!-- the study: written by benchmarks/reproduce.py from here on -->"
+
+
 def report(results: Dict[str, List[Result]], setup: Setup, command: str, pictures: Sequence[Path], rel_to: Path,
            ledger: Ledger, ablation: Optional[Dict[str, List[Result]]] = None, ablation_seeds=()) -> str:
     from motionmae.config import load_config
@@ -624,10 +627,13 @@ def main(argv=None) -> int:
     pictures = plots(results, docs_dir)
     text = report(results, setup, command, pictures, docs_dir, ledger, ablation, ab_seeds)
     target = docs_dir / "RESULTS.md"
-    findings = ""
-    if target.exists() and "## What we find" in target.read_text():  # keep the hand-written reading of the numbers
-        findings = target.read_text().split("## What we find", 1)[1].strip()
-    target.write_text(text.replace("FINDINGS", findings or "(to be written after reading the tables)"))
+    findings, preamble = "", ""
+    old = target.read_text() if target.exists() else ""
+    if "## What we find" in old:  # keep the hand-written reading of the numbers
+        findings = old.split("## What we find", 1)[1].strip()
+    if STUDY_MARK in old:  # and the hand-written sections above the study (the diagnosis)
+        preamble = old.split(STUDY_MARK, 1)[0] + STUDY_MARK + "\n"
+    target.write_text(preamble + text.replace("FINDINGS", findings or "(to be written after reading the tables)"))
     (out / "results.json").write_text(json.dumps({**to_json(results, setup), "ablation": to_json(ablation, setup) if ablation else None,
                                                   "cpu_seconds": ledger.data}, indent=1))
     print(summary_table(results, setup, "linear"))
