@@ -228,3 +228,20 @@ def test_vos_glyph_scene_one_colour_and_a_distractor(tmp_path):
     again = make_vos_dataset(tmp_path / "again", num_sequences=3, num_frames=6, height=64, width=88, seed=0)
     for a, b in zip(sorted(root.rglob("*.*")), sorted(again.rglob("*.*"))):
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_class_texture_is_the_same_waves_for_every_clip_of_a_class():
+    # The glyph's texture is periodic (8 px at 64 px): the DFT magnitude of a 16 px window inside the glyph does
+    # not depend on where the window sits, so it identifies the waves whatever the clip's offset and colour.
+    def spectrum(glyph, seed):
+        spec = ClipSpec(glyph, 0, 0, 0, 2, 64, seed=seed)
+        cy, cx = (int(round(c)) for c in circular_centroid(render_clip(spec, background_on=False)[0].max(-1).astype(float)))
+        frame = np.roll(render_clip(spec)[0].astype(float), (32 - cy, 32 - cx), axis=(0, 1))
+        lum = (frame[24:40, 24:40] / frame[24:40, 24:40].mean(axis=(0, 1))).mean(-1)  # colour divided out
+        return np.abs(np.fft.fft2(lum - lum.mean()))
+
+    assert Style().class_texture
+    for glyph in (0, 1):  # disc, square: a 16 px window fits inside either
+        a, b = spectrum(glyph, 1), spectrum(glyph, 2)
+        assert np.abs(a - b).max() < 0.1 * a.max()
+    assert np.abs(spectrum(0, 1) - spectrum(1, 1)).max() > 0.3 * spectrum(0, 1).max()
