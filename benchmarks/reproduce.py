@@ -75,7 +75,7 @@ QUICK = Setup(
 )
 
 # name -> overrides of the objective. The three compared models, then the ablations (one change each).
-VIDEOMAE = ("model.decoder=none", "mask.kind=tube", "objective.w_motion=0")
+VIDEOMAE = ("model.decoder=none", "mask.kind=tube", "objective.targets=[appearance]")
 SHA = ("model.decoder=sha", "mask.kind=per_slice")
 KINDS = {
     "videomae": VIDEOMAE,
@@ -83,9 +83,9 @@ KINDS = {
     "motionmae-ind": ("model.decoder=ind", "mask.kind=per_slice"),
 }
 ABLATIONS = {
-    "sha without motion target": ("model.decoder=none", "mask.kind=per_slice", "objective.w_motion=0"),
+    "sha without motion target": ("model.decoder=none", "mask.kind=per_slice", "objective.targets=[appearance]"),
     "sha tube mask": (*SHA, "mask.kind=tube"),
-    "videomae + motion target": (*VIDEOMAE, "model.decoder=sha", "objective.w_motion=1"),
+    "videomae + motion target": (*VIDEOMAE, "model.decoder=sha", "objective.targets=[appearance,motion]"),
     "sha gap 2": (*SHA, "objective.motion_gap=2"),
     "sha abs motion": (*SHA, "objective.motion_mode=abs"),
     "sha motion unnormalised": (*SHA, "objective.motion_norm=false"),
@@ -227,8 +227,9 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
 
 def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger: Ledger, quiet: bool) -> Optional[dict]:
     """J&F of label propagation with the frozen encoder on the synthetic VOS set (read back when done)."""
-    from motionmae.eval.features import clip_data_config, encoder_from_state
-    from motionmae.eval.vos import EncoderFeatures, VOSConfig, segment_davis
+    from motionmae import config as C
+    from motionmae.eval.features import encoder_from_state
+    from motionmae.eval.vos import EncoderFeatures, segment_davis
 
     if vos_root is None:
         return None
@@ -239,10 +240,10 @@ def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger:
             from motionmae.runtime.checkpoint import load_model_state
 
             sd, config_dict = load_model_state(encoder)
-            encoder, mean_std_cfg = encoder_from_state(sd, config_dict, str(encoder)), clip_data_config(config_dict)
+            encoder, mean_std_cfg = encoder_from_state(sd, config_dict, str(encoder)), C.checkpoint_data(C.DataConfig(), config_dict)
         kw = {"mean": mean_std_cfg.mean, "std": mean_std_cfg.std} if mean_std_cfg else {}
         with _quiet(quiet), ledger.charge(f"vos/{run_dir.name}"):
-            segment_davis(EncoderFeatures(encoder, size=size, **kw), vos_root, run_dir, "val", VOSConfig(size=size),
+            segment_davis(EncoderFeatures(encoder, size=size, **kw), vos_root, run_dir, "val", C.VOSOptions(size=size),
                           log=lambda *_: None)
     g = json.loads(done.read_text())["global"]
     return {"J&F": g["J&F-Mean"], "J": g["J-Mean"], "F": g["F-Mean"]}
@@ -493,7 +494,7 @@ def plots(results: Dict[str, List[Result]], out_dir: Path, prefix: str = "result
         if zero == zero:  # the trivial line: predicting zero for every masked cube (held out, mean over runs)
             xs = sorted({x for c in series.values() for x in c[0]})
             series["predict zero"] = ([xs[0], xs[-1]], [zero, zero], None)
-        p = out_dir / f"{prefix}_{key.replace('loss_', '')}_loss.png"
+        p = out_dir / f"{prefix}{'' if key == 'loss_appearance' else '_motion'}_loss.png"  # the names docs link to
         line_plot(p, series, f"{title} reconstruction loss (training, mean ± std over seeds)", "step", "MSE")
         paths.append(p)
     for tag, cols in (("motion", MOTION_COLUMNS), ("class", ("class",))):

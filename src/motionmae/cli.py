@@ -24,7 +24,7 @@ COMMANDS = {
     "extract": ("motionmae.eval.features", "extract pooled or token-grid features to .npy / safetensors"),
     "vos": ("motionmae.eval.vos", "video object segmentation by label propagation (DAVIS J&F)"),
     "visualize": ("motionmae.viz", "reconstruction and motion pictures (PNG grid + GIF) for a checkpoint and a video"),
-    "make-dataset": ("motionmae.data.synthetic", "write the built-in synthetic dataset (mp4 + annotation lists)"),
+    "make-dataset": ("motionmae.data.make_dataset", "write the built-in synthetic dataset (mp4 + annotation lists)"),
     "make-shards": ("motionmae.data.shards", "write a video dataset as WebDataset tar shards for streaming"),
     "convert": ("motionmae.interop.convert", "convert checkpoints between transformers, original VideoMAE and motionmae"),
 }
