@@ -25,7 +25,7 @@ def _count_flops(fn) -> int:
     return fc.get_total_flops()
 
 
-@pytest.mark.parametrize("kind", ["hf-videomae", "videomae", "motionmae-sha", "motionmae-ind"])
+@pytest.mark.parametrize("kind", ["hf-videomae", "videomae", "motionmae-sha", "motionmae-ind", "motionmae-sha-dual"])
 def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
     """mae_step_flops (by hand: matmuls, conv, attention; backward 2x, no input grad for the clip) equals what
     torch's FlopCounterMode counts on one real forward + backward, for both implementations and all decoders."""
@@ -39,14 +39,14 @@ def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
             if hasattr(m, "config"):
                 m.config._attn_implementation = "eager"
     counted = _count_flops(case.step)
-    expected = step.step_flops(case.cfg, case.mask, step.SETTINGS["quick"]["batch"], case.transformers)
+    expected = step.step_flops(case.cfg, case.mask, step.SETTINGS["quick"]["batch"], case.transformers, case.dec_mask)
     assert counted == expected
 
 
-@pytest.mark.parametrize("decoder", ["sha", "ind"])
-def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, monkeypatch):
+@pytest.mark.parametrize("decoder,decoder_ratio", [("sha", 0.0), ("ind", 0.0), ("sha", 0.5), ("ind", 0.3)])
+def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, decoder_ratio, monkeypatch):
     """Three targets of different widths (appearance, gray motion, HOG), one decoder trunk per target with `ind`,
-    a decoder MLP ratio other than the encoder's: models/flops.py still equals FlopCounterMode."""
+    a decoder MLP ratio other than the encoder's, dual masking: models/flops.py still equals FlopCounterMode."""
     from motionmae.config import load_config
     from motionmae.models.flops import pretrain_step_flops
     from motionmae.models.pretrain import PretrainModel
@@ -57,13 +57,15 @@ def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, monkeypatch
         "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.num_frames=4", "model.img_size=32",
         "model.patch_size=8", "model.decoder_embed_dim=16", "model.decoder_depth=2", "model.decoder_num_heads=2",
         "model.decoder_mlp_ratio=2.0", f"model.decoder={decoder}", "objective.targets=[appearance,motion,hog]",
-        "objective.motion_color=gray", "mask.ratio=0.75"])
+        "objective.motion_color=gray", "mask.ratio=0.75", f"mask.decoder_ratio={decoder_ratio}"])
     model = PretrainModel(cfg).train()
     x = torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
-    mask = step.make_mask(cfg, 3)
-    counted = _count_flops(lambda: model(x, mask)["loss"].backward())
+    mask, dec_mask = step.make_masks(cfg, 3)
+    assert (dec_mask is not None) == (decoder_ratio > 0)
+    counted = _count_flops(lambda: model(x, mask, dec_mask)["loss"].backward())
     # computing the targets is free by the convention (HOG's gradient filters are a conv the counter sees)
-    ids_masked = mask.nonzero()[:, 1].reshape(3, -1)
+    decoded = mask if dec_mask is None else mask & ~dec_mask
+    ids_masked = decoded.nonzero()[:, 1].reshape(3, -1)
     targets = _count_flops(lambda: model.compute_targets(x, ids_masked))
     assert targets > 0
     assert counted - targets == pretrain_step_flops(cfg, 3)["total"]
@@ -83,9 +85,11 @@ def test_step_quick_end_to_end(tmp_path):
         assert len(r["times"]) == step.SETTINGS["quick"]["repeats"]
         assert r["clips_per_s"] > 0 and math.isfinite(r["clips_per_s"])
     flops = {r["case"]: r["gflop_per_step"] for r in rows}
-    # same sizes and visible count; ours embeds only the visible cubes; the motion head / second decoder add on top
+    # same sizes and visible count; ours embeds only the visible cubes; the motion head / second decoder add on top;
+    # dual masking takes decoder work away
     assert flops["videomae"] < flops["hf-videomae"]
     assert flops["videomae"] < flops["motionmae-sha"] < flops["motionmae-ind"]
+    assert flops["videomae-dual"] < flops["videomae"] and flops["motionmae-sha-dual"] < flops["motionmae-sha"]
 
 
 def test_peak_memory_subprocess():

@@ -222,3 +222,26 @@ def test_compiled_model_takes_the_same_steps(videos, tmp_path, monkeypatch):
     assert [r["loss"] for r in rb] == pytest.approx([r["loss"] for r in ra], rel=1e-6)
     pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
     assert pa.keys() == pb.keys()  # saved without the `_orig_mod.` prefix
+
+
+def test_dual_masking_end_to_end(videos, tmp_path):
+    # mask.decoder_ratio=0.5 (VideoMAE v2): the encoder's masks are those of a run without it; the decoder's are
+    # seeded per clip too, so batch 2 x 2 micro-steps still take the steps of batch 4
+    from motionmae.engine.pretrain import clip_masks
+
+    cfg = _cfg(videos, tmp_path / "x", "mask.decoder_ratio=0.5", "model.img_size=64", "data.input_size=64")
+    video, index = torch.zeros(3, 3, 4, 64, 64, dtype=torch.uint8), torch.tensor([5, 1, 5])
+    mask, dec = clip_masks(cfg, video, index, 2, "cpu")
+    off = C.load_config("", [*TINY, "model.img_size=64", "data.input_size=64"])
+    assert torch.equal(mask, clip_masks(off, video, index, 2, "cpu")[0]) and clip_masks(off, video, index, 2, "cpu")[1] is None
+    assert not (dec & ~mask).any() and ((mask & ~dec).sum(1) == 14).all()  # 2 slices x 14 masked of 16; half kept
+    dual = ["mask.decoder_ratio=0.5", "train.max_steps=3"]
+    a = pretrain(_cfg(videos, tmp_path / "a", *dual, "train.batch_size=2", "train.accum_steps=2"))
+    b = pretrain(_cfg(videos, tmp_path / "b", *dual, "train.batch_size=4"))
+    ra, rb = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    assert len(ra) == 3 and all(math.isfinite(r["loss"]) for r in ra)
+    for x, y in zip(ra, rb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    pa, pb = _params(a["checkpoint"]), _params(b["checkpoint"])
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)

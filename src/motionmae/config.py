@@ -128,6 +128,8 @@ def masked_per_slice(slice_tokens: int, ratio: float) -> int:
 class MaskConfig:
     kind: MaskKind = "per_slice"  # per_slice (MotionMAE) | tube (VideoMAE) | random (MAE-ST) | motion (frame-difference weighted)
     ratio: float = 0.9
+    # dual masking (VideoMAE v2): the share of the masked tokens the decoder drops (running cell); 0: off, v2: 0.5
+    decoder_ratio: float = 0.0
 
     def check(self, model: ModelConfig) -> None:
         _, h, w = model.grid()
@@ -135,6 +137,7 @@ class MaskConfig:
         if k < 1:
             raise UserError(f"mask.ratio={self.ratio} masks no token of a time slice ({h}x{w} tokens): "
                             f"raise it to at least {1 / (h * w):.3g}")
+        _need(0.0 <= self.decoder_ratio < 1.0, "mask.decoder_ratio", self.decoder_ratio, "must be in [0, 1) (VideoMAE v2: 0.5)")
 
 
 @dataclass

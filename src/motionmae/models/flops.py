@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from motionmae.config import PretrainConfig
-from motionmae.objective.masking import num_visible
+from motionmae.objective.masking import num_decoded, num_visible
 from motionmae.objective.targets import build_targets
 
 
@@ -41,6 +41,7 @@ class MAEShape:
     decoder_mlp_ratio: float = 4.0
     embed_all: bool = True  # the tubelet embedding runs on all N cubes (transformers) or only the visible ones (ours)
     last_block_all: bool = True  # the decoder's last block computes all N outputs (transformers) or the masked ones (ours)
+    num_decoded: Optional[int] = None  # dual masking (VideoMAE v2): masked tokens the decoder sees and reconstructs; None: all
 
 
 def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
@@ -49,7 +50,9 @@ def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
     Backward costs two forward passes (input and weight gradients) except for the patch embedding,
     whose input (the clip) needs no gradient. Targets, norms and the loss are not counted.
     """
-    n_vis, n_mask = s.num_visible, s.num_tokens - s.num_visible
+    n_vis = s.num_visible
+    n_mask = s.num_tokens - n_vis if s.num_decoded is None else s.num_decoded
+    n_dec = n_vis + n_mask  # the decoder's tokens
     d = s.decoder_embed_dim
     fwd = {
         "patch_embed": 2 * (s.num_tokens if s.embed_all else n_vis) * s.patch_dim * s.embed_dim,
@@ -57,8 +60,8 @@ def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
         "decoder": s.decoders
         * (
             2 * n_vis * s.embed_dim * d
-            + (s.decoder_depth - 1) * block_flops(s.num_tokens, d, s.decoder_mlp_ratio)
-            + block_flops(s.num_tokens, d, s.decoder_mlp_ratio, None if s.last_block_all else n_mask)
+            + (s.decoder_depth - 1) * block_flops(n_dec, d, s.decoder_mlp_ratio)
+            + block_flops(n_dec, d, s.decoder_mlp_ratio, None if s.last_block_all else n_mask)
         ),
         "heads": sum(2 * n_mask * d * w for w in (s.head_dims or (s.patch_dim,))),
     }
@@ -71,8 +74,11 @@ def mae_step_flops(s: MAEShape, batch: int) -> Dict[str, int]:
 def pretrain_shape(cfg: PretrainConfig, transformers: bool = False) -> MAEShape:
     """The sizes of `cfg`'s pretraining step. `transformers`: the accounting of transformers' VideoMAE, which embeds
     every cube and runs the decoder's last block on every token; ours embeds the visible cubes and computes the
-    masked outputs only."""
+    masked outputs only. Dual masking (`mask.decoder_ratio`) shrinks the decoder to the visible tokens plus the
+    kept masked ones (transformers has no decoder mask: an error there)."""
     m = cfg.model
+    if transformers and cfg.mask.decoder_ratio:
+        raise ValueError("transformers' VideoMAE has no decoder mask (mask.decoder_ratio)")
     d, depth, _ = m.dims()
     grid = m.grid()
     targets = build_targets(cfg.objective, m)
@@ -90,6 +96,7 @@ def pretrain_shape(cfg: PretrainConfig, transformers: bool = False) -> MAEShape:
         decoder_mlp_ratio=m.decoder_mlp_ratio,
         embed_all=transformers,
         last_block_all=transformers,
+        num_decoded=num_decoded(grid, cfg.mask.ratio, cfg.mask.decoder_ratio) if cfg.mask.decoder_ratio else None,
     )
 
 
