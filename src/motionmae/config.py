@@ -186,7 +186,7 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # annotation list, folder of videos / class folders, or glob
+    train: str = ""  # annotation list, folder of videos / class folders, glob, or WebDataset shards (`dir/shard-{000000..000009}.tar`, pipe:/URLs)
     val: str = ""
     root: str = ""  # prefix for relative paths in annotation lists
     num_frames: int = 16  # follows model.num_frames (see `follow_model`)

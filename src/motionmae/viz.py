@@ -149,15 +149,17 @@ def save_pictures(panels: np.ndarray, titles: List[str], out_dir, name: str, fps
 # entry points
 
 
-def eval_clip(cfg, path: str) -> torch.Tensor:
-    """The centre clip and centre crop of one video, uint8 (C, T, H, W), as the validation transform makes it."""
+def eval_clip(cfg, path: str, source: Optional[bytes] = None) -> torch.Tensor:
+    """The centre clip and centre crop of one video (a file, or its bytes in `source`), uint8 (C, T, H, W), as the
+    validation transform makes it."""
     from motionmae.data.datasets import VideoClipDataset, VideoEntry
 
     d = cfg.data
-    ds = VideoClipDataset([VideoEntry(str(path), where=str(path))], num_frames=d.num_frames + cfg.objective.extra_frames, sampling_rate=d.sampling_rate,
+    entry = VideoEntry(str(path), where=str(path))
+    ds = VideoClipDataset([entry], num_frames=d.num_frames + cfg.objective.extra_frames, sampling_rate=d.sampling_rate,
                           sampling=d.sampling, mode="val", input_size=d.input_size, short_side=d.short_side,
                           short_video=d.short_video, max_skip_fraction=1.0, max_attempts=1)
-    return ds[0]["video"]
+    return ds.clip_of(entry, source)
 
 
 def render(model, cfg, video_uint8: torch.Tensor, out_dir, name: str, seed: int = 0, device="cpu",
@@ -174,7 +176,8 @@ def render(model, cfg, video_uint8: torch.Tensor, out_dir, name: str, seed: int 
 
 def reconstruction_pictures_from_dataset(model, cfg, dataset, out_dir, name: str, device, amp_dtype=None) -> Tuple[Path, Path]:
     """Pictures of the dataset's first video (centre clip, so successive pictures of a run are comparable)."""
-    return render(model, cfg, eval_clip(cfg, dataset.entries[0].path), out_dir, name, seed=cfg.train.seed, device=device, amp_dtype=amp_dtype)
+    entry, source = dataset.first_video()
+    return render(model, cfg, eval_clip(cfg, entry.path, source), out_dir, name, seed=cfg.train.seed, device=device, amp_dtype=amp_dtype)
 
 
 def load_pretrained(checkpoint, device="cpu"):

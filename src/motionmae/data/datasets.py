@@ -173,7 +173,9 @@ def check_source(data_cfg, split: str = "train") -> None:
     spec = getattr(data_cfg, split)
     if not spec:
         raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
-                        "class folders, or a glob)")
+                        "class folders, a glob, or WebDataset shards)")
+    if is_shard_spec(spec):  # checked where they are expanded (data/shards.py)
+        return
     if _is_glob(spec):
         if not globlib.glob(spec, recursive=True):
             raise UserError(f"data.{split}={spec}: the glob matches no files")
@@ -365,6 +367,10 @@ class ClipMaker:
         clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
         return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
 
+    def clip_of(self, e: VideoEntry, source=None) -> torch.Tensor:
+        """The clip of entry `e` as this dataset makes it (a fixed generator), from `source` (bytes) or e.path."""
+        return self._clip(e, torch.Generator().manual_seed(0), source)[0]
+
     def _read_item(self, first: tuple, draw, keys: tuple, skips: SkipLog) -> dict:
         """The item of candidate `first` = (key, entry, source or None); while candidates fail to decode, of the
         replacements `draw(rng)` returns. Attempt a draws its clip from a generator seeded from (*keys, a) (a = 0:
@@ -434,6 +440,10 @@ class VideoClipDataset(ClipMaker, Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def first_video(self) -> Tuple[VideoEntry, None]:
+        """(entry, None) of the first video (pictures of a run show it); a shard dataset's gives its bytes."""
+        return self.entries[0], None
 
     def _load(self, index: int, gen: torch.Generator):
         return self._clip(self.entries[index], gen)

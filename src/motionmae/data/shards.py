@@ -300,6 +300,14 @@ class ShardDataset(D.ClipMaker, IterableDataset):
             return [len(self.class_names)]
         return list(self._num_classes)
 
+    def first_video(self) -> Tuple[D.VideoEntry, bytes]:
+        """(entry, video bytes) of the first sample of the first shard as listed (pictures of a run show it)."""
+        for index, e, data in self._shard_records(0, 0, 1):
+            if isinstance(data, Exception):
+                raise UserError(f"cannot read the first video of the shards: {data}")
+            return e, data
+        raise UserError(f"{self.urls[0]}: holds no video")
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch `epoch`, resuming after `start` samples of this rank's part were consumed."""
         self.epoch, self.start = int(epoch), int(start)

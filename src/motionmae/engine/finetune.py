@@ -18,7 +18,8 @@ import torch
 
 from motionmae import config as C
 from motionmae.config import FinetuneConfig
-from motionmae.data.datasets import build_dataset, check_source
+from motionmae.data.datasets import check_source
+from motionmae.data.shards import build_dataset
 from motionmae.data.labels import label_names, resolve_label_column
 from motionmae.data.transforms import to_model_input
 from motionmae.engine.evaluate import Evaluator

@@ -15,7 +15,8 @@ import torch
 
 from motionmae import config as C
 from motionmae import viz
-from motionmae.data.datasets import build_dataset, check_source
+from motionmae.data.datasets import check_source
+from motionmae.data.shards import build_dataset
 from motionmae.data.transforms import to_model_input
 from motionmae.engine.trainer import At, Task, Trainer
 from motionmae.errors import UserError

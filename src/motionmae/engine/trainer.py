@@ -109,7 +109,8 @@ class Task:
         self.info: Optional[D.DistInfo] = None  # set by the Trainer: rank, world size, device
 
     def build_dataset(self):
-        """The map-style training dataset (items collated by `data.datasets.collate`); `set_epoch` is called on it."""
+        """The training dataset (items collated by `data.datasets.collate`): map-style (lists) or streaming
+        (`data.shards.ShardDataset`); `set_epoch` is called on it (see `TrainData`)."""
         raise NotImplementedError
 
     def build_model(self) -> torch.nn.Module:
@@ -157,16 +158,30 @@ class Task:
 
 class TrainData:
     """The training batches and where the run is in them: the epoch, micro-batches of it consumed, unreadable videos
-    skipped in it. The one place that knows the data is a map-style dataset cut by a `ShardedSampler` (a sharded,
-    iterable dataset would replace this class); its `state_dict` goes into every checkpoint (exact resume)."""
+    skipped in it; its `state_dict` goes into every checkpoint (exact resume). The one place that knows what kind
+    of dataset it reads: a map-style one (annotation lists) is cut by a `ShardedSampler`; a streaming one
+    (`data.shards.ShardDataset`, WebDataset shards) splits each epoch across ranks and workers itself and is told
+    where to start (`set_epoch(epoch, start)`), exactly when ranks, workers and batch size are those of the
+    interrupted run."""
 
     def __init__(self, dataset, cfg, info: D.DistInfo, micro_per_epoch: int):
         t = cfg.train
         self.dataset, self.batch_size, self.num_workers = dataset, t.batch_size, cfg.data.num_workers
         self.micro_per_epoch, self.pin_memory = micro_per_epoch, info.device.type == "cuda"
-        self.sampler = D.ShardedSampler(len(dataset), info.world_size, info.rank, shuffle=True, seed=t.seed, drop_last=True)
+        self.streaming = self.is_streaming(dataset)
+        self.sampler = None if self.streaming else D.ShardedSampler(len(dataset), info.world_size, info.rank, shuffle=True,
+                                                                    seed=t.seed, drop_last=True)
         self.generator = torch.Generator().manual_seed(D.derive_seed(t.seed, info.rank, 1))  # keeps DataLoader off the global RNG
         self.epoch, self.pos, self.skipped = 0, 0, 0
+
+    @staticmethod
+    def is_streaming(dataset) -> bool:
+        return isinstance(dataset, torch.utils.data.IterableDataset)
+
+    @staticmethod
+    def num_videos(dataset) -> int:
+        """Videos in one epoch over all ranks (what the plan divides)."""
+        return dataset.num_videos if TrainData.is_streaming(dataset) else len(dataset)
 
     @property
     def epoch_done(self) -> bool:
@@ -177,8 +192,12 @@ class TrainData:
         manager that reaps the loader's workers on every way out."""
         if self.epoch_done:
             self.epoch, self.pos, self.skipped = self.epoch + 1, 0, 0
-        self.dataset.set_epoch(self.epoch)
-        self.sampler.set_epoch(self.epoch, start=self.pos * self.batch_size)
+        start = self.pos * self.batch_size
+        if self.streaming:
+            self.dataset.set_epoch(self.epoch, start=start)
+        else:
+            self.dataset.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch, start=start)
         loader = make_loader(self.dataset, self.batch_size, self.num_workers, sampler=self.sampler, collate_fn=collate,
                              drop_last=True, pin_memory=self.pin_memory, generator=self.generator, train=True)
         return Batches(loader)
@@ -264,7 +283,7 @@ class Trainer:
         t, device = cfg.train, info.device
         run_dir = Path(t.output_dir)
         dataset = task.build_dataset()
-        plan = make_plan(cfg, len(dataset), info.world_size)
+        plan = make_plan(cfg, TrainData.num_videos(dataset), info.world_size)
         amp_dtype = self.amp_dtype = resolve_amp(t.amp, device)
 
         # ---- model and optimiser: identical init on every rank (DDP also broadcasts rank 0's weights)
@@ -308,7 +327,7 @@ class Trainer:
         net = parallel.wrap(model)
         self.logger = MetricLogger(run_dir, t.loggers, enabled=info.is_main, resume_step=step if ckpt_path is not None else None)
         self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s), amp={amp_dtype or 'fp32'}")
-        self.say(f"  {len(dataset)} videos; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
+        self.say(f"  {TrainData.num_videos(dataset)} videos{' (streamed from shards)' if data.streaming else ''}; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
                  f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.global_batch}/256 = "
                  f"{plan.lr:.3e} (min {plan.min_lr:.2e}, warm-up from {plan.warmup_lr:.2e})")
         if task.details():
