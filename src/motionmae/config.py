@@ -51,7 +51,7 @@ MaskKind = Literal["per_slice", "tube", "random", "motion"]
 TargetName = Literal["appearance", "motion", "hog"]  # objective/targets.py: TARGETS
 Loss = Literal["mse", "l1", "smooth_l1"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
-Parallel = Literal["ddp"]  # runtime/parallel.py
+Parallel = Literal["ddp", "fsdp"]  # runtime/parallel.py
 LoggerName = Literal["jsonl", "tensorboard"]  # runtime/logger.py: LOGGERS
 
 
@@ -238,8 +238,9 @@ class TrainConfig:
     clip_grad: float = 0.0  # 0: off
     amp: Amp = "auto"  # auto (bf16 where fast; fp16 on GPUs without bf16) | bf16 | fp16 (with loss scaling) | none
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    parallel: Parallel = "ddp"  # how the model runs on several ranks (runtime/parallel.py)
-    compile: bool = False  # torch.compile the model
+    parallel: Parallel = "ddp"  # how the model runs on several ranks: ddp | fsdp (FSDP2, sharded checkpoints; runtime/parallel.py)
+    async_checkpoint: bool = False  # fsdp: write checkpoints in the background while training goes on
+    compile: bool = False  # torch.compile the model (inductor; for GPUs: no speed-up measured on CPU)
     seed: int = 0
     output_dir: str = "runs/pretrain"
     loggers: Tuple[LoggerName, ...] = ("jsonl", "tensorboard")
@@ -257,6 +258,8 @@ class TrainConfig:
             _need(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
         if self.max_steps == 0 and self.epochs == 0:
             raise UserError("train.epochs=0 and train.max_steps=0: nothing to train")
+        if self.async_checkpoint and self.parallel != "fsdp":
+            raise UserError("train.async_checkpoint=true writes sharded checkpoints in the background: it needs train.parallel=fsdp")
         _check_device(self.device, "train.device")
 
 

@@ -38,7 +38,7 @@ from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, scaled_lr
 from motionmae.errors import UserError
 from motionmae.runtime import distributed as D
 from motionmae.runtime.amp import autocast, resolve_amp
-from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, read_state, remove_stale_temps
+from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, ShardedCheckpointer, read_state, remove_stale_temps
 from motionmae.runtime.device import peak_memory_mb
 from motionmae.runtime.logger import MetricLogger
 from motionmae.runtime.parallel import Parallel
@@ -258,7 +258,7 @@ class Trainer:
             self.task.build_dataset()
             torch.manual_seed(t.seed)
             self.model = self.task.build_model().to(self.info.device)
-            checkpointer = Checkpointer(t.output_dir, t.keep_last, self.info.is_main)
+            checkpointer = make_checkpointer(t, t.output_dir, self.info)
             path = checkpointer.resume_path(resume)
             if path is None:
                 raise UserError(f"no checkpoint to evaluate in {t.output_dir} (pass --resume PATH)")
@@ -286,10 +286,9 @@ class Trainer:
         plan = make_plan(cfg, TrainData.num_videos(dataset), info.world_size)
         amp_dtype = self.amp_dtype = resolve_amp(t.amp, device)
 
-        # ---- model and optimiser: identical init on every rank (DDP also broadcasts rank 0's weights)
+        # ---- the model: identical init on every rank (DDP also broadcasts rank 0's weights)
         torch.manual_seed(t.seed)
         model = self.model = task.build_model().to(device)
-        optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas, lr_scale_fn=task.lr_scale())
         scaler = LossScaler(amp_dtype, device)
         torch.manual_seed(D.derive_seed(t.seed, info.rank))  # any global-RNG use (drop path) differs per rank
         data = TrainData(dataset, cfg, info, plan.steps_per_epoch * t.accum_steps)
@@ -299,34 +298,40 @@ class Trainer:
         D.on_main_then_share(self.lock.acquire)
         D.on_main_then_share(lambda: _check_outputs(run_dir, 2 * checkpoint_bytes(model)))
 
-        # ---- resume (or start from given weights)
-        checkpointer = Checkpointer(run_dir, t.keep_last, info.is_main)
-        step = 0
+        # ---- which checkpoint to continue from; every rank must agree before any of them reads it
+        checkpointer = make_checkpointer(t, run_dir, info)
         ckpt_path = checkpointer.resume_path(resume)
-        if ckpt_path is None:
-            task.init_weights(model, self.say)
-        else:
+        step = 0
+        if ckpt_path is not None:
             self._check_kind(ckpt_path)
-            state = checkpointer.load(ckpt_path, model, optimizer, restore_rng=info.world_size == 1)
-            step = state["step"]
-            data.load_state_dict(state)
-            scaler.load_state_dict(state.get("loss_scaler", {}))
-            _note_config_changes(state.get("config", {}), cfg, self.say)
-            self.say(f"resumed from {ckpt_path} at step {step} (epoch {data.epoch}, batch {data.pos})")
-        if info.world_size > 1:  # every rank must continue from the same checkpoint (rank 0 writes it; others read it)
+            step = int(read_state(ckpt_path).get("step", 0))
+        if info.world_size > 1:  # (rank 0 writes checkpoints; others read them)
             spread = D.all_reduce_max(torch.tensor([float(step), -float(step)]))
             if spread[0] != -spread[1]:
                 raise UserError(f"ranks disagree on the checkpoint to resume from (steps {int(-spread[1])}..{int(spread[0])}): "
                                 f"train.output_dir={run_dir} must be on a file system shared by all nodes, or pass --resume PATH readable by all")
+        if ckpt_path is None:
+            task.init_weights(model, self.say)
+
+        # ---- wrapped (DDP / FSDP, compile), then the optimiser over the parameters as wrapped (FSDP: this rank's
+        # shards), then the checkpoint into both
+        parallel = Parallel(t.parallel, info, t.compile, amp_dtype)
+        net = parallel.wrap(model)
+        optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas, lr_scale_fn=task.lr_scale())
+        if ckpt_path is not None:
+            state = checkpointer.load(ckpt_path, model, optimizer, restore_rng=True)
+            data.load_state_dict(state)
+            scaler.load_state_dict(state.get("loss_scaler", {}))
+            _note_config_changes(state.get("config", {}), cfg, self.say)
+            self.say(f"resumed from {ckpt_path} at step {step} (epoch {data.epoch}, batch {data.pos})")
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             C.save_config(cfg, run_dir / "config.yaml")
         D.barrier()
 
-        parallel = Parallel(t.parallel, info, t.compile)
-        net = parallel.wrap(model)
         self.logger = MetricLogger(run_dir, t.loggers, enabled=info.is_main, resume_step=step if ckpt_path is not None else None)
-        self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s), amp={amp_dtype or 'fp32'}")
+        self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s)"
+                 f"{f' ({t.parallel})' if info.world_size > 1 else ''}, amp={amp_dtype or 'fp32'}")
         self.say(f"  {TrainData.num_videos(dataset)} videos{' (streamed from shards)' if data.streaming else ''}; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
                  f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.global_batch}/256 = "
                  f"{plan.lr:.3e} (min {plan.min_lr:.2e}, warm-up from {plan.warmup_lr:.2e})")
@@ -359,7 +364,7 @@ class Trainer:
                         skipped += int(batch.get("skipped", 0))
                         clips_done += batch["video"].shape[0]
                     scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
+                    norm = parallel.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
                     # one small collective: mean of every logged value over ranks, the skip count, and the
                     # finiteness / stop verdict every rank must share
                     names = list(sums)
@@ -373,6 +378,7 @@ class Trainer:
                     loss = values["loss"]
                     # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
                     if not (math.isfinite(loss) and (scaler.enabled or math.isfinite(grad_norm))):
+                        checkpointer.close()
                         bar.close()
                         self.logger.close()
                         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
@@ -403,9 +409,11 @@ class Trainer:
                                  "loss_scaler": scaler.state_dict(), "kind": task.kind, **task.state()}
                         last_ckpt = checkpointer.save(step, model, optimizer, state, numbered=step % t.save_every == 0)
                     task.after_step(self, step, final)
+                    checkpointer.poll()
                     if stop:
                         break
 
+        checkpointer.close()  # a checkpoint still being written (async) is completed
         bar.close()
         self.logger.close()
         summary.update(step=step, checkpoint=str(last_ckpt) if last_ckpt else None, epoch=data.epoch)
@@ -415,6 +423,13 @@ class Trainer:
         else:
             self.say(task.done(summary))
         return summary
+
+
+def make_checkpointer(t, run_dir, info: D.DistInfo) -> Checkpointer:
+    """Single files (rank 0 writes) with DDP; sharded folders (every rank writes its part) with FSDP."""
+    if t.parallel == "fsdp":
+        return ShardedCheckpointer(run_dir, t.keep_last, info.is_main, info.world_size, info.rank, async_save=t.async_checkpoint)
+    return Checkpointer(run_dir, t.keep_last, info.is_main, info.world_size)
 
 
 def _check_outputs(run_dir: Path, need_bytes: int) -> None:
