@@ -12,6 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+from motionmae.errors import UserError  # noqa: E402
 from motionmae.models.flops import block_flops  # noqa: E402
 import reproduce  # noqa: E402
 import step  # noqa: E402
@@ -179,3 +180,62 @@ def test_step0_probe_is_the_encoder_pretraining_starts_from(kind):
     ref = random_encoder(cfg.model, 3).state_dict()
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# ViT-g and the memory calculator (benchmarks/memory.py)
+
+
+def test_giant_preset_is_vit_g14():
+    # VideoMAE v2's ViT-g/14: width 1408, depth 40, 16 heads, MLP 6144 (48/11, not an integer ratio), patch 14
+    from motionmae.config import load_config
+    from motionmae.models.vit import build_encoder
+
+    cfg = load_config("motionmae-sha-giant")
+    m = cfg.model
+    assert m.dims() == (1408, 40, 16) and m.patch_size == 14 and m.grid() == (8, 16, 16)
+    with torch.device("meta"):
+        enc = build_encoder(m)
+    assert enc.blocks[0].mlp.fc1.out_features == 6144
+    d, h = 1408, 6144
+    block = 4 * d * d + 2 * h * d + h + d + 2 * d + d + 4 * d  # qkv + proj + fc1 + fc2 weights; biases; two LayerNorms
+    embed = 3 * 2 * 14 * 14 * d + d
+    assert sum(p.numel() for p in enc.parameters()) == 40 * block + embed + 2 * d == 1_011_610_752
+    with pytest.raises(UserError, match="ViT-g/14, whose MLP is 6144 wide"):
+        load_config("", ["model.size=giant"])
+
+
+def test_memory_calculator_by_hand_and_against_saved_tensors():
+    import memory
+
+    from motionmae.config import load_config
+    from motionmae.models.vit import Block
+
+    cfg = load_config("motionmae-sha-small", ["model.num_frames=4", "model.img_size=32", "model.patch_size=16"])
+    p = memory.param_counts(cfg)
+    ddp, fsdp = memory.estimate(cfg, 2, "ddp", 4, True, False), memory.estimate(cfg, 2, "fsdp", 4, True, True)
+    assert ddp["weights"] == ddp["ddp buckets"] == 4 * p["total"] and ddp["adamw"] == 8 * p["total"]
+    assert fsdp["weights"] == p["total"] and fsdp["adamw"] == 2 * p["total"] and "ddp buckets" not in fsdp
+    assert fsdp["activations"] < ddp["activations"]  # checkpointing
+    # a block's activations: what autograd really saves (not the weights), fp32 with fused attention and bf16 without
+    torch.manual_seed(0)
+    blk = Block(64, 4, 4.0, True, 0.0, 1e-6)
+    weights = {tuple(q.shape) for q in blk.parameters()} | {tuple(q.shape[::-1]) for q in blk.parameters()}
+    params = {q.untyped_storage().data_ptr() for q in blk.parameters()}
+
+    def saved(fn) -> int:
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params and not (t.dtype == torch.bfloat16 and tuple(t.shape) in weights):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(seen.values())
+
+    x = torch.randn(2, 50, 64, requires_grad=True)
+    assert saved(lambda: blk(x)) == pytest.approx(2 * memory.block_activation_bytes(50, 64, 256, 4, False, True), rel=0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU bf16: the explicit attention path, probabilities saved
+        assert saved(lambda: blk(x)) == pytest.approx(2 * memory.block_activation_bytes(50, 64, 256, 4, True, False), rel=0.02)

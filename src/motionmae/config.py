@@ -36,13 +36,18 @@ SIZES = {
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
     "huge": (1280, 32, 16),
+    "giant": (1408, 40, 16),  # VideoMAE v2's ViT-g/14: MLP 6144 = 48/11 x 1408, patch 14 (GIANT below)
 }
+
+# What else makes ViT-g/14 (VideoMAE v2, timm's vit_giant_patch14): applied by the `*-giant` presets, and
+# required of `model.size=giant` (an MLP ratio of 4 would silently build another model).
+GIANT = {"mlp_ratio": 48 / 11, "patch_size": 14, "decoder_embed_dim": 512, "decoder_num_heads": 8}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # enumerated values: each is checked when a config is built
-Size = Literal["tiny", "small", "base", "large", "huge"]
+Size = Literal["tiny", "small", "base", "large", "huge", "giant"]
 PosEmbed = Literal["sincos3d", "sincos1d", "learnable"]
 Pooling = Literal["mean", "first"]
 ActLayer = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]  # models/vit.py: ACT_LAYERS
@@ -114,6 +119,10 @@ class ModelConfig:
                             f"model.decoder_num_heads={self.decoder_num_heads}")
         _need(0.0 <= self.drop_path < 1.0, "model.drop_path", self.drop_path, "must be in [0, 1)")
         _need(self.mlp_ratio > 0, "model.mlp_ratio", self.mlp_ratio, "must be > 0")
+        if self.size == "giant" and self.embed_dim is None and int(SIZES["giant"][0] * self.mlp_ratio) != 6144:
+            raise UserError(f"model.size=giant is ViT-g/14, whose MLP is 6144 wide: model.mlp_ratio={self.mlp_ratio} gives "
+                            f"{int(SIZES['giant'][0] * self.mlp_ratio)}; use a *-giant preset (e.g. motionmae-sha-giant) or set "
+                            "model.mlp_ratio=4.363636363636363 (48/11)")
 
 
 def masked_per_slice(slice_tokens: int, ratio: float) -> int:
@@ -492,6 +501,8 @@ def preset_dict(name: str, chain: Tuple[str, ...] = ()) -> dict:
         if name.startswith(kind + "-") and name[len(kind) + 1 :] in SIZES:
             d = _objective_preset(kind)
             d["model"]["size"] = name[len(kind) + 1 :]
+            if d["model"]["size"] == "giant":
+                d["model"].update(GIANT)
             return d
     raise UserError(f"unknown preset '{name}'{_did_you_mean(name, preset_names())}; valid presets: {', '.join(preset_names())} "
                     f"(each also with '{HF_SUFFIX}', an alias kept from when only it exported to transformers)")

@@ -122,10 +122,26 @@ class PretrainModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = self.encoder.grad_checkpointing = enable
 
+    @torch.compiler.disable  # eager under torch.compile: cheap, no gradient, and written with out= views
     def compute_targets(self, clip: torch.Tensor, ids_masked: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Every target at the masked tokens, {name: (B, M, dim)}, float32, no gradient."""
         clip01 = torch.addcmul(self.mean, clip.float(), self.std)
         return {t.name: t.compute(clip01, ids_masked) for t in self.targets}
+
+    @staticmethod
+    @torch.compiler.disable  # the token counts are read on the host: eager, so torch.compile's graph goes on after it
+    def token_index(mask: torch.Tensor, decoder_mask: Optional[torch.Tensor], b: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(ids_visible (B, N_vis), ids_masked (B, N_mask)): the encoder's tokens and the masked ones the decoder
+        reconstructs (all masked ones without a decoder mask); both masks checked."""
+        for name, m in (("mask", mask), ("decoder_mask", decoder_mask)):
+            if m is not None and (m.shape != (b, n) or m.dtype != torch.bool):
+                raise UserError(f"{name} must be bool (B, N) = ({b}, {n}) for this clip, got {m.dtype} {tuple(m.shape)}")
+        ids_visible, ids_masked = visible_and_masked_index(mask)
+        if decoder_mask is not None:
+            if bool((decoder_mask & ~mask).any()):
+                raise UserError("decoder_mask drops a token the encoder sees: it must be a subset of mask")
+            ids_masked = visible_and_masked_index(mask & ~decoder_mask)[1]
+        return ids_visible, ids_masked
 
     def forward_decoder(self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor, grid,
                         branch: Branch) -> torch.Tensor:
@@ -148,18 +164,10 @@ class PretrainModel(nn.Module):
         """
         frames = clip[:, :, : clip.shape[2] - self.objective_cfg.extra_frames]
         grid = self.encoder.patch_embed.grid(frames)
-        n = grid[0] * grid[1] * grid[2]
-        for name, m in (("mask", mask), ("decoder_mask", decoder_mask)):
-            if m is not None and (m.shape != (clip.shape[0], n) or m.dtype != torch.bool):
-                raise UserError(f"{name} must be bool (B, N) = ({clip.shape[0]}, {n}) for this clip, got {m.dtype} {tuple(m.shape)}")
-        ids_visible, ids_masked = visible_and_masked_index(mask)
-        if decoder_mask is not None:
-            if bool((decoder_mask & ~mask).any()):
-                raise UserError("decoder_mask drops a token the encoder sees: it must be a subset of mask")
-            ids_masked = visible_and_masked_index(mask & ~decoder_mask)[1]
+        ids_visible, ids_masked = self.token_index(mask, decoder_mask, clip.shape[0], grid[0] * grid[1] * grid[2])
         targets = self.compute_targets(clip, ids_masked)
 
-        latent = self.encoder.forward_features(frames, mask)  # (B, N_vis, D)
+        latent = self.encoder.forward_features(frames, ids_visible=ids_visible)  # (B, N_vis, D)
 
         preds = {}
         for branch in self.branches:

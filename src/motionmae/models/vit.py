@@ -376,13 +376,15 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
         x = self.patch_embed(x)
         return x + self.pos_embed_for(grid).to(x.dtype), grid
 
-    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D)."""
-        if mask is None:
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                         ids_visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D).
+        `ids_visible` (B, N_vis): the visible tokens' indices, when the caller has them (instead of `mask`)."""
+        if mask is None and ids_visible is None:
             x, _ = self.embed(x)
         else:  # embed only the visible cubes
             grid = self.patch_embed.grid(x)
-            ids = visible_and_masked_index(mask)[0]
+            ids = visible_and_masked_index(mask)[0] if ids_visible is None else ids_visible
             x = self.patch_embed(x, ids)
             x = x + gather_tokens(self.pos_embed_for(grid).to(x.dtype).expand(x.shape[0], -1, -1), ids)
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
