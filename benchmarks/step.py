@@ -60,7 +60,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CASES = ("hf-videomae", "videomae", "motionmae-sha", "motionmae-ind", "videomae-dual", "motionmae-sha-dual")
 DUAL = "-dual"  # suffix: dual masking at VideoMAE v2's decoder ratio (its objective, less decoder work than the others)
 DECODER_RATIO = 0.5
-EXTRA_CASES = ("hf-videomae-eager",)  # transformers with its eager attention (its fastest choice for bf16 on CPU)
+EXTRA_CASES = ("hf-videomae-eager",  # transformers with its eager attention (its fastest choice for bf16 on CPU)
+               "motionmae-sha-compiled")  # ours under torch.compile (default backend: inductor)
+COMPILED = "-compiled"
 MASK_RATIO = 0.9
 H100_BF16_PEAK = 989e12  # dense bf16 tensor-core FLOP/s of an H100 SXM (NVIDIA datasheet)
 ASSUMED_MFU = (0.25, 0.40)
@@ -163,11 +165,12 @@ def build_hf(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, 
     return Case(name, cfg, model, step, mask, transformers=True)
 
 
-def build_ours(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, seed: int = 0) -> Case:
+def build_ours(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device, seed: int = 0, compiled: bool = False) -> Case:
     from motionmae.models.pretrain import PretrainModel
 
     torch.manual_seed(seed)
     model = PretrainModel(cfg).to(device).train()
+    net = torch.compile(model) if compiled else model
     m = cfg.model
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, m.in_chans, m.num_frames, m.img_size, m.img_size, generator=g).to(device)  # (B, C, T, H, W)
@@ -178,12 +181,12 @@ def build_ours(cfg: PretrainConfig, batch: int, dtype: str, device: torch.device
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with _autocast(dtype, device):
-            loss = model(x, mask, dec_mask)["loss"]
+            loss = net(x, mask, dec_mask)["loss"]
         loss.backward()
         opt.step()
         return loss.item()
 
-    return Case(f"ours {cfg_label(cfg)}", cfg, model, step, mask, dec_mask=dec_mask)
+    return Case(f"ours {cfg_label(cfg)}{', torch.compile' if compiled else ''}", cfg, model, step, mask, dec_mask=dec_mask)
 
 
 def cfg_label(cfg: PretrainConfig) -> str:
@@ -194,11 +197,14 @@ def cfg_label(cfg: PretrainConfig) -> str:
 
 
 def build_case(kind: str, setting: str, dtype: str, device: torch.device) -> Case:
-    cfg = build_cfg(kind, setting)
+    compiled = kind.endswith(COMPILED)
+    cfg = build_cfg(kind[: -len(COMPILED)] if compiled else kind, setting)
     batch = SETTINGS[setting]["batch"]
     if kind == "hf-videomae-eager":
         return build_hf(cfg, batch, dtype, device, attn="eager")
-    return (build_hf if kind == "hf-videomae" else build_ours)(cfg, batch, dtype, device)
+    if kind == "hf-videomae":
+        return build_hf(cfg, batch, dtype, device)
+    return build_ours(cfg, batch, dtype, device, compiled=compiled)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,6 +376,32 @@ def h100_estimate() -> str:
     )
 
 
+K400_CLIPS = 240_436  # Kinetics-400 training videos (one clip per video and epoch)
+
+
+def sizes_estimate(mfu: float = 0.40) -> str:
+    """GPU cost per preset size from the FLOP model (models/flops.py): an estimate, not a measurement."""
+    from motionmae.models.flops import pretrain_step_flops
+
+    lines = []
+    for size in ("small", "base", "large", "huge", "giant"):
+        for ratio in (0.0, DECODER_RATIO):
+            cfg = load_config(f"motionmae-sha-{size}", [f"mask.decoder_ratio={ratio}"])
+            per_clip = pretrain_step_flops(cfg, 1)["total"]
+            clips = mfu * H100_BF16_PEAK / per_clip
+            m = cfg.model
+            lines.append([size, f"{m.num_frames}x{m.img_size} /{m.patch_size}", f"{ratio:g}", f"{per_clip / 1e9:.0f}",
+                          f"{clips:.0f}", f"{100 * K400_CLIPS / clips / 3600:.1f}"])
+    head = ["size (motionmae-sha)", "clip", "mask.decoder_ratio", "GFLOP per clip (fwd+bwd)", f"H100 clips/s at {mfu:.0%} MFU",
+            "H100-hours per 100 K400 epochs"]
+    return (
+        "**Estimate, not a measurement** (no GPU was available): the `*-giant`..`*-small` presets at their clip size "
+        f"(mask 0.9), bf16 on H100 SXM at an assumed {mfu:.0%} MFU, from the FLOP count of models/flops.py (checked "
+        f"against FlopCounterMode); 100 epochs of Kinetics-400 = {100 * K400_CLIPS / 1e6:.0f} M clips. Divide by the "
+        "number of GPUs for wall time, if the data loader keeps up.\n\n" + markdown_table(head, lines)
+    )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--settings", default="small,base", help="comma list of: " + ", ".join(SETTINGS))
@@ -436,7 +468,7 @@ def main(argv=None) -> int:
         header = f"Machine: {machine_name()}; times are {clock}. Command: `{command}`, {date}."
     report = header + "\n\n" + report
     if not args.quick:
-        report += "\n\n" + h100_estimate()
+        report += "\n\n" + h100_estimate() + "\n\n" + sizes_estimate()
     print(report)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine_name(), "command": command, "clock": args.clock, "peaks": peaks, "rows": rows}, indent=1))

@@ -71,8 +71,9 @@ def test_fsdp_gives_the_losses_of_ddp(videos, tmp_path):
     # AdamW states) takes the steps DDP takes
     common = [*TINY, f"data.train={videos}", "train.max_steps=3", "train.save_every=100", "train.clip_grad=1.0",
               "train.batch_size=2", "train.accum_steps=2", "model.grad_checkpointing=true"]
-    fsdp = _pretrain([*common, "train.parallel=fsdp", f"train.output_dir={tmp_path / 'fsdp'}"])
-    assert "x 2 rank(s) (fsdp)" in fsdp.stdout
+    # pictures at the end: the weights are gathered on every rank, rank 0 draws (no rank left waiting)
+    fsdp = _pretrain([*common, "train.parallel=fsdp", "train.viz_every=0", f"train.output_dir={tmp_path / 'fsdp'}"])
+    assert "x 2 rank(s) (fsdp)" in fsdp.stdout and (tmp_path / "fsdp" / "pictures" / "step_00000003.png").exists()
     _pretrain([*common, f"train.output_dir={tmp_path / 'ddp'}"])
     a, b = read_metrics(tmp_path / "fsdp"), read_metrics(tmp_path / "ddp")
     assert [r["step"] for r in a] == [1, 2, 3]
@@ -155,6 +156,23 @@ def test_consolidated_checkpoint_continues_in_one_process(killed_and_resumed, tm
     assert cli_main(["convert", "--consolidate", str(root / "full"), str(tmp_path / "c.safetensors")]) == 2
 
 
+def test_fsdp_fine_tuning_evaluates_on_every_rank(tmp_path):
+    # evaluation runs a whole copy of the model on each rank: ranks may see different numbers of batches
+    # (finetune.eval_max_videos stops each on its own count) without waiting on each other
+    from test_finetune_engine import labelled_list
+
+    lst = labelled_list(tmp_path / "videos", n=8)
+    args = [*TINY, f"data.train={lst}", f"data.val={lst}", "data.test_clips=1", "data.test_crops=1", "train.batch_size=2",
+            "train.max_steps=2", "train.parallel=fsdp", "finetune.eval_max_videos=3", f"train.output_dir={tmp_path / 'ft'}"]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = subprocess.run([sys.executable, *launcher, "-m", "motionmae.cli", "finetune", *args], capture_output=True, text=True,
+                         env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in read_metrics(tmp_path / "ft") if "val/top1" in r]
+    assert len(rows) == 1 and 0.0 <= rows[0]["val/top1"] <= 1.0
+    assert ck.sharded_checkpoints(tmp_path / "ft")[-1].name == "last_00000002"
+
+
 def test_damaged_or_half_written_sharded_checkpoints(videos, tmp_path):
     # one process with train.parallel=fsdp writes the same sharded folders (nothing to shard)
     over = [*TINY, f"data.train={videos}", "train.batch_size=2", "train.max_steps=2", "train.save_every=1",
@@ -187,3 +205,34 @@ def test_fsdp_needs_fsdp2_and_bf16_or_fp32(monkeypatch):
         P.Parallel("fsdp", info)
     with pytest.raises(UserError, match="train.async_checkpoint=true .* needs train.parallel=fsdp"):
         C.load_config("", ["train.async_checkpoint=true"])
+
+
+def test_sharding_stays_on_the_model_device(monkeypatch):
+    # in-process, one gloo rank: shard() builds its mesh on the model's device type even where CUDA is present (a CPU
+    # run on a GPU node), and the sharded model computes what the plain one does
+    import torch.distributed as dist
+
+    from motionmae.models.pretrain import PretrainModel
+    from motionmae.objective.masking import make_mask
+
+    cfg = C.load_config("", TINY)
+    torch.manual_seed(0)
+    plain = PretrainModel(cfg)
+    torch.manual_seed(0)
+    model = PretrainModel(cfg)
+    x = torch.randn(2, 3, 4, 32, 32)
+    mask = make_mask("per_slice", 2, cfg.model.grid(), 0.5, torch.Generator().manual_seed(0))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        P.shard(model, "cpu", 1)
+        monkeypatch.undo()
+        weight = model.encoder.blocks[0].attn.qkv.weight
+        assert type(weight).__name__ == "DTensor" and weight.device_mesh.device_type == "cpu"
+        a, b = model(x, mask)["loss"], plain(x, mask)["loss"]
+        a.backward()
+        b.backward()
+        assert torch.equal(a, b)
+        torch.testing.assert_close(weight.grad.full_tensor(), plain.encoder.blocks[0].attn.qkv.weight.grad)
+    finally:
+        dist.destroy_process_group()

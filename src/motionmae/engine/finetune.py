@@ -162,7 +162,7 @@ class FinetuneTask(Task):
             self.evaluator = Evaluator(self.cfg, self.val_ds, self.col, self.column, self.num_classes, trainer.info,
                                        trainer.amp_dtype, Path(self.cfg.train.output_dir))
         write = trainer.bar.write if trainer.bar is not None else print
-        return self.evaluator(trainer.model, step, write)
+        return self.evaluator(trainer.eval_model(), step, write)
 
     def after_step(self, trainer: Trainer, step: int, final: bool) -> None:
         every = self.cfg.finetune.eval_every

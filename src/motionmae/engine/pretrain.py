@@ -120,14 +120,16 @@ class PretrainTask(Task):
     def after_step(self, trainer: Trainer, step: int, final: bool) -> None:
         # viz_every > 0: every so many steps and at the end; 0: at the end only; < 0: never
         every = self.cfg.train.viz_every
-        if trainer.info.is_main and every >= 0 and (final or (every > 0 and step % every == 0)):
-            self.pictures(trainer, step)
+        if every >= 0 and (final or (every > 0 and step % every == 0)):
+            model = trainer.eval_model()  # every rank (FSDP gathers the weights); rank 0 draws
+            if trainer.info.is_main:
+                self.pictures(trainer, step, model)
 
-    def pictures(self, trainer: Trainer, step: int) -> None:
+    def pictures(self, trainer: Trainer, step: int, model) -> None:
         """Reconstruction pictures of the first training video (a fixed clip, so pictures are comparable across steps)."""
         run_dir = Path(self.cfg.train.output_dir)
         try:
-            paths = viz.reconstruction_pictures_from_dataset(trainer.model, self.cfg, self.dataset, run_dir / "pictures",
+            paths = viz.reconstruction_pictures_from_dataset(model, self.cfg, self.dataset, run_dir / "pictures",
                                                              f"step_{step:08d}", trainer.info.device, trainer.amp_dtype)
         except UserError as e:  # pictures must never stop a run
             trainer.bar.write(f"pictures skipped: {e}")

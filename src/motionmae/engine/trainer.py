@@ -230,6 +230,7 @@ class Trainer:
         self.bar: Optional[ProgressBar] = None
         self.logger: Optional[MetricLogger] = None
         self.lock: Optional[RunLock] = None
+        self.parallel: Optional[Parallel] = None
 
     def say(self, *args) -> None:
         if self.info is None or self.info.is_main:
@@ -275,6 +276,17 @@ class Trainer:
             raise UserError(f"{path} is not a {self.task.noun} checkpoint (it holds a {kind} run): set train.output_dir "
                             f"to a directory of its own{self.task.other_kind_hint}")
 
+    def eval_model(self) -> torch.nn.Module:
+        """The model whole on this rank, for evaluation and pictures: `self.model`, or under FSDP a plain copy with the
+        gathered weights (an all-gather: every rank calls this together, then may run it alone)."""
+        if self.parallel is None or self.parallel.sharded is None:
+            return self.model
+        device = self.info.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's generators go on
+            plain = self.task.build_model().to(device)
+        plain.load_state_dict(self.parallel.full_state_dict())
+        return plain.eval()
+
     def log(self, step: int, metrics: dict, prefix: str = "") -> None:
         self.logger.log(step, metrics, prefix)
 
@@ -315,7 +327,7 @@ class Trainer:
 
         # ---- wrapped (DDP / FSDP, compile), then the optimiser over the parameters as wrapped (FSDP: this rank's
         # shards), then the checkpoint into both
-        parallel = Parallel(t.parallel, info, t.compile, amp_dtype)
+        parallel = self.parallel = Parallel(t.parallel, info, t.compile, amp_dtype)
         net = parallel.wrap(model)
         optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas, lr_scale_fn=task.lr_scale())
         if ckpt_path is not None:

@@ -19,6 +19,7 @@ The engine only calls `wrap`, `no_sync`, `clip_grad_norm_` and `unwrap_model`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterable, Optional
 
 import torch
@@ -67,7 +68,7 @@ class Parallel:
             device = self.info.device
             net = self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
         elif self.info.world_size > 1:
-            net = self.sharded = shard(model, self.amp_dtype)
+            net = self.sharded = shard(model, self.info.device.type, self.info.world_size, self.amp_dtype)
         if not self.compile:
             return net
         # inductor (torch's default) compiles to Triton on CUDA and C++ on CPU; on CPU it needs a C++ compiler
@@ -83,15 +84,28 @@ class Parallel:
             return _fsdp_no_sync(self.sharded)
         return contextlib.nullcontext()
 
+    def full_state_dict(self) -> dict:
+        """The sharded model's whole state dict on every rank (an all-gather: every rank calls it together)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.sharded, options=StateDictOptions(full_state_dict=True))
+
     def clip_grad_norm_(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
         """torch's clip_grad_norm_; the total norm as a plain tensor (with FSDP it comes back as a DTensor)."""
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def shard(model: nn.Module, amp_dtype: Optional[torch.dtype] = None) -> nn.Module:
-    """FSDP2 in place: each transformer `Block` a unit of its own, then the root for the rest. With `amp_dtype`
-    (bf16) weights are gathered in it and gradients reduced in fp32; the root leaves its inputs as they are."""
+def shard(model: nn.Module, device_type: str, world_size: int, amp_dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """FSDP2 in place over all `world_size` ranks, on a mesh of the model's `device_type` (not whatever accelerator
+    the machine has: a CPU run on a GPU node stays on gloo): each transformer `Block` a unit of its own, then the
+    root for the rest. With `amp_dtype` (bf16) weights are gathered in it and gradients reduced in fp32; the root
+    leaves its inputs as they are."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    # the outputs (predictions as reshaped views) are read, never changed in place: FSDP's warning does not apply
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    mesh = init_device_mesh(device_type, (world_size,))
     if amp_dtype is not None:
         blocks = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
         root = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
@@ -99,8 +113,8 @@ def shard(model: nn.Module, amp_dtype: Optional[torch.dtype] = None) -> nn.Modul
         blocks = root = MixedPrecisionPolicy()
     for m in model.modules():
         if isinstance(m, Block):
-            fully_shard(m, mp_policy=blocks)
-    fully_shard(model, mp_policy=root)
+            fully_shard(m, mesh=mesh, mp_policy=blocks)
+    fully_shard(model, mesh=mesh, mp_policy=root)
     return model
 
 
