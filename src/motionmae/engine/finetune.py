@@ -1,18 +1,22 @@
 """`motionmae finetune`: a pretrained encoder + a linear head, trained for action recognition by the engine's `Trainer`.
 
-VideoMAE's recipe (SPEC.md): mean-pooled tokens -> fc_norm -> head, AdamW (0.9, 0.999), wd 0.05, layer-wise
-lr decay 0.75, drop path 0.1, RandAugment rand-m7-n4-mstd0.5-inc1 (finetune.aa) then a random resized crop
-(finetune.crop=rrc), mixup 0.8 / cutmix 1.0 with label smoothing 0.1, random erasing 0.25, warm-up + cosine
-(lr, min_lr and warmup_lr scaled by the global batch / 256), bf16, DDP. Evaluation with data.test_clips x
+VideoMAE's recipe (SPEC.md): mean-pooled tokens -> fc_norm -> (fc dropout) -> head, AdamW (0.9, 0.999), wd 0.05,
+layer-wise lr decay 0.75, drop path 0.1, RandAugment rand-m7-n4-mstd0.5-inc1 (finetune.aa) then a random resized
+crop (finetune.crop=rrc), mixup 0.8 / cutmix 1.0 with label smoothing 0.1, random erasing 0.25, warm-up + cosine
+(lr, min_lr and warmup_lr scaled by the videos per step / 256, as run_class_finetuning.py), bf16, DDP. Each
+dataset's values are a preset (finetune-ssv2, -k400, -ucf101, -hmdb51); the clips follow the fine-tuning config,
+not the pretraining run (`data_notes` says where they differ). Evaluation with data.test_clips x
 data.test_crops views per video, softmax scores averaged: top-1, top-5, per-class accuracy, confusion matrix (PNG)
 -> `eval_metrics.json` (engine/evaluate.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Optional
 
 import torch
 
@@ -73,16 +77,45 @@ def run(args) -> int:
     if args.print_config:
         print(C.config_text(cfg), end="")
         return 0
-    summary = finetune(cfg, pretrained=args.pretrained, resume=args.resume, eval_only=args.eval_only)
+    spec_data = C.spec_dict(args.config).get("data") or {}
+    summary = finetune(cfg, pretrained=args.pretrained, resume=args.resume, eval_only=args.eval_only,
+                       spec_data=spec_data if isinstance(spec_data, dict) else {})
     return 143 if summary.get("stopped") else 0  # 128 + SIGTERM: the run is not finished
 
 
-def finetune(cfg: FinetuneConfig, pretrained: str = "", resume: str = "auto", eval_only: bool = False) -> dict:
+def finetune(cfg: FinetuneConfig, pretrained: str = "", resume: str = "auto", eval_only: bool = False,
+             spec_data: Optional[dict] = None) -> dict:
     """Fine-tune per `cfg` (from the encoder of `pretrained`, else from a random initialisation); returns a summary
     (step, loss, run dir, checkpoint, and the last eval metrics). `eval_only`: evaluate the checkpoint `resume`
-    names instead -> {"step", "eval"}."""
+    names instead -> {"step", "eval"}. `spec_data`: the data section of the preset / YAML file the config came from,
+    checked against `cfg` (`data_notes`)."""
+    if not eval_only and int(os.environ.get("RANK", "0")) == 0:
+        saved = read_state(pretrained).get("config") if pretrained else None
+        for line in data_notes(cfg, saved, spec_data or {}):
+            print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
     trainer = Trainer(cfg, FinetuneTask(cfg, pretrained))
     return trainer.evaluate(resume) if eval_only else trainer.fit(resume)
+
+
+def data_notes(cfg: FinetuneConfig, pretrain_config: Optional[dict], spec_data: dict) -> List[str]:
+    """What to tell about the fine-tuning clips: they follow the fine-tuning config, not the pretraining run (a note
+    when they differ), and a warning when they flip clips of data whose labels depend on left and right: the preset
+    says data.flip=false, or the pretraining run did not flip."""
+    d = cfg.data
+    saved = (pretrain_config or {}).get("data") or {}
+    lines = []
+    if d.flip and spec_data.get("flip") is False:
+        lines.append("warning: data.flip=true, but the preset/config file sets data.flip=false: its labels depend on left "
+                     "and right (SSv2: 'pushing something from left to right'), and a flipped clip keeps its label")
+    elif d.flip and saved.get("flip") is False:
+        lines.append("warning: data.flip=true, but the pretraining run did not flip (data.flip=false, as for SSv2, whose "
+                     "labels depend on left and right); if this data's do too, set data.flip=false (finetune-ssv2 does)")
+    ours = {"sampling": d.sampling, "sampling_rate": d.sampling_rate, "flip": d.flip}
+    changed = [f"{k}={v} (pretraining: {saved[k]})" for k, v in ours.items() if k in saved and saved[k] != v
+               and not (k == "sampling_rate" and d.sampling == "segment")]
+    if changed:
+        lines.append(f"note: fine-tuning clips follow the fine-tuning config: data.{', data.'.join(changed)}")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,6 +128,7 @@ class FinetuneTask(Task):
 
     kind, noun = "finetune", "fine-tuning"
     other_kind_hint = ", and pass a pretraining checkpoint as --pretrained"
+    lr_per_video = True  # run_class_finetuning.py: lr x batch_size x update_freq x world / 256, whatever --num_sample
 
     def __init__(self, cfg: FinetuneConfig, pretrained: str = ""):
         super().__init__(cfg)
@@ -104,7 +138,8 @@ class FinetuneTask(Task):
     def build_dataset(self):
         c, ft = self.cfg, self.cfg.finetune
         check_source(c.data)
-        train_ds = build_dataset(c.data, "train", "finetune", seed=c.train.seed, aa=ft.aa, crop=ft.crop)
+        train_ds = build_dataset(c.data, "train", "finetune", seed=c.train.seed, aa=ft.aa, crop=ft.crop,
+                                 train_short_side=ft.train_short_side)
         names = label_names(c.data.train, train_ds.num_labels)
         self.col = resolve_label_column(ft.label_column, names)
         self.column = names[self.col]
@@ -118,7 +153,7 @@ class FinetuneTask(Task):
         return train_ds
 
     def build_model(self) -> torch.nn.Module:
-        return build_classifier(self.cfg.model, self.num_classes)
+        return build_classifier(self.cfg.model, self.num_classes, head_drop=self.cfg.finetune.fc_drop_rate)
 
     def lr_scale(self):
         return layer_decay_fn(self.cfg.model.dims()[1], self.cfg.finetune.layer_decay)
@@ -151,7 +186,8 @@ class FinetuneTask(Task):
     def details(self) -> str:
         ft = self.cfg.finetune
         return (f"layer decay {ft.layer_decay}; mixup {ft.mixup} / cutmix {ft.cutmix}, label smoothing {ft.label_smoothing}, "
-                f"random erasing {ft.reprob}, RandAugment {ft.aa or 'off'}, crop {ft.crop}, drop path {self.cfg.model.drop_path}")
+                f"random erasing {ft.reprob}, RandAugment {ft.aa or 'off'}, crop {ft.crop}, drop path {self.cfg.model.drop_path}, "
+                f"fc dropout {ft.fc_drop_rate}")
 
     def state(self) -> dict:
         return {"num_classes": self.num_classes, "label_column": self.column}

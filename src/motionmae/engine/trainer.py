@@ -58,17 +58,19 @@ class NonFiniteLossError(UserError):
 class Plan:
     """The numbers that follow from the config and the world size (printed at start)."""
 
-    global_batch: int
-    lr: float  # peak; min_lr and warmup_lr are scaled by the same global_batch / 256 (as VideoMAE does)
+    global_batch: int  # clips per optimiser step
+    lr: float  # peak; min_lr and warmup_lr are scaled by the same lr_batch / 256 (as VideoMAE does)
     min_lr: float
     warmup_lr: float
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    lr_batch: int = 0  # what the lr scales by: global_batch, or the videos per step (Task.lr_per_video)
 
 
-def make_plan(cfg, num_videos: int, world: int) -> Plan:
-    """`cfg`: any config with `train` and `data` sections."""
+def make_plan(cfg, num_videos: int, world: int, lr_per_video: bool = False) -> Plan:
+    """`cfg`: any config with `train` and `data` sections. `lr_per_video`: the lr scales by the videos per step rather
+    than the clips (they differ with data.num_samples > 1)."""
     t = cfg.train
     videos_per_step = t.batch_size * t.accum_steps * world
     steps_per_epoch = (num_videos // world) // (t.batch_size * t.accum_steps)
@@ -79,8 +81,9 @@ def make_plan(cfg, num_videos: int, world: int) -> Plan:
     global_batch = videos_per_step * cfg.data.num_samples
     total = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
     warmup = t.warmup_steps if t.warmup_steps > 0 else int(round(t.warmup_epochs * steps_per_epoch))
-    return Plan(global_batch, scaled_lr(t.base_lr, global_batch), scaled_lr(t.min_lr, global_batch), scaled_lr(t.warmup_lr, global_batch),
-                steps_per_epoch, total, min(warmup, total))
+    lr_batch = videos_per_step if lr_per_video else global_batch
+    return Plan(global_batch, scaled_lr(t.base_lr, lr_batch), scaled_lr(t.min_lr, lr_batch), scaled_lr(t.warmup_lr, lr_batch),
+                steps_per_epoch, total, min(warmup, total), lr_batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +106,7 @@ class Task:
     kind = ""
     noun = ""
     other_kind_hint = ""  # appended to the error when train.output_dir holds another kind of run
+    lr_per_video = False  # the lr scales by clips per step (False) or by videos per step (True)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -264,7 +268,7 @@ class Trainer:
         t, device = cfg.train, info.device
         run_dir = Path(t.output_dir)
         dataset = task.build_dataset()
-        plan = make_plan(cfg, len(dataset), info.world_size)
+        plan = make_plan(cfg, len(dataset), info.world_size, task.lr_per_video)
         amp_dtype = self.amp_dtype = resolve_amp(t.amp, device)
 
         # ---- model and optimiser: identical init on every rank (DDP also broadcasts rank 0's weights)
@@ -308,8 +312,9 @@ class Trainer:
         net = parallel.wrap(model)
         self.logger = MetricLogger(run_dir, t.loggers, enabled=info.is_main, resume_step=step if ckpt_path is not None else None)
         self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s), amp={amp_dtype or 'fp32'}")
+        per = " videos" if task.lr_per_video else ""
         self.say(f"  {len(dataset)} videos; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
-                 f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.global_batch}/256 = "
+                 f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.lr_batch}{per}/256 = "
                  f"{plan.lr:.3e} (min {plan.min_lr:.2e}, warm-up from {plan.warmup_lr:.2e})")
         if task.details():
             self.say(f"  {task.details()}")

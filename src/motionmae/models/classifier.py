@@ -21,8 +21,9 @@ from motionmae.models.vit import Grid, VisionTransformer, check_fixed_table, res
 _NEW_KEYS = ("fc_norm.", "head.")
 
 
-def build_classifier(cfg: ModelConfig, num_classes: int) -> VisionTransformer:
-    return VisionTransformer(cfg, num_classes=num_classes)
+def build_classifier(cfg: ModelConfig, num_classes: int, head_drop: float = 0.0) -> VisionTransformer:
+    """`head_drop`: dropout on the pooled feature before `head` (VideoMAE's fc_drop_rate)."""
+    return VisionTransformer(cfg, num_classes=num_classes, head_drop=head_drop)
 
 
 def encoder_state_dict(
