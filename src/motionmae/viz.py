@@ -61,7 +61,7 @@ def reconstruction_panels(model, clip: torch.Tensor, mask: torch.Tensor, amp_dty
     finally:
         model.train(was_training)
     clip01 = (clip.float() * model.std + model.mean).clamp(0, 1)
-    frames = clip01[:, :, : clip01.shape[2] - model.objective_cfg.extra_frames]
+    frames = clip01[:, :, : model.objective_cfg.encoder_frames(clip01.shape[2])]
     tub, p = model.tubelet, model.patch
     grid = model.encoder.patch_embed.grid(frames)
     ids_masked = out["ids_masked"]  # (1, M): the token index of each prediction row
@@ -156,7 +156,8 @@ def eval_clip(cfg, path: str) -> torch.Tensor:
     d = cfg.data
     ds = VideoClipDataset([VideoEntry(str(path), where=str(path))], num_frames=d.num_frames + cfg.objective.extra_frames, sampling_rate=d.sampling_rate,
                           sampling=d.sampling, mode="val", input_size=d.input_size, short_side=d.short_side,
-                          short_video=d.short_video, max_skip_fraction=1.0, max_attempts=1)
+                          short_video=d.short_video, max_skip_fraction=1.0, max_attempts=1,
+                          neighbor_gap=cfg.objective.neighbor_gap)
     return ds[0]["video"]
 
 

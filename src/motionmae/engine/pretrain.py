@@ -80,8 +80,9 @@ class PretrainTask(Task):
 
     def build_dataset(self):
         check_source(self.cfg.data)
+        o = self.cfg.objective
         self.dataset = build_dataset(self.cfg.data, "train", "pretrain", seed=self.cfg.train.seed,
-                                     extra_frames=self.cfg.objective.extra_frames)
+                                     extra_frames=o.extra_frames, neighbor_gap=o.neighbor_gap)
         return self.dataset
 
     def build_model(self) -> torch.nn.Module:

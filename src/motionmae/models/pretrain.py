@@ -135,12 +135,13 @@ class PretrainModel(nn.Module):
         return decoder.norm(run_blocks(decoder.blocks, x, self.grad_checkpointing, keep_last=n_mask))
 
     def forward(self, clip: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """clip (B, C, T, H, W) normalised (T + objective.extra_frames frames); mask bool (B, N), True = masked.
+        """clip (B, C, T, H, W) normalised (the encoder's T frames and any more the objective asks for, see
+        ObjectiveConfig.encoder_frames); mask bool (B, N), True = masked.
 
         Returns per target `name`: 'pred_<name>' / 'target_<name>' (B, N_mask, dim) and 'loss_<name>'; 'loss' =
         sum of w_<name> * loss_<name> in target order; 'ids_masked' (B, N_mask), the token index of each row.
         """
-        frames = clip[:, :, : clip.shape[2] - self.objective_cfg.extra_frames]
+        frames = clip[:, :, : self.objective_cfg.encoder_frames(clip.shape[2])]
         grid = self.encoder.patch_embed.grid(frames)
         n = grid[0] * grid[1] * grid[2]
         if mask.shape != (clip.shape[0], n) or mask.dtype != torch.bool:
