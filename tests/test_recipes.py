@@ -97,16 +97,17 @@ def test_finetune_clips_follow_the_finetune_config_and_flips_are_warned():
     k400_run = {"model": {"num_frames": 16}, "data": {"sampling_rate": 4, "sampling": "dense", "flip": True}}
     ssv2 = load_config("finetune-ssv2", [], FinetuneConfig, k400_run)
     assert (ssv2.data.sampling, ssv2.data.flip) == ("segment", False)  # not the K400 checkpoint's
-    notes = data_notes(ssv2, k400_run, C.spec_dict("finetune-ssv2")["data"])
-    assert notes == ["note: fine-tuning clips follow the fine-tuning config: data.sampling=segment (pretraining: dense), "
-                     "data.flip=False (pretraining: True)"]
+    ssv2_data = C.spec_dict("finetune-ssv2")["data"]
+    assert data_notes(ssv2, k400_run, ssv2_data, 174) == [
+        "note: fine-tuning clips follow the fine-tuning config: data.sampling=segment (pretraining: dense)"]
     flipped = load_config("finetune-ssv2", ["data.flip=true"], FinetuneConfig, k400_run)
-    assert data_notes(flipped, k400_run, C.spec_dict("finetune-ssv2")["data"])[0].startswith(
+    assert data_notes(flipped, k400_run, ssv2_data)[0].startswith(
         "warning: data.flip=true, but the preset/config file sets data.flip=false")
-    ssv2_run = {"model": {"num_frames": 16}, "data": {"sampling_rate": 2, "flip": False}}
-    plain = load_config("", [], FinetuneConfig, ssv2_run)  # the generic defaults flip
-    assert data_notes(plain, ssv2_run, {})[0].startswith("warning: data.flip=true, but the pretraining run did not flip")
-    assert data_notes(load_config("", ["data.flip=false", "data.sampling_rate=2"], FinetuneConfig, ssv2_run), ssv2_run, {}) == []
+    plain = load_config("", [], FinetuneConfig, k400_run)  # the generic defaults flip: SSv2's 174 classes warn
+    assert data_notes(plain, k400_run, {}, 174)[0].startswith("warning: data.flip=true with 174 classes")
+    assert data_notes(plain, k400_run, {}, 400) == []
+    ucf = load_config("finetune-ucf101", [], FinetuneConfig, {"model": {}, "data": {"sampling_rate": 4, "flip": False}})
+    assert data_notes(ucf, {"data": {"sampling_rate": 4, "flip": False}}, C.spec_dict("finetune-ucf101")["data"], 101) == []
 
 
 def test_finetune_lr_scales_by_videos_as_videomae():

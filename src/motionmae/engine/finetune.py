@@ -12,7 +12,6 @@ data.test_crops views per video, softmax scores averaged: top-1, top-5, per-clas
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -89,32 +88,30 @@ def finetune(cfg: FinetuneConfig, pretrained: str = "", resume: str = "auto", ev
     (step, loss, run dir, checkpoint, and the last eval metrics). `eval_only`: evaluate the checkpoint `resume`
     names instead -> {"step", "eval"}. `spec_data`: the data section of the preset / YAML file the config came from,
     checked against `cfg` (`data_notes`)."""
-    if not eval_only and int(os.environ.get("RANK", "0")) == 0:
-        saved = read_state(pretrained).get("config") if pretrained else None
-        for line in data_notes(cfg, saved, spec_data or {}):
-            print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
-    trainer = Trainer(cfg, FinetuneTask(cfg, pretrained))
+    trainer = Trainer(cfg, FinetuneTask(cfg, pretrained, None if eval_only else (spec_data or {})))
     return trainer.evaluate(resume) if eval_only else trainer.fit(resume)
 
 
-def data_notes(cfg: FinetuneConfig, pretrain_config: Optional[dict], spec_data: dict) -> List[str]:
-    """What to tell about the fine-tuning clips: they follow the fine-tuning config, not the pretraining run (a note
-    when they differ), and a warning when they flip clips of data whose labels depend on left and right: the preset
-    says data.flip=false, or the pretraining run did not flip."""
+SSV2_CLASSES = 174  # Something-Something v2, whose labels say left and right ("pushing something from left to right")
+
+
+def data_notes(cfg: FinetuneConfig, pretrain_config: Optional[dict], spec_data: dict, num_classes: int = 0) -> List[str]:
+    """What to tell about the fine-tuning clips: a warning when they are flipped but the labels depend on left and
+    right (the preset or config file says data.flip=false and an override turned it on; or 174 classes, as SSv2),
+    and a note where the sampling differs from the pretraining run's (the fine-tuning config decides)."""
     d = cfg.data
-    saved = (pretrain_config or {}).get("data") or {}
     lines = []
     if d.flip and spec_data.get("flip") is False:
         lines.append("warning: data.flip=true, but the preset/config file sets data.flip=false: its labels depend on left "
                      "and right (SSv2: 'pushing something from left to right'), and a flipped clip keeps its label")
-    elif d.flip and saved.get("flip") is False:
-        lines.append("warning: data.flip=true, but the pretraining run did not flip (data.flip=false, as for SSv2, whose "
-                     "labels depend on left and right); if this data's do too, set data.flip=false (finetune-ssv2 does)")
-    ours = {"sampling": d.sampling, "sampling_rate": d.sampling_rate, "flip": d.flip}
-    changed = [f"{k}={v} (pretraining: {saved[k]})" for k, v in ours.items() if k in saved and saved[k] != v
-               and not (k == "sampling_rate" and d.sampling == "segment")]
+    elif d.flip and num_classes == SSV2_CLASSES:
+        lines.append(f"warning: data.flip=true with {SSV2_CLASSES} classes, as Something-Something v2, whose labels depend on "
+                     "left and right: a flipped clip keeps its label; set data.flip=false (finetune-ssv2 does)")
+    saved = (pretrain_config or {}).get("data") or {}
+    ours = {"sampling": d.sampling} if d.sampling == "segment" else {"sampling": d.sampling, "sampling_rate": d.sampling_rate}
+    changed = [f"data.{k}={v} (pretraining: {saved[k]})" for k, v in ours.items() if k in saved and saved[k] != v]
     if changed:
-        lines.append(f"note: fine-tuning clips follow the fine-tuning config: data.{', data.'.join(changed)}")
+        lines.append(f"note: fine-tuning clips follow the fine-tuning config: {', '.join(changed)}")
     return lines
 
 
@@ -130,9 +127,10 @@ class FinetuneTask(Task):
     other_kind_hint = ", and pass a pretraining checkpoint as --pretrained"
     lr_per_video = True  # run_class_finetuning.py: lr x batch_size x update_freq x world / 256, whatever --num_sample
 
-    def __init__(self, cfg: FinetuneConfig, pretrained: str = ""):
+    def __init__(self, cfg: FinetuneConfig, pretrained: str = "", spec_data: Optional[dict] = None):
         super().__init__(cfg)
         self.pretrained = pretrained
+        self.spec_data = spec_data  # the preset's / config file's data section, checked by `data_notes`; None: no check
         self.evaluator = None
 
     def build_dataset(self):
@@ -148,6 +146,10 @@ class FinetuneTask(Task):
             raise UserError(f"data.val has {val_ds.num_labels} label column(s), data.train has {train_ds.num_labels}")
         self.num_classes = max([train_ds.num_classes[self.col]] + ([val_ds.num_classes[self.col]] if val_ds is not None else []))
         self.val_ds = val_ds
+        if self.spec_data is not None and self.info is not None and self.info.is_main:
+            saved = read_state(self.pretrained).get("config") if self.pretrained else None
+            for line in data_notes(c, saved, self.spec_data, self.num_classes):
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         self.mixup = Mixup(self.num_classes, ft.mixup, ft.cutmix, ft.mixup_prob, ft.mixup_switch_prob, ft.label_smoothing)
         self.erase = RandomErasing(ft.reprob)
         return train_ds
