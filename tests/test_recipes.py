@@ -134,6 +134,13 @@ def test_fc_dropout_before_the_head():
     kept = model.head_drop(torch.ones(10000))
     assert set(kept.unique().tolist()) == {0.0, 2.0} and abs(float((kept == 0).float().mean()) - 0.5) < 0.03
     assert "head_drop" not in " ".join(model.state_dict())  # no weights: checkpoints and interop unchanged
+    # VideoMAE's init_scale: the new head starts at 0.001 x its trunc-normal(0.02) draw
+    heads = []
+    for scale in (1.0, 0.001):
+        torch.manual_seed(3)
+        heads.append(build_classifier(cfg.model, 5, head_init_scale=scale).head.weight)
+    torch.testing.assert_close(heads[1], heads[0] * 0.001)
+    assert load_config("finetune-k400", cls=FinetuneConfig).finetune.head_init_scale == 0.001
 
 
 # ----------------------------------------------------------------------------------------------

@@ -332,6 +332,7 @@ class FinetuneOptions:
     # crops the frames as decoded: its copies have a 240 px (SSv2, UCF101, HMDB51) or 320 px (K400) short side
     train_short_side: int = 0
     fc_drop_rate: float = 0.0  # dropout on the pooled feature before the head (VideoMAE's --fc_drop_rate; timm's head_drop)
+    head_init_scale: float = 0.001  # the new head's trunc-normal(0.02) weights times this (VideoMAE's --init_scale)
     eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
     eval_batch_size: int = 0  # videos per eval batch (each carries data.test_clips x data.test_crops views); 0 = train.batch_size
     eval_max_videos: int = 0  # evaluate on the first N val videos only; 0 = all
@@ -341,6 +342,7 @@ class FinetuneOptions:
         for key in ("mixup", "cutmix", "eval_every", "eval_batch_size", "eval_max_videos", "train_short_side"):
             _at_least(self, "finetune", key, 0)
         _need(0.0 <= self.fc_drop_rate < 1.0, "finetune.fc_drop_rate", self.fc_drop_rate, "must be in [0, 1)")
+        _need(self.head_init_scale > 0, "finetune.head_init_scale", self.head_init_scale, "must be > 0")
         for key in ("mixup_prob", "mixup_switch_prob", "reprob"):
             _need(0.0 <= getattr(self, key) <= 1.0, f"finetune.{key}", getattr(self, key), "must be in [0, 1]")
         _need(0.0 <= self.label_smoothing < 1.0, "finetune.label_smoothing", self.label_smoothing, "must be in [0, 1)")

@@ -155,7 +155,8 @@ class FinetuneTask(Task):
         return train_ds
 
     def build_model(self) -> torch.nn.Module:
-        return build_classifier(self.cfg.model, self.num_classes, head_drop=self.cfg.finetune.fc_drop_rate)
+        ft = self.cfg.finetune
+        return build_classifier(self.cfg.model, self.num_classes, head_drop=ft.fc_drop_rate, head_init_scale=ft.head_init_scale)
 
     def lr_scale(self):
         return layer_decay_fn(self.cfg.model.dims()[1], self.cfg.finetune.layer_decay)
