@@ -838,8 +838,8 @@ def _command_presets(cls):
         d = preset_dict(name, chain)
         if is_finetune_preset(name):
             if cls is PretrainConfig:
-                raise UserError(f"'{name}' is a fine-tuning preset: use it with `motionmae finetune --config {name}`; "
-                                f"pretraining presets: {', '.join(preset_names('pretrain'))}")
+                raise UserError(f"'{name}' is a fine-tuning preset: use it with `motionmae finetune --config {name}` "
+                                "(`motionmae presets` lists the pretraining ones)")
             if cls is FinetuneConfig:
                 return d
         elif cls is PretrainConfig:
