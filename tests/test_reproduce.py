@@ -53,7 +53,7 @@ def test_reproduce_ucf101_end_to_end(stand_in, tmp_path, capsys):
     # rerun: the plan says pretraining resumes; it continues from its checkpoint, then the other stages
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "pretrain  12 steps x 4 videos x 1 clip (one rank) = 48 clips" in printed
+    assert "pretrain  12 steps x 4 videos x 1 clip = 48 clips" in printed
     assert "resume" in printed.split("== pretrain")[0] and "resumed from" in printed
     for stage in ("pretrain", "finetune", "test"):
         assert (out / stage / "done.json").exists(), stage

@@ -116,9 +116,13 @@ def run(args) -> int:
 
 def reproduce(recipe: str, out, data_root: str = "", davis_root: str = "", overrides=(), dry_run: bool = False,
               gpu_tflops: float = DEFAULT_GPU_TFLOPS, mfu: float = DEFAULT_MFU, say=print) -> int:
-    """Plan, print, then run every stage not done yet; returns 0, or 143 when a stage was stopped by SIGTERM."""
+    """Plan, print, then run every stage not done yet; returns 0, or 143 when a stage was stopped by SIGTERM. Under
+    torchrun every rank runs the stages (their Trainers share the work); rank 0 alone prints and writes the records."""
     out = Path(out)
     r = RECIPES[recipe]
+    main = int(os.environ.get("RANK", "0")) == 0
+    if not main:
+        say = _quiet
     lists = data_lists(data_root, overrides)
     stages = plan(recipe, out, lists, davis_root, overrides)
     for s in stages:
@@ -139,10 +143,16 @@ def reproduce(recipe: str, out, data_root: str = "", davis_root: str = "", overr
             say(f"{s.name} stopped; run the same command again to continue")
             return 143
         s.result = result
-        write_done(s, stages, time.time() - t0)
-    write_reports(recipe, out, lists, davis_root, overrides, stages, gpu_tflops, mfu)
+        if main:
+            write_done(s, stages, time.time() - t0)
+    if main:
+        write_reports(recipe, out, lists, davis_root, overrides, stages, gpu_tflops, mfu)
     say(f"\nresults: {out / 'results.md'}; model card: {out / 'README.md'}")
     return 0
+
+
+def _quiet(*args) -> None:
+    pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,18 +262,22 @@ def davis_sizes(davis_root: str, cfg: C.VOSConfig):
     return out
 
 
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the plan is made before any process group
+
+
 def _clips(cfg, n_videos: int) -> int:
-    """Clips a training stage processes: epochs x videos x samples (train.max_steps: steps x its batch on one rank)."""
+    """Clips a training stage processes: epochs x videos x samples (train.max_steps: steps x the global batch)."""
     t = cfg.train
     if t.max_steps:
-        return t.max_steps * t.batch_size * t.accum_steps * cfg.data.num_samples
+        return t.max_steps * t.batch_size * t.accum_steps * _world() * cfg.data.num_samples
     return t.epochs * n_videos * cfg.data.num_samples
 
 
 def _steps_text(cfg, n_videos: int) -> str:
     t, s = cfg.train, cfg.data.num_samples
     if t.max_steps:
-        return f"{t.max_steps} steps x {t.batch_size * t.accum_steps} videos x {s} clip{'s' * (s > 1)} (one rank)"
+        return f"{t.max_steps} steps x {t.batch_size * t.accum_steps * _world()} videos x {s} clip{'s' * (s > 1)}"
     return f"{t.epochs} epochs x {n_videos:,} videos x {s} clip{'s' * (s > 1)}"
 
 
