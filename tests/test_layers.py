@@ -10,7 +10,7 @@ SRC = Path(motionmae.__file__).parent
 
 # bottom to top; a module may import its own layer and the ones below
 LAYERS = [
-    {"errors", "version", "progress", "config"},
+    {"errors", "version", "progress", "files", "config"},
     {"data"},
     {"objective"},
     {"models"},

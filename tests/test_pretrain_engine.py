@@ -209,7 +209,7 @@ def test_motion_masks_and_a_hog_target_end_to_end(videos, tmp_path):
     from motionmae import viz
 
     with Image.open(tmp_path / "pictures" / "step_00000002.png") as im:  # 2 + 1 + 2 + 2 columns of 32 px x 4
-        assert im.size[0] == 7 * 32 * viz.panel_scale(32) + 6 * viz.GAP
+        assert im.size[0] == viz.GUTTER + 7 * 32 * viz.panel_scale(32) + 6 * viz.GAP
 
 
 def test_compiled_model_takes_the_same_steps(videos, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import re
 import typing
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ TargetName = Literal["appearance", "motion", "hog"]  # objective/targets.py: TAR
 Loss = Literal["mse", "l1", "smooth_l1"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
 Parallel = Literal["ddp"]  # runtime/parallel.py
-LoggerName = Literal["jsonl", "tensorboard"]  # runtime/logger.py: LOGGERS
+LoggerName = Literal["jsonl", "tensorboard", "wandb", "mlflow"]  # runtime/logger.py: LOGGERS
+OPTIONAL_LOGGERS = {"wandb": "wandb", "mlflow": "mlflow-skinny"}  # logger -> the package that brings it
 
 
 @dataclass
@@ -242,7 +244,8 @@ class DataConfig:
     short_video: Literal["loop", "clamp"] = "loop"  # dense sampling of a video shorter than the clip span (clamp: hold last frame)
     test_clips: int = 2  # test-time temporal views K (VideoMAE: SSv2 2, K400 5, UCF101 10)
     test_crops: Literal[1, 3] = 3  # test-time spatial crops per temporal view: 3 (along the long side) or 1 (centre)
-    list_format: Literal["auto", "labels", "v2", "rawframes"] = "auto"  # labels: path label.. | v2: path start total | rawframes: dir total label
+    # labels: path label.. | v2: path start total | rawframes: dir total label | multilabel: path class class .. (a 0/1 column per class)
+    list_format: Literal["auto", "labels", "v2", "rawframes", "multilabel"] = "auto"
     decode_short_side: int = 0  # >0: the decoder's converter scales larger frames to this short side (not bit-identical to resizing later)
     shuffle_buffer: int = 128  # WebDataset shards: samples per worker's shuffle buffer (kept as undecoded bytes)
 
@@ -296,6 +299,10 @@ class TrainConfig:
         if self.max_steps == 0 and self.epochs == 0:
             raise UserError("train.epochs=0 and train.max_steps=0: nothing to train")
         _check_device(self.device, "train.device")
+        for name in self.loggers:
+            if name in OPTIONAL_LOGGERS and not _installed(name):
+                raise UserError(f"train.loggers: '{name}' is not installed: pip install {OPTIONAL_LOGGERS[name]} (or pip install "
+                                f"'motionmae[{name}]'), or leave it out of train.loggers")
 
 
 @dataclass
@@ -336,6 +343,11 @@ class FinetuneOptions:
     eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
     eval_batch_size: int = 0  # videos per eval batch (each carries data.test_clips x data.test_crops views); 0 = train.batch_size
     eval_max_videos: int = 0  # evaluate on the first N val videos only; 0 = all
+    # single: one class per video from label_column (softmax cross-entropy; top-1/top-5) | multilabel: any number of
+    # classes per video, a 0/1 label column per class (data.list_format=multilabel makes them from class lists);
+    # sigmoid + binary cross-entropy, mAP and per-class AP (label_smoothing does not apply)
+    task: Literal["single", "multilabel"] = "single"
+    label_columns: Tuple[str, ...] = ()  # multilabel: the 0/1 columns that are the classes (names or indices); () = all
 
     def check(self) -> None:
         _need(0.0 < self.layer_decay <= 1.0, "finetune.layer_decay", self.layer_decay, "must be in (0, 1]")
@@ -346,6 +358,12 @@ class FinetuneOptions:
         for key in ("mixup_prob", "mixup_switch_prob", "reprob"):
             _need(0.0 <= getattr(self, key) <= 1.0, f"finetune.{key}", getattr(self, key), "must be in [0, 1]")
         _need(0.0 <= self.label_smoothing < 1.0, "finetune.label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        if self.task == "single" and self.label_columns:
+            raise UserError("finetune.label_columns chooses the classes of finetune.task=multilabel; a single-label run "
+                            "trains on one finetune.label_column")
+        if self.task == "multilabel" and self.label_column:
+            raise UserError("finetune.task=multilabel reads 0/1 columns, one per class: choose them with "
+                            "finetune.label_columns=[...] (finetune.label_column is the single-label setting)")
 
 
 def _finetune_train() -> TrainConfig:
@@ -412,14 +430,41 @@ class ExtractOptions:
     kind: Literal["pooled", "grid"] = "pooled"  # one D-vector per video, or the token grid (T', H', W', D)
     format: Literal["", "npy", "safetensors"] = ""  # '': from the output file's suffix (npy otherwise)
     views: int = 1  # temporal clips per video, features averaged (1: the centre clip)
-    batch_size: int = 8
+    batch_size: int = 8  # clips (windows) per encoder call
     amp: Amp = "auto"
     device: str = "auto"
+    # sliding windows over long videos (temporal action detection): window > 0 switches it on; --out is then a folder
+    # with one array per video and layer (eval/features.py `featurize`)
+    window: int = 0  # frames per window (the encoder's clip; model.num_frames is what it was trained on)
+    stride: int = 4  # frames between window starts (VideoMAE v2's THUMOS-14 features: 16-frame windows every 4 frames)
+    frame_step: int = 1  # stride between the frames of a window (1: consecutive, as VideoMAE v2's TAD features)
+    layers: Tuple[int, ...] = (-1,)  # encoder blocks to read (0-based; -1: the last, = today's features; -4: 4th from the end)
+    pool: Literal["mean", "time", "none"] = "mean"  # per window: (D,) | mean over space (T', D) | all tokens (T', H', W', D)
+    crop: Literal["center", "full"] = "center"  # center: short side + centre crop (the eval view) | full: whole frame resized
 
-    def check(self) -> None:
+    def check(self, model: Optional[ModelConfig] = None) -> None:
         _at_least(self, "extract", "views", 1)
         _at_least(self, "extract", "batch_size", 1)
         _check_device(self.device, "extract.device")
+        for key in ("window", "stride", "frame_step"):
+            _at_least(self, "extract", key, 0 if key == "window" else 1)
+        if not self.layers:
+            raise UserError("extract.layers is empty: name at least one encoder block, e.g. extract.layers=[-1]")
+        if self.window == 0:
+            if tuple(self.layers) != (-1,) or self.pool != "mean" or self.crop != "center":
+                raise UserError("extract.layers, extract.pool and extract.crop are settings of sliding-window extraction: "
+                                "set extract.window (e.g. extract.window=16 extract.stride=4)")
+            return
+        if self.kind != "pooled":
+            raise UserError(f"extract.kind={self.kind} is for whole clips; with extract.window use extract.pool=none for token grids")
+        if model is not None:
+            depth = model.dims()[1]
+            bad = [i for i in self.layers if not -depth <= i < depth]
+            if bad:
+                raise UserError(f"extract.layers={list(self.layers)}: {bad} do not exist, the encoder has {depth} blocks "
+                                f"(0..{depth - 1}, or -1..-{depth})")
+            if self.window % model.tubelet_size:
+                raise UserError(f"extract.window={self.window} is not divisible by model.tubelet_size={model.tubelet_size}")
 
 
 @dataclass
@@ -431,7 +476,7 @@ class ExtractConfig:
     def check(self) -> None:
         self.model.check()
         self.data.check(self.model)
-        self.extract.check()
+        self.extract.check(self.model)
 
 
 @dataclass
@@ -483,6 +528,13 @@ def _need(ok: bool, key: str, value, what: str) -> None:
 
 def _at_least(section, name: str, key: str, low: int) -> None:
     _need(getattr(section, key) >= low, f"{name}.{key}", getattr(section, key), f"must be >= {low}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules (None)
+        return False
 
 
 def _check_device(name: str, key: str) -> None:

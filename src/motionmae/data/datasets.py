@@ -7,7 +7,9 @@ Sources (`data.train` / `data.val`), any of:
   - `path start total`          VideoMAE v2 pretraining lists (`path 0 -1` for a video file); recognised when
                                 the last value is -1 or the path is a frame folder
   - `dir total label`           MMAction / VideoMAE v2 raw-frame lists: only with `data.list_format=rawframes`
-  `data.list_format` (auto | labels | v2 | rawframes) forces one reading when `auto` guesses wrong.
+  - `path class class ...`        multi-label lists (mmaction2's multi-class format): the video's classes, any number of
+                                  them; only with `data.list_format=multilabel`, read as a 0/1 column per class
+  `data.list_format` (auto | labels | v2 | rawframes | multilabel) forces one reading when `auto` guesses wrong.
   Relative paths are joined to `data.root`, or to the list's own folder when `root` is empty.
 - a folder of class folders (`root/<class>/<video>`): labels from the sorted folder names;
 - a folder of videos, or a glob (`clips/*.mp4`): unlabeled. A "video" is a file or a frame folder
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +72,7 @@ def _is_video(p: Path) -> bool:
     return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
 
 
-LIST_FORMATS = ("auto", "labels", "v2", "rawframes")
+LIST_FORMATS = ("auto", "labels", "v2", "rawframes", "multilabel")
 
 
 def read_annotation_list(path, root: str = "", list_format: str = "auto") -> List[VideoEntry]:
@@ -99,6 +102,11 @@ def read_annotation_list(path, root: str = "", list_format: str = "auto") -> Lis
         if not vpath:
             raise UserError(f"{where}: empty video path in {raw.strip()!r}")
         full = vpath if os.path.isabs(vpath) else str(base / vpath)
+        if list_format == "multilabel":  # path class class ...: the video's classes, any number (mmaction2's multi-class lists)
+            if any(v < 0 for v in values):
+                raise UserError(f"{where}: class indices must be >= 0, got {values}")
+            entries.append(VideoEntry(full, tuple(sorted(set(values))), 0, -1, where))
+            continue
         if ncols is not None and len(values) != ncols:
             raise UserError(f"{where}: {len(values)} value column(s) after the path, but earlier lines have {ncols}")
         ncols = len(values)
@@ -175,8 +183,10 @@ def check_source(data_cfg, split: str = "train") -> None:
         raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
                         "class folders, or a glob)")
     if _is_glob(spec):
-        if not globlib.glob(spec, recursive=True):
-            raise UserError(f"data.{split}={spec}: the glob matches no files")
+        pattern = os.path.join(data_cfg.root, spec) if data_cfg.root else spec  # as resolve_source reads it
+        if not globlib.glob(pattern, recursive=True):
+            raise UserError(f"data.{split}={spec}: the glob matches no files"
+                            f"{f' (under data.root={data_cfg.root})' if data_cfg.root and pattern != spec else ''}")
         return
     p = Path(spec)
     if not p.is_absolute() and data_cfg.root and not p.exists():
@@ -255,6 +265,7 @@ def item_generator(seed: int, epoch: int, index: int, *more: int) -> torch.Gener
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
+_ODDITY_WARNINGS = 5  # videos named per process by `ClipMaker._note_oddities` (a data set may be full of short clips)
 _REPLACEMENT_STREAM = 1 << 30  # the extra seed key of the stream that draws replacements for unreadable videos
 
 
@@ -320,13 +331,14 @@ class ClipMaker:
                             f"and the neighbour gap ({neighbor_gap}) must be >= 0 (0: off)")
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
         self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
-        self.short_side = short_side or int(round(input_size * 256 / 224))
+        self.short_side = T.eval_short_side(input_size, short_side)
         self.train_short_side = train_short_side or self.short_side
         self.neighbor_gap = neighbor_gap
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
         self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
         self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
+        self._noted: set = set()  # videos already warned about (per process)
 
     # -- sampling
     def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
@@ -358,6 +370,7 @@ class ClipMaker:
             if g:  # the neighbours are frames the clip uses: the decoder's fast path decodes them
                 groups = [np.concatenate([idx, np.minimum(idx + g, n - 1)]) for idx in groups]
             frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
+            self._note_oddities(e.path, reader.notes, n, frames.shape[1:3])
         clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
         clips = clip.split([len(g) for g in groups], dim=1)
         if self.mode == "train":
@@ -368,6 +381,25 @@ class ClipMaker:
         if self.mode == "val":
             return views[0], None
         return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
+
+    def _note_oddities(self, path: str, notes: List[str], n: int, size: Tuple[int, int]) -> None:
+        """One warning per video and process for what it is trained on without being what the config expects:
+        a damaged tail, a grayscale source, fewer frames than a clip spans, frames smaller than the input size."""
+        if path in self._noted:
+            return
+        notes = list(notes)
+        span = (self.num_frames - 1) * self.sampling_rate + 1 if self.sampling == "dense" else self.num_frames
+        if n < span:
+            fill = "loops over them" if self.short_video == "loop" else "holds the last one"
+            notes.append(f"has {n} frame(s), fewer than a clip spans ({self.num_frames} at stride {self.sampling_rate}): "
+                         f"the clip {fill} (data.short_video={self.short_video})")
+        if min(size) < self.input_size:
+            notes.append(f"is {size[1]}x{size[0]}, smaller than data.input_size={self.input_size}: its frames are upscaled")
+        if notes:
+            self._noted.add(path)
+            if len(self._noted) <= _ODDITY_WARNINGS:
+                last = " (further videos with such oddities are not named)" if len(self._noted) == _ODDITY_WARNINGS else ""
+                warnings.warn(f"{path}: " + "; ".join(notes) + last, RuntimeWarning, stacklevel=3)
 
     def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         flip = 0.5 if self.flip else 0.0
@@ -502,6 +534,31 @@ def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_fra
         train_short_side=train_short_side if mode == "finetune" and split == "train" else 0)
 
 
+def multilabel_classes(data_cfg) -> int:
+    """Classes of `data.list_format=multilabel` lists: the largest class index in data.train or data.val, plus one
+    (so both splits have the same width)."""
+    top = -1
+    for spec in (data_cfg.train, data_cfg.val):
+        if spec:
+            entries, _ = resolve_source(spec, data_cfg.root, None, "multilabel")
+            top = max([top] + [c for e in entries for c in e.label])
+    if top < 0:
+        raise UserError(f"data.list_format=multilabel: the lists ({data_cfg.train}, {data_cfg.val}) name no class at all")
+    return top + 1
+
+
+def multi_hot(entries: Sequence[VideoEntry], num_classes: int) -> List[VideoEntry]:
+    """Entries whose `label` lists class indices -> entries whose `label` is the 0/1 vector over `num_classes` (one
+    label column per class, as a list of 0/1 columns gives directly)."""
+    out = []
+    for e in entries:
+        hot = [0] * num_classes
+        for c in e.label:
+            hot[c] = 1
+        out.append(dataclasses.replace(e, label=tuple(hot)))
+    return out
+
+
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
                   require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale", *,
@@ -526,6 +583,8 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     if split == "val" and data_cfg.train and not _is_glob(data_cfg.train) and Path(data_cfg.train).is_dir():
         class_names = resolve_source(data_cfg.train, data_cfg.root)[1]  # val labels must follow train's classes
     entries, names = resolve_source(spec, data_cfg.root, class_names, data_cfg.list_format)
+    if data_cfg.list_format == "multilabel":
+        entries = multi_hot(entries, multilabel_classes(data_cfg))
     if check_files:
         check_paths(entries)
     if require_labels is None:

@@ -7,7 +7,9 @@ crop (finetune.crop=rrc), mixup 0.8 / cutmix 1.0 with label smoothing 0.1, rando
 dataset's values are a preset (finetune-ssv2, -k400, -ucf101, -hmdb51); the clips follow the fine-tuning config,
 not the pretraining run (`data_notes` says where they differ). Evaluation with data.test_clips x
 data.test_crops views per video, softmax scores averaged: top-1, top-5, per-class accuracy, confusion matrix (PNG)
--> `eval_metrics.json` (engine/evaluate.py).
+-> `eval_metrics.json` (engine/evaluate.py). `finetune.task=multilabel`: a 0/1 label column per class (or
+`data.list_format=multilabel` lists of class indices), sigmoid + binary cross-entropy on the mixed multi-hot targets,
+evaluated by mAP and per-class AP.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch
+import torch.nn.functional as F
 
 from motionmae import config as C
 from motionmae.config import FinetuneConfig
@@ -115,6 +118,20 @@ def data_notes(cfg: FinetuneConfig, pretrain_config: Optional[dict], spec_data: 
     return lines
 
 
+def multilabel_columns(spec, names, datasets) -> list:
+    """The label columns that are the classes of a multi-label run (`finetune.label_columns`, () = all), checked to
+    hold only 0/1 in every dataset."""
+    cols = [resolve_label_column(str(c), names, "finetune.label_columns") for c in spec] if spec else list(range(len(names)))
+    for ds in datasets:
+        values = ds.labels[:, cols]
+        bad = values[(values != 0) & (values != 1)]
+        if bad.numel():
+            j = cols[int(((values != 0) & (values != 1)).any(0).nonzero()[0])]
+            raise UserError(f"finetune.task=multilabel reads each label column as one class, 0 or 1; column '{names[j]}' holds "
+                            f"{int(bad[0])}: for lists of class indices per video ('path 3 7 12') set data.list_format=multilabel")
+    return cols
+
+
 # ----------------------------------------------------------------------------------------------
 # the task
 
@@ -139,12 +156,17 @@ class FinetuneTask(Task):
         train_ds = build_dataset(c.data, "train", "finetune", seed=c.train.seed, aa=ft.aa, crop=ft.crop,
                                  train_short_side=ft.train_short_side)
         names = label_names(c.data.train, train_ds.num_labels)
-        self.col = resolve_label_column(ft.label_column, names)
-        self.column = names[self.col]
         val_ds = build_dataset(c.data, "val", "test", seed=c.train.seed) if c.data.val else None
         if val_ds is not None and val_ds.num_labels != train_ds.num_labels:
             raise UserError(f"data.val has {val_ds.num_labels} label column(s), data.train has {train_ds.num_labels}")
-        self.num_classes = max([train_ds.num_classes[self.col]] + ([val_ds.num_classes[self.col]] if val_ds is not None else []))
+        if ft.task == "multilabel":
+            self.cols = multilabel_columns(ft.label_columns, names, [train_ds] + ([val_ds] if val_ds is not None else []))
+            self.col, self.column, self.num_classes = self.cols[0], "multilabel", len(self.cols)
+            self.class_names = [names[j] for j in self.cols]
+        else:
+            self.col = resolve_label_column(ft.label_column, names)
+            self.cols, self.column, self.class_names = [self.col], names[self.col], None
+            self.num_classes = max([train_ds.num_classes[self.col]] + ([val_ds.num_classes[self.col]] if val_ds is not None else []))
         self.val_ds = val_ds
         if self.spec_data is not None and self.info is not None and self.info.is_main:
             saved = read_state(self.pretrained).get("config") if self.pretrained else None
@@ -174,16 +196,21 @@ class FinetuneTask(Task):
     def step(self, net, batch: dict, at: At):
         c, device = self.cfg, self.info.device
         x = to_model_input(batch["video"], c.data.mean, c.data.std, device)
-        y = batch["label"][:, self.col].to(device)
+        multilabel = c.finetune.task == "multilabel"
+        y = batch["label"][:, self.cols if multilabel else self.col].to(device)
         g = torch.Generator().manual_seed(derive_seed(c.train.seed, self.info.rank, at.step, at.micro))
-        x, soft = self.mixup(self.erase(x, g), y, g)
+        x, soft = self.mixup(self.erase(x, g), y.float() if multilabel else y, g)
         logits = net(x)
+        if multilabel:  # each class its own yes/no: sigmoid + binary cross-entropy on the (mixed) multi-hot targets
+            return {"loss": F.binary_cross_entropy_with_logits(logits.float(), soft)}
         loss = soft_cross_entropy(logits, soft)
         return {"loss": loss, "train_acc": (logits.argmax(-1) == soft.argmax(-1)).float().mean()}
 
     def describe(self) -> str:
         m = self.cfg.model
         d, n, _ = m.dims()
+        if self.cfg.finetune.task == "multilabel":
+            return f"ViT (dim {d}, depth {n}) {m.num_frames}x{m.img_size}, multi-label over {self.num_classes} classes"
         return f"ViT (dim {d}, depth {n}) {m.num_frames}x{m.img_size} on column '{self.column}' ({self.num_classes} classes)"
 
     def details(self) -> str:
@@ -193,12 +220,16 @@ class FinetuneTask(Task):
                 f"fc dropout {ft.fc_drop_rate}")
 
     def state(self) -> dict:
-        return {"num_classes": self.num_classes, "label_column": self.column}
+        out = {"num_classes": self.num_classes, "label_column": self.column}
+        if self.class_names:
+            out.update(task="multilabel", class_names=self.class_names)
+        return out
 
     def evaluate(self, trainer: Trainer, step: int) -> dict:
         if self.evaluator is None:
-            self.evaluator = Evaluator(self.cfg, self.val_ds, self.col, self.column, self.num_classes, trainer.info,
-                                       trainer.amp_dtype, Path(self.cfg.train.output_dir))
+            self.evaluator = Evaluator(self.cfg, self.val_ds, self.cols, self.column, self.num_classes, trainer.info,
+                                       trainer.amp_dtype, Path(self.cfg.train.output_dir),
+                                       multilabel=self.cfg.finetune.task == "multilabel", names=self.class_names)
         write = trainer.bar.write if trainer.bar is not None else print
         return self.evaluator(trainer.model, step, write)
 
@@ -207,12 +238,19 @@ class FinetuneTask(Task):
         if self.val_ds is None or not (final or (every > 0 and step % every == 0)):
             return
         metrics = self.evaluate(trainer, step)
-        trainer.log(step, {k: metrics[k] for k in ("top1", "top5", "mean_class_acc")}, prefix="val/")
+        keys = ("mAP",) if self.cfg.finetune.task == "multilabel" else ("top1", "top5", "mean_class_acc")
+        trainer.log(step, {k: metrics[k] for k in keys}, prefix="val/")
+        for name, path in metrics.get("pictures", {}).items():
+            trainer.log_image(step, f"val/{name}", path)
         trainer.summary["eval"] = metrics
         trainer.model.train()
 
     def done(self, summary: dict) -> str:
         run_dir = Path(summary["run_dir"])
         ev = summary.get("eval")
-        score = f"; val top-1 {100 * ev['top1']:.1f}% top-5 {100 * ev['top5']:.1f}% ({run_dir / 'eval_metrics.json'})" if ev else ""
+        if ev and "mAP" in ev:
+            return (f"done: {summary['step']} steps; checkpoint {summary.get('checkpoint')}; val mAP {100 * ev['mAP']:.1f}% "
+                    f"({run_dir / 'eval_metrics.json'}); log {run_dir / 'metrics.jsonl'}")
+        score = (f"; val top-1 {100 * ev['top1']:.1f}% top-5 {100 * ev['top5']:.1f}% ({run_dir / 'eval_metrics.json'}, "
+                 f"{run_dir / 'confusion.png'})") if ev else ""
         return f"done: {summary['step']} steps; checkpoint {summary.get('checkpoint')}{score}; log {run_dir / 'metrics.jsonl'}"

@@ -121,11 +121,12 @@ class PretrainTask(Task):
         run_dir = Path(self.cfg.train.output_dir)
         try:
             paths = viz.reconstruction_pictures_from_dataset(trainer.model, self.cfg, self.dataset, run_dir / "pictures",
-                                                             f"step_{step:08d}", trainer.info.device, trainer.amp_dtype)
+                                                             f"step_{step:08d}", trainer.info.device, trainer.amp_dtype, step=step)
         except UserError as e:  # pictures must never stop a run
             trainer.bar.write(f"pictures skipped: {e}")
             return
         trainer.bar.write(f"pictures: {paths[0]}")
+        trainer.log_image(step, "reconstruction", paths[0])
 
     def done(self, summary: dict) -> str:
         run_dir = Path(summary["run_dir"])

@@ -26,6 +26,7 @@ from motionmae.models.vit import (
     Block,
     PosEmbedMixin,
     VisionTransformer,
+    check_clip,
     gather_tokens,
     init_weights,
     run_blocks,
@@ -141,6 +142,7 @@ class PretrainModel(nn.Module):
         Returns per target `name`: 'pred_<name>' / 'target_<name>' (B, N_mask, dim) and 'loss_<name>'; 'loss' =
         sum of w_<name> * loss_<name> in target order; 'ids_masked' (B, N_mask), the token index of each row.
         """
+        check_clip(clip, self.encoder.patch_embed.proj.in_channels)
         frames = clip[:, :, : self.objective_cfg.encoder_frames(clip.shape[2])]
         grid = self.encoder.patch_embed.grid(frames)
         n = grid[0] * grid[1] * grid[2]
