@@ -53,3 +53,17 @@ def metric_rows(run_dir) -> list:
         except ValueError:
             pass
     return rows
+
+
+def session_members(sid: int) -> list:
+    """Live processes (zombies left out) of the session `sid`: a CLI run started with start_new_session=True and
+    everything it started, DataLoader workers included."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getsid(int(d.name)) == sid and (d / "stat").read_text().split()[2] != "Z":
+                    pids.append(int(d.name))
+            except (OSError, IndexError):
+                pass
+    return pids

@@ -10,7 +10,7 @@ SRC = Path(motionmae.__file__).parent
 
 # bottom to top; a module may import its own layer and the ones below
 LAYERS = [
-    {"errors", "version", "progress", "config"},
+    {"errors", "version", "progress", "files", "config"},
     {"data"},
     {"objective"},
     {"models"},
@@ -18,7 +18,7 @@ LAYERS = [
     {"viz"},
     {"engine"},
     {"eval", "interop"},
-    {"demo", "cli", "__init__"},
+    {"demo", "presets", "recipes", "cli", "__init__"},
 ]
 
 

@@ -210,7 +210,7 @@ def test_motion_masks_and_a_hog_target_end_to_end(videos, tmp_path):
     from motionmae import viz
 
     with Image.open(tmp_path / "pictures" / "step_00000002.png") as im:  # 2 + 1 + 2 + 2 columns of 32 px x 4
-        assert im.size[0] == 7 * 32 * viz.panel_scale(32) + 6 * viz.GAP
+        assert im.size[0] == viz.GUTTER + 7 * 32 * viz.panel_scale(32) + 6 * viz.GAP
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("cc") is None,

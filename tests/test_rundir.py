@@ -68,7 +68,7 @@ def test_output_checks_name_the_key_path_and_reason(tmp_path):
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o500)
-        with pytest.raises(UserError, match="cannot write in it"):
+        with pytest.raises(UserError, match="cannot write in the folder"):
             check_output_dir(ro, "train.output_dir")
 
 

@@ -73,13 +73,17 @@ def test_visualize_command_writes_png_and_gif_of_the_expected_size(tmp_path):
     ckpt = save_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors", PretrainModel(cfg), state={"config": C.to_dict(cfg)})
     video = tiny_videos(tmp_path / "videos", n=1) / "v00.mp4"
     assert cli_main(["visualize", str(ckpt), str(video), "--seed", "3", "--device", "cpu"]) == 0
-    png, gif = tmp_path / "run" / "pictures" / "v00_seed3.png", tmp_path / "run" / "pictures" / "v00_seed3.gif"
+    # a folder of its own, not the pictures/ that training writes every train.viz_every steps
+    png, gif = tmp_path / "run" / "visualize" / "v00_seed3.png", tmp_path / "run" / "visualize" / "v00_seed3.gif"
+    assert not (tmp_path / "run" / "pictures").exists()
     s = viz.panel_scale(32)  # 32 px panels are upscaled x4 to 128
-    width = 5 * 32 * s + 4 * viz.GAP
+    width = viz.GUTTER + 5 * 32 * s + 4 * viz.GAP
     with Image.open(png) as im:
-        assert im.size == (width, viz.HEADER + 4 * 32 * s + 3 * viz.GAP)
+        assert im.size == (width, viz.CAPTION + viz.HEADER + 4 * 32 * s + 3 * viz.GAP)
+        caption = np.asarray(im.convert("L"))[: viz.CAPTION]
+        assert (caption < 128).any()  # the caption line has text
     with Image.open(gif) as im:
-        assert im.size == (width, viz.HEADER + 32 * s) and im.n_frames == 4 and im.is_animated
+        assert im.size == (width, viz.CAPTION + viz.HEADER + 32 * s) and im.n_frames == 4 and im.is_animated
     assert cli_main(["visualize", str(tmp_path / "run"), str(video), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["v00_seed0.gif", "v00_seed0.png"]
     assert cli_main(["visualize", str(ckpt), str(tmp_path / "missing.mp4")]) == 2
@@ -101,3 +105,19 @@ def test_columns_follow_the_targets_and_an_oracle_hog_prediction_draws_the_truth
     np.testing.assert_allclose(panels[:, 2], panels[:, 0], atol=2e-5)
     np.testing.assert_allclose(panels[:, 4], panels[:, 3], atol=1e-6)
     assert panels[:, 3].max() > 0.5  # random pixels have edges in every cell
+
+
+def test_captions_name_step_losses_mask_and_video():
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = PretrainModel(cfg).eval()
+    video = _clip()
+    x = to_model_input(video[None], cfg.data.mean, cfg.data.std)
+    mask = make_mask(cfg.mask.kind, 1, cfg.model.grid(), cfg.mask.ratio, torch.Generator().manual_seed(0))
+    _, losses = viz.reconstruction(model, x, mask)
+    with torch.no_grad():
+        out = model(x, mask)
+    assert losses == {k: float(out[k]) for k in ("loss_appearance", "loss_motion", "loss")}  # the clip's own losses
+    text = viz.caption({"loss": 0.5, "loss_appearance": 0.25, "loss_motion": 0.25}, "per_slice", 0.9, step=30, source="v.mp4")
+    assert text == "step 30 | loss 0.5000 (appearance 0.2500, motion 0.2500) | mask per_slice 0.9 | v.mp4"
+    assert viz.caption({}, "tube", 0.75) == "mask tube 0.75"

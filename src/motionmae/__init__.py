@@ -9,4 +9,15 @@ def __getattr__(name):
         from motionmae.eval.features import load_encoder
 
         return load_encoder
+    if name == "featurize":
+        from motionmae.eval.features import featurize
+
+        return featurize
+    if name == "MotionMAE":
+        from motionmae.interop.pretrained import MotionMAE
+
+        return MotionMAE
     raise AttributeError(name)
+
+
+__all__ = ["MotionMAE", "featurize", "load_encoder", "__version__"]

@@ -13,6 +13,7 @@ import sys
 import threading
 
 from motionmae.errors import UserError
+from motionmae.version import __version__
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -26,11 +27,14 @@ COMMANDS = {
     "make-dataset": ("motionmae.data.synthetic", "write the built-in synthetic dataset (mp4 + annotation lists)"),
     "make-shards": ("motionmae.data.shards", "write a video dataset as WebDataset tar shards for streaming"),
     "convert": ("motionmae.interop.convert", "convert checkpoints between transformers, original VideoMAE and motionmae"),
+    "presets": ("motionmae.presets", "list every preset (the paper's recipes, model sizes) with a one-line description"),
+    "reproduce": ("motionmae.recipes", "a paper recipe end to end: pretrain, fine-tune, multi-view test (or VOS), results and model card"),
 }
 
 
 def build_parser(argv) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="motionmae", description="MotionMAE: motion-aware masked autoencoders for video.")
+    parser.add_argument("--version", action="version", version=f"motionmae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -87,6 +91,15 @@ def _main(argv) -> int:
     except UserError as e:
         print(f"motionmae {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        # torch's message, e.g. "DataLoader worker (pid 123) is killed by signal: Killed." (often the OOM killer);
+        # the workers are reaped (data/loader.Batches) and checkpoints are intact
+        first = str(e).strip().splitlines()[0]
+        print(f"motionmae {args.command}: error: a data-loading worker died ({first}); fewer data.num_workers or more "
+              "memory may help; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -7,7 +7,9 @@ Sources (`data.train` / `data.val`), any of:
   - `path start total`          VideoMAE v2 pretraining lists (`path 0 -1` for a video file); recognised when
                                 the last value is -1 or the path is a frame folder
   - `dir total label`           MMAction / VideoMAE v2 raw-frame lists: only with `data.list_format=rawframes`
-  `data.list_format` (auto | labels | v2 | rawframes) forces one reading when `auto` guesses wrong.
+  - `path class class ...`        multi-label lists (mmaction2's multi-class format): the video's classes, any number of
+                                  them; only with `data.list_format=multilabel`, read as a 0/1 column per class
+  `data.list_format` (auto | labels | v2 | rawframes | multilabel) forces one reading when `auto` guesses wrong.
   Relative paths are joined to `data.root`, or to the list's own folder when `root` is empty.
 - a folder of class folders (`root/<class>/<video>`): labels from the sorted folder names;
 - a folder of videos, or a glob (`clips/*.mp4`): unlabeled. A "video" is a file or a frame folder
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +72,7 @@ def _is_video(p: Path) -> bool:
     return (p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS) or is_frame_folder(p)
 
 
-LIST_FORMATS = ("auto", "labels", "v2", "rawframes")
+LIST_FORMATS = ("auto", "labels", "v2", "rawframes", "multilabel")
 
 
 def read_annotation_list(path, root: str = "", list_format: str = "auto") -> List[VideoEntry]:
@@ -99,6 +102,11 @@ def read_annotation_list(path, root: str = "", list_format: str = "auto") -> Lis
         if not vpath:
             raise UserError(f"{where}: empty video path in {raw.strip()!r}")
         full = vpath if os.path.isabs(vpath) else str(base / vpath)
+        if list_format == "multilabel":  # path class class ...: the video's classes, any number (mmaction2's multi-class lists)
+            if any(v < 0 for v in values):
+                raise UserError(f"{where}: class indices must be >= 0, got {values}")
+            entries.append(VideoEntry(full, tuple(sorted(set(values))), 0, -1, where))
+            continue
         if ncols is not None and len(values) != ncols:
             raise UserError(f"{where}: {len(values)} value column(s) after the path, but earlier lines have {ncols}")
         ncols = len(values)
@@ -177,8 +185,10 @@ def check_source(data_cfg, split: str = "train") -> None:
     if is_shard_spec(spec):  # checked where they are expanded (data/shards.py)
         return
     if _is_glob(spec):
-        if not globlib.glob(spec, recursive=True):
-            raise UserError(f"data.{split}={spec}: the glob matches no files")
+        pattern = os.path.join(data_cfg.root, spec) if data_cfg.root else spec  # as resolve_source reads it
+        if not globlib.glob(pattern, recursive=True):
+            raise UserError(f"data.{split}={spec}: the glob matches no files"
+                            f"{f' (under data.root={data_cfg.root})' if data_cfg.root and pattern != spec else ''}")
         return
     p = Path(spec)
     if not p.is_absolute() and data_cfg.root and not p.exists():
@@ -222,26 +232,30 @@ def dense_indices(num_video_frames: int, num_frames: int, stride: int, generator
 
 def dense_view_indices(num_video_frames: int, num_frames: int, stride: int, num_views: int,
                        short_video: str = "loop") -> List[np.ndarray]:
-    """Test-time temporal views: `num_views` dense clips with starts spread evenly from first to last."""
+    """Test-time temporal views: `num_views` dense clips spread evenly from first to last, as VideoMAE's test
+    (kinetics.py): the frames 0, s, 2s, ... of the video (L of them), clip k starting at grid frame
+    int(k * (L - T) / (K - 1)). One view is the centred clip; a video shorter than the span loops or clamps."""
     n, span = num_video_frames, (num_frames - 1) * stride + 1
     if n < span or num_views == 1:
         return [dense_indices(n, num_frames, stride, None, short_video) for _ in range(num_views)]
-    starts = np.round(np.linspace(0, n - span, num_views)).astype(np.int64)
-    return [s + np.arange(num_frames, dtype=np.int64) * stride for s in starts]
+    grid = -(-n // stride)  # len(range(0, n, stride))
+    step = (grid - num_frames) / (num_views - 1)
+    return [(int(k * step) + np.arange(num_frames, dtype=np.int64)) * stride for k in range(num_views)]
 
 
 def segment_indices(num_video_frames: int, num_frames: int, generator: Optional[torch.Generator] = None,
                     view: int = 0, num_views: int = 1) -> np.ndarray:
     """TSN sampling: the video is cut into `num_frames` equal segments [i*n/T, (i+1)*n/T); training draws one
-    uniform frame per segment, test (generator None) takes the point (view + 0.5) / num_views of the way
-    through each segment (the centre when num_views == 1)."""
+    uniform frame per segment; test (generator None) takes the point view / num_views of the way through each
+    segment, as VideoMAE's SSv2 test (ssv2.py: offsets 0 and 1/2 for its 2 views), and the centre for one view."""
     n = num_video_frames
     if n <= 0:
         raise ValueError("video has no frames")
     i = np.arange(num_frames, dtype=np.float64)
     lo = np.floor(i * n / num_frames).astype(np.int64)
     if generator is None:
-        return np.minimum(np.floor((i + (view + 0.5) / num_views) * n / num_frames).astype(np.int64), n - 1)
+        offset = 0.5 if num_views == 1 else view / num_views
+        return np.minimum(np.floor((i + offset) * n / num_frames).astype(np.int64), n - 1)
     hi = np.maximum(np.floor((i + 1) * n / num_frames).astype(np.int64) - 1, lo)  # inclusive
     u = torch.rand(num_frames, generator=generator, dtype=torch.float64).numpy()
     return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
@@ -253,6 +267,7 @@ def item_generator(seed: int, epoch: int, index: int, *more: int) -> torch.Gener
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
+_ODDITY_WARNINGS = 5  # videos named per process by `ClipMaker._note_oddities` (a data set may be full of short clips)
 _REPLACEMENT_STREAM = 1 << 30  # the extra seed key of the stream that draws replacements for unreadable videos
 
 
@@ -287,16 +302,20 @@ class ClipMaker:
     short-side resize, centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with
     "view" ids). `aa`: RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', 'train' only.
     crop='multiscale' (pretraining): multi-scale crop, flip, then RandAugment if any. crop='rrc' (VideoMAE
-    fine-tuning): frames larger than `short_side` resized down to it (VideoMAE decodes at about that size),
-    RandAugment, random resized crop, flip. `decode_short_side` > 0: the decoder's converter scales larger
-    frames down to that short side (data.decode_short_side; not bit-identical to resizing after decoding).
+    fine-tuning): frames larger than `train_short_side` (0: `short_side`) resized down to it, RandAugment, random
+    resized crop, flip. `decode_short_side` > 0: the decoder's converter scales larger frames down to that short
+    side (data.decode_short_side; not bit-identical to resizing after decoding).
+    `neighbor_gap` g > 0 (objective.motion_frames=adjacent): every sampled frame i also brings its raw neighbour
+    i + g, decoded with the clip (so the decoder treats it as a frame the clip uses) and cropped/resized with it: the
+    clip holds 2T frames, the T sampled ones then their T neighbours. Clips are then sampled from the first n - g
+    frames, so that every neighbour exists (a video of at most g frames holds its last frame).
     """
 
     def __init__(self, *, num_frames: int = 16, sampling_rate: int = 4, sampling: str = "dense", mode: str = "train",
                  input_size: int = 224, short_side: int = 0, scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
                  flip: bool = True, num_samples: int = 1, short_video: str = "loop", test_clips: int = 2,
                  test_crops: int = 3, aa: str = "", crop: str = "multiscale", decode_short_side: int = 0,
-                 max_attempts: int = 50):
+                 max_attempts: int = 50, neighbor_gap: int = 0, train_short_side: int = 0):
         if mode not in ("train", "val", "test"):
             raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
         if sampling not in ("dense", "segment"):
@@ -309,15 +328,19 @@ class ClipMaker:
             raise UserError(f"data.test_crops must be 1 or 3, got {test_crops}")
         if num_samples < 1 or num_frames < 1 or sampling_rate < 1:
             raise UserError("data.num_samples, data.num_frames and data.sampling_rate must be >= 1")
-        if decode_short_side < 0:
-            raise UserError(f"data.decode_short_side must be >= 0 (0: off), got {decode_short_side}")
+        if decode_short_side < 0 or train_short_side < 0 or neighbor_gap < 0:
+            raise UserError(f"data.decode_short_side ({decode_short_side}), finetune.train_short_side ({train_short_side}) "
+                            f"and the neighbour gap ({neighbor_gap}) must be >= 0 (0: off)")
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
         self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
-        self.short_side = short_side or int(round(input_size * 256 / 224))
+        self.short_side = T.eval_short_side(input_size, short_side)
+        self.train_short_side = train_short_side or self.short_side
+        self.neighbor_gap = neighbor_gap
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
         self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
         self.rand_augment = T.RandAugment.from_spec(aa, "finetune.aa") if mode == "train" else None
+        self._noted: set = set()  # videos already warned about (per process)
 
     # -- sampling
     def _train_indices(self, n: int, gen: torch.Generator) -> np.ndarray:
@@ -340,11 +363,16 @@ class ClipMaker:
             n = reader.num_frames - e.start if e.total < 0 else e.total
             if n <= 0:
                 raise VideoDecodeError(f"{e.path}: no frames (start {e.start}, {reader.num_frames} frames)")
+            g = self.neighbor_gap
+            m = max(n - g, 1)  # frames a clip may start from: each keeps its neighbour g frames on
             if self.mode == "train":
-                groups = [self._train_indices(n, gen) for _ in range(self.num_samples)]
+                groups = [self._train_indices(m, gen) for _ in range(self.num_samples)]
             else:
-                groups = self._eval_indices(n, self.test_clips if self.mode == "test" else 1)
+                groups = self._eval_indices(m, self.test_clips if self.mode == "test" else 1)
+            if g:  # the neighbours are frames the clip uses: the decoder's fast path decodes them
+                groups = [np.concatenate([idx, np.minimum(idx + g, n - 1)]) for idx in groups]
             frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
+            self._note_oddities(e.path, reader.notes, n, frames.shape[1:3])
         clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
         clips = clip.split([len(g) for g in groups], dim=1)
         if self.mode == "train":
@@ -356,11 +384,30 @@ class ClipMaker:
             return views[0], None
         return torch.stack(views), torch.arange(len(views), dtype=torch.int64)  # view id = clip * crops + crop
 
+    def _note_oddities(self, path: str, notes: List[str], n: int, size: Tuple[int, int]) -> None:
+        """One warning per video and process for what it is trained on without being what the config expects:
+        a damaged tail, a grayscale source, fewer frames than a clip spans, frames smaller than the input size."""
+        if path in self._noted:
+            return
+        notes = list(notes)
+        span = (self.num_frames - 1) * self.sampling_rate + 1 if self.sampling == "dense" else self.num_frames
+        if n < span:
+            fill = "loops over them" if self.short_video == "loop" else "holds the last one"
+            notes.append(f"has {n} frame(s), fewer than a clip spans ({self.num_frames} at stride {self.sampling_rate}): "
+                         f"the clip {fill} (data.short_video={self.short_video})")
+        if min(size) < self.input_size:
+            notes.append(f"is {size[1]}x{size[0]}, smaller than data.input_size={self.input_size}: its frames are upscaled")
+        if notes:
+            self._noted.add(path)
+            if len(self._noted) <= _ODDITY_WARNINGS:
+                last = " (further videos with such oddities are not named)" if len(self._noted) == _ODDITY_WARNINGS else ""
+                warnings.warn(f"{path}: " + "; ".join(notes) + last, RuntimeWarning, stacklevel=3)
+
     def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         flip = 0.5 if self.flip else 0.0
         if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment on the frames, then the crop
-            if min(clip.shape[-2:]) > self.short_side:  # VideoMAE decodes at ~256 px; RandAugment cost grows with pixels
-                clip = T.short_side_resize(clip, self.short_side)
+            if min(clip.shape[-2:]) > self.train_short_side:  # RandAugment's cost grows with the pixels
+                clip = T.short_side_resize(clip, self.train_short_side)
             if self.rand_augment is not None:
                 clip = self.rand_augment(clip, gen)
             return T.random_flip(T.random_resized_crop(clip, self.input_size, gen), gen, flip)
@@ -477,7 +524,8 @@ def collate(batch: List[dict]) -> dict:
 
 
 def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_frames: Optional[int] = None,
-                 extra_frames: int = 0, aa: str = "", crop: str = "multiscale") -> dict:
+                 extra_frames: int = 0, aa: str = "", crop: str = "multiscale", *, neighbor_gap: int = 0,
+                 train_short_side: int = 0) -> dict:
     """`ClipMaker` options for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test'), from the
     data config (see `build_dataset`)."""
     if split not in ("train", "val"):
@@ -492,22 +540,52 @@ def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_fra
         short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
         aa=aa if mode == "finetune" and split == "train" else "",
         crop=crop if mode == "finetune" and split == "train" else "multiscale",
-        decode_short_side=data_cfg.decode_short_side)
+        decode_short_side=data_cfg.decode_short_side, neighbor_gap=neighbor_gap,
+        train_short_side=train_short_side if mode == "finetune" and split == "train" else 0)
+
+
+def multilabel_classes(data_cfg) -> int:
+    """Classes of `data.list_format=multilabel` lists: the largest class index in data.train or data.val, plus one
+    (so both splits have the same width)."""
+    top = -1
+    for spec in (data_cfg.train, data_cfg.val):
+        if spec:
+            entries, _ = resolve_source(spec, data_cfg.root, None, "multilabel")
+            top = max([top] + [c for e in entries for c in e.label])
+    if top < 0:
+        raise UserError(f"data.list_format=multilabel: the lists ({data_cfg.train}, {data_cfg.val}) name no class at all")
+    return top + 1
+
+
+def multi_hot(entries: Sequence[VideoEntry], num_classes: int) -> List[VideoEntry]:
+    """Entries whose `label` lists class indices -> entries whose `label` is the 0/1 vector over `num_classes` (one
+    label column per class, as a list of 0/1 columns gives directly)."""
+    out = []
+    for e in entries:
+        hot = [0] * num_classes
+        for c in e.label:
+            hot[c] = 1
+        out.append(dataclasses.replace(e, label=tuple(hot)))
+    return out
 
 
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
-                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale") -> VideoClipDataset:
+                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale", *,
+                  neighbor_gap: int = 0, train_short_side: int = 0) -> VideoClipDataset:
     """The dataset for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test').
 
     train split: random clips and crops (pretrain, finetune); val split: the centre clip and crop; mode 'test':
     K temporal x 3 spatial views (data.test_clips, data.test_crops). `num_frames` overrides data.num_frames and
     `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
     `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) and
-    `crop` (finetune.crop, see `VideoClipDataset`) apply to the finetune train split only: pretraining clips get
-    the multi-scale crop and are never augmented. WebDataset shards: `data.shards.build_dataset`.
+    `crop` (finetune.crop, see `VideoClipDataset`) and `train_short_side` apply to the finetune train split only:
+    pretraining clips get the multi-scale crop and are never augmented. `neighbor_gap`: each sampled frame's raw
+    neighbour comes too (objective.motion_frames=adjacent, see `ClipMaker`). WebDataset shards:
+    `data.shards.build_dataset`.
     """
-    options = clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop)
+    options = clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop, neighbor_gap=neighbor_gap,
+                           train_short_side=train_short_side)
     spec = data_cfg.train if split == "train" else data_cfg.val
     if not spec:
         raise UserError(f"data.{split} is empty: set it to an annotation list, a folder of videos or class folders, or a glob")
@@ -515,6 +593,8 @@ def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: 
     if split == "val" and data_cfg.train and not _is_glob(data_cfg.train) and Path(data_cfg.train).is_dir():
         class_names = resolve_source(data_cfg.train, data_cfg.root)[1]  # val labels must follow train's classes
     entries, names = resolve_source(spec, data_cfg.root, class_names, data_cfg.list_format)
+    if data_cfg.list_format == "multilabel":
+        entries = multi_hot(entries, multilabel_classes(data_cfg))
     if check_files:
         check_paths(entries)
     if require_labels is None:

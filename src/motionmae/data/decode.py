@@ -85,6 +85,7 @@ class VideoReader:
         self._container = None
         self._images: Optional[List[str]] = None
         self._reformatter = None
+        self.notes: List[str] = []  # what is odd about this video, for a warning: a damaged tail, a grayscale source
         self.frames_decoded = 0  # frames the codec produced so far (tests and benchmarks check the seeking)
         self.redecoded_runs = 0  # runs the fast path gave back to the plain one (a skipped frame was needed)
         if not in_memory and os.path.isdir(self.path):
@@ -128,6 +129,8 @@ class VideoReader:
         if st.codec_context is None:  # a stream header FFmpeg has no decoder for (or garbage that parsed as one)
             self.close()
             raise VideoDecodeError(f"{self.path}: no decoder for its video stream")
+        if st.codec_context.pix_fmt and st.codec_context.pix_fmt.startswith(("gray", "ya")):
+            self.notes.append(f"is grayscale ({st.codec_context.pix_fmt}): its three colour channels are equal")
         if self.threads > 0:  # before the codec opens (on the first packet)
             st.codec_context.thread_type = "NONE" if self.threads == 1 else "AUTO"
             st.codec_context.thread_count = self.threads
@@ -347,6 +350,8 @@ class VideoReader:
             return None
         if k < len(pending):
             self.num_frames = min(self.num_frames, prev_i + 1)
+            self.notes.append(f"only its first {prev_i + 1} frames decode (damaged or truncated, or its header "
+                              "overstates the length): the last good frame stands in for later ones")
         return out
 
 

@@ -165,6 +165,48 @@ def eval_views(clip: torch.Tensor, input_size: int, short_side: int, num_crops: 
     raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
 
 
+def eval_short_side(input_size: int, short_side: int = 0) -> int:
+    """The short side clips are resized to before the test crop: `short_side`, or 0 for input_size * 256 / 224
+    (VideoMAE's 224 -> 256)."""
+    return short_side or int(round(input_size * 256 / 224))
+
+
+def preprocess(frames, input_size: int, mean: Sequence[float], std: Sequence[float], short_side: int = 0,
+               crop: str = "center", device=None) -> torch.Tensor:
+    """Decoded frames -> model input, the way evaluation clips are made (one centre view).
+
+    `frames`: uint8 (T, H, W, C) or a batch (B, T, H, W, C), numpy or torch (what PyAV, decord and
+    torchvision.io.read_video return; `data.decode.VideoReader(path).get_frames(indices)` too). Also taken: the
+    datasets' (C, T, H, W) / (B, C, T, H, W) uint8. Returns float (B, C, T, input_size, input_size) on `device`:
+    short side resized to `short_side` (0: input_size * 256 / 224) and the centre crop (`crop="full"`: the whole
+    frame resized to input_size x input_size, as VideoMAE v2's TAD features), scaled to [0, 1], normalised with
+    mean/std. Give exactly the frames the model should see (`model.num_frames` of them, at its frame stride).
+    """
+    x = torch.as_tensor(np.ascontiguousarray(frames) if isinstance(frames, np.ndarray) else frames)
+    c = len(mean)
+    if x.dim() == 4:
+        x = x[None]
+    if x.dim() != 5 or c not in (x.shape[1], x.shape[-1]):
+        raise ValueError(f"expected frames (T, H, W, {c}) or (B, T, H, W, {c}), got shape {tuple(x.shape)}")
+    if x.shape[-1] == c:
+        x = x.permute(0, 4, 1, 2, 3)  # -> (B, C, T, H, W)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 frames (0..255), got {x.dtype}: for float frames in [0, 1] use "
+                         "(frames * 255).round().to(torch.uint8), or normalise them yourself")
+    views = [spatial_view(v, input_size, short_side, crop) for v in x]
+    return to_model_input(torch.stack(views), mean, std, device)
+
+
+def spatial_view(clip: torch.Tensor, input_size: int, short_side: int = 0, crop: str = "center") -> torch.Tensor:
+    """uint8 (C, T, H, W) -> (C, T, input_size, input_size): the centre test view (`crop="center"`), or the whole frame
+    resized (`crop="full"`)."""
+    if crop == "full":
+        return resize(clip, (input_size, input_size))
+    if crop != "center":
+        raise ValueError(f"crop must be 'center' or 'full', got '{crop}'")
+    return eval_views(clip, input_size, eval_short_side(input_size, short_side), 1)[0]
+
+
 def to_model_input(clips: torch.Tensor, mean: Sequence[float], std: Sequence[float], device=None,
                    dtype: torch.dtype = torch.float32, channels_last: bool = None) -> torch.Tensor:
     """uint8 (B, C, T, H, W) or (B, T, H, W, C) -> normalised float (B, C, T, H, W) on `device`.

@@ -47,7 +47,8 @@ class Mixup:
     probability `switch_prob` cutmix with lam ~ Beta(cutmix_alpha) and one box shared by all frames; the
     targets are mixed with lam recomputed from the exact pixel area of the clipped box.
 
-    Call: `x, soft_target = mixup(x, target, generator)` with x (B, C, T, H, W), target (B,) int64.
+    Call: `x, soft_target = mixup(x, target, generator)` with x (B, C, T, H, W), target (B,) int64 class indices
+    (smoothed one-hot) or (B, num_classes) float multi-hot (multi-label: mixed as they are, not smoothed).
     With both alphas 0 it only applies label smoothing.
     """
 
@@ -78,7 +79,7 @@ class Mixup:
                 lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
             else:
                 x = x * lam + x.flip(0) * (1.0 - lam)
-        y = smooth_one_hot(target, self.num_classes, self.label_smoothing)
+        y = target.float() if target.dim() == 2 else smooth_one_hot(target, self.num_classes, self.label_smoothing)
         return x, y * lam + y.flip(0) * (1.0 - lam)
 
 

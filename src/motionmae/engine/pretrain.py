@@ -87,8 +87,9 @@ class PretrainTask(Task):
 
     def build_dataset(self):
         check_source(self.cfg.data)
+        o = self.cfg.objective
         self.dataset = build_dataset(self.cfg.data, "train", "pretrain", seed=self.cfg.train.seed,
-                                     extra_frames=self.cfg.objective.extra_frames)
+                                     extra_frames=o.extra_frames, neighbor_gap=o.neighbor_gap)
         return self.dataset
 
     def build_model(self) -> torch.nn.Module:
@@ -130,11 +131,12 @@ class PretrainTask(Task):
         run_dir = Path(self.cfg.train.output_dir)
         try:
             paths = viz.reconstruction_pictures_from_dataset(model, self.cfg, self.dataset, run_dir / "pictures",
-                                                             f"step_{step:08d}", trainer.info.device, trainer.amp_dtype)
+                                                             f"step_{step:08d}", trainer.info.device, trainer.amp_dtype, step=step)
         except UserError as e:  # pictures must never stop a run
             trainer.bar.write(f"pictures skipped: {e}")
             return
         trainer.bar.write(f"pictures: {paths[0]}")
+        trainer.log_image(step, "reconstruction", paths[0])
 
     def done(self, summary: dict) -> str:
         run_dir = Path(summary["run_dir"])

@@ -20,6 +20,7 @@ hooks write. A run restarted in the same directory continues from `checkpoints/l
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -38,7 +39,7 @@ from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, scaled_lr
 from motionmae.errors import UserError
 from motionmae.runtime import distributed as D
 from motionmae.runtime.amp import autocast, resolve_amp
-from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, ShardedCheckpointer, read_state, remove_stale_temps
+from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, ShardedCheckpointer, newest_intact, read_state, remove_stale_temps
 from motionmae.runtime.device import peak_memory_mb
 from motionmae.runtime.logger import MetricLogger
 from motionmae.runtime.parallel import Parallel
@@ -58,17 +59,28 @@ class NonFiniteLossError(UserError):
 class Plan:
     """The numbers that follow from the config and the world size (printed at start)."""
 
-    global_batch: int
-    lr: float  # peak; min_lr and warmup_lr are scaled by the same global_batch / 256 (as VideoMAE does)
+    global_batch: int  # clips per optimiser step
+    lr: float  # peak; min_lr and warmup_lr are scaled by the same lr_batch / 256 (as VideoMAE does)
     min_lr: float
     warmup_lr: float
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    lr_batch: int = 0  # what the lr scales by: global_batch, or the videos per step (Task.lr_per_video)
+    warmup_asked: int = 0  # the warm-up the config asks for, when it is longer than the run (then cut to total_steps)
+
+    def schedule(self) -> dict:
+        """What defines the lr schedule; saved in checkpoints so that a resume onto another schedule is named."""
+        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "lr": self.lr, "min_lr": self.min_lr,
+                "warmup_lr": self.warmup_lr, "global_batch": self.global_batch}
+
+    def lr_at(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.lr, self.min_lr, self.warmup_lr)
 
 
-def make_plan(cfg, num_videos: int, world: int) -> Plan:
-    """`cfg`: any config with `train` and `data` sections."""
+def make_plan(cfg, num_videos: int, world: int, lr_per_video: bool = False) -> Plan:
+    """`cfg`: any config with `train` and `data` sections. `lr_per_video`: the lr scales by the videos per step rather
+    than the clips (they differ with data.num_samples > 1)."""
     t = cfg.train
     videos_per_step = t.batch_size * t.accum_steps * world
     steps_per_epoch = (num_videos // world) // (t.batch_size * t.accum_steps)
@@ -79,8 +91,9 @@ def make_plan(cfg, num_videos: int, world: int) -> Plan:
     global_batch = videos_per_step * cfg.data.num_samples
     total = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
     warmup = t.warmup_steps if t.warmup_steps > 0 else int(round(t.warmup_epochs * steps_per_epoch))
-    return Plan(global_batch, scaled_lr(t.base_lr, global_batch), scaled_lr(t.min_lr, global_batch), scaled_lr(t.warmup_lr, global_batch),
-                steps_per_epoch, total, min(warmup, total))
+    lr_batch = videos_per_step if lr_per_video else global_batch
+    return Plan(global_batch, scaled_lr(t.base_lr, lr_batch), scaled_lr(t.min_lr, lr_batch), scaled_lr(t.warmup_lr, lr_batch),
+                steps_per_epoch, total, min(warmup, total), lr_batch, warmup if warmup > total else 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +116,7 @@ class Task:
     kind = ""
     noun = ""
     other_kind_hint = ""  # appended to the error when train.output_dir holds another kind of run
+    lr_per_video = False  # the lr scales by clips per step (False) or by videos per step (True)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -243,6 +257,14 @@ class Trainer:
         self.lock = RunLock(self.cfg.train.output_dir)
         try:
             return self._fit(resume, stop_request)
+        except OSError as e:
+            if e.errno not in _WRITE_ERRORS:
+                raise
+            # a full disk or a read-only file system met by a log line, a picture or a checkpoint
+            good = newest_intact(self.cfg.train.output_dir)
+            kept = f"the last good checkpoint is {good}" if good else "no checkpoint of this run is on disk yet"
+            raise UserError(f"could not write {e.filename or 'in train.output_dir=' + str(self.cfg.train.output_dir)}: "
+                            f"{e.strerror}; {kept}") from None
         finally:
             self.lock.release()
             if previous is not None:
@@ -290,12 +312,16 @@ class Trainer:
     def log(self, step: int, metrics: dict, prefix: str = "") -> None:
         self.logger.log(step, metrics, prefix)
 
+    def log_image(self, step: int, name: str, path) -> None:
+        """A picture the task wrote (PNG) to every logger that shows pictures (TensorBoard, W&B, MLflow)."""
+        self.logger.log_image(step, name, path)
+
     def _fit(self, resume: str, stop_request: dict) -> dict:
         cfg, task, info = self.cfg, self.task, self.info
         t, device = cfg.train, info.device
         run_dir = Path(t.output_dir)
         dataset = task.build_dataset()
-        plan = make_plan(cfg, TrainData.num_videos(dataset), info.world_size)
+        plan = make_plan(cfg, TrainData.num_videos(dataset), info.world_size, task.lr_per_video)
         amp_dtype = self.amp_dtype = resolve_amp(t.amp, device)
 
         # ---- the model: identical init on every rank (DDP also broadcasts rank 0's weights)
@@ -322,6 +348,15 @@ class Trainer:
             if spread[0] != -spread[1]:
                 raise UserError(f"ranks disagree on the checkpoint to resume from (steps {int(-spread[1])}..{int(spread[0])}): "
                                 f"train.output_dir={run_dir} must be on a file system shared by all nodes, or pass --resume PATH readable by all")
+        if step >= plan.total_steps:  # a finished run started again: nothing to train, and say so
+            self.say(f"{task.noun} in {run_dir} is complete: step {step} of {plan.total_steps} (checkpoint {ckpt_path}); "
+                     "nothing to do. To train longer raise train.max_steps or train.epochs (the schedule change is "
+                     "named); to start over use another train.output_dir or --resume none")
+            return {"run_dir": str(run_dir), "step": step, "checkpoint": str(ckpt_path), "complete": True, **task.state()}
+        if plan.warmup_asked:
+            self.say(f"warning: the warm-up ({plan.warmup_asked} steps: train.warmup_steps / train.warmup_epochs) is longer than "
+                     f"the run ({plan.total_steps} steps); it is cut to the run, which then ends at the peak lr without "
+                     "the cosine decay: shorten the warm-up or lengthen the run")
         if ckpt_path is None:
             task.init_weights(model, self.say)
 
@@ -335,17 +370,21 @@ class Trainer:
             data.load_state_dict(state)
             scaler.load_state_dict(state.get("loss_scaler", {}))
             _note_config_changes(state.get("config", {}), cfg, self.say)
+            _note_schedule_change(state.get("plan"), plan, step, self.say)
             self.say(f"resumed from {ckpt_path} at step {step} (epoch {data.epoch}, batch {data.pos})")
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             C.save_config(cfg, run_dir / "config.yaml")
         D.barrier()
 
-        self.logger = MetricLogger(run_dir, t.loggers, enabled=info.is_main, resume_step=step if ckpt_path is not None else None)
+        self.logger = MetricLogger(run_dir, t.loggers, enabled=info.is_main, resume_step=step if ckpt_path is not None else None,
+                                   config=C.to_dict(cfg))
         self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s)"
                  f"{f' ({t.parallel})' if info.world_size > 1 else ''}, amp={amp_dtype or 'fp32'}")
-        self.say(f"  {TrainData.num_videos(dataset)} videos{' (streamed from shards)' if data.streaming else ''}; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
-                 f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.global_batch}/256 = "
+        per = " videos" if task.lr_per_video else ""
+        self.say(f"  {TrainData.num_videos(dataset)} videos{' (streamed from shards)' if data.streaming else ''}; effective batch "
+                 f"{plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x {info.world_size} ranks x "
+                 f"{cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.lr_batch}{per}/256 = "
                  f"{plan.lr:.3e} (min {plan.min_lr:.2e}, warm-up from {plan.warmup_lr:.2e})")
         if task.details():
             self.say(f"  {task.details()}")
@@ -397,7 +436,7 @@ class Trainer:
                         raise NonFiniteLossError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {step} "
                                                  f"(epoch {data.epoch}); stopping, {where}. Lower train.base_lr, set train.clip_grad, "
                                                  "or try train.amp=none")
-                    lr = lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, plan.min_lr, plan.warmup_lr)
+                    lr = plan.lr_at(step)
                     set_lr(optimizer, lr)
                     scaler.step(optimizer)
                     optimizer.zero_grad(set_to_none=True)
@@ -418,7 +457,7 @@ class Trainer:
                         bar.write(f"epoch {data.epoch}: skipped {data.skipped} unreadable video(s) (see warnings above)")
                     if step % t.save_every == 0 or final or stop:
                         state = {"step": step, **data.state_dict(), "config": C.to_dict(cfg), "world_size": info.world_size,
-                                 "loss_scaler": scaler.state_dict(), "kind": task.kind, **task.state()}
+                                 "loss_scaler": scaler.state_dict(), "kind": task.kind, "plan": plan.schedule(), **task.state()}
                         last_ckpt = checkpointer.save(step, model, optimizer, state, numbered=step % t.save_every == 0)
                     task.after_step(self, step, final)
                     checkpointer.poll()
@@ -442,6 +481,7 @@ def make_checkpointer(t, run_dir, info: D.DistInfo) -> Checkpointer:
     if t.parallel == "fsdp":
         return ShardedCheckpointer(run_dir, t.keep_last, info.is_main, info.world_size, info.rank, async_save=t.async_checkpoint)
     return Checkpointer(run_dir, t.keep_last, info.is_main, info.world_size)
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _check_outputs(run_dir: Path, need_bytes: int) -> None:
@@ -478,3 +518,17 @@ def _note_config_changes(saved: dict, cfg, say) -> None:
                and isinstance(saved.get(sec), dict) and k in saved[sec] and saved[sec][k] != now[sec][k]]
     if changed:
         say(f"note: resuming with changed config keys: {', '.join(changed)}")
+
+
+def _note_schedule_change(saved: Optional[dict], plan: Plan, step: int, say) -> None:
+    """A resume under another lr schedule (a larger max_steps, more epochs, another warm-up, batch or lr) continues
+    on the new curve from `step`; name what changed and where the lr jumps."""
+    if not saved:
+        return  # checkpoints written before the plan was saved
+    now = plan.schedule()
+    changed = [f"{k} {saved[k]:g} -> {now[k]:g}" for k in now if k in saved and abs(saved[k] - now[k]) > 1e-12 * max(abs(saved[k]), 1)]
+    if not changed:
+        return
+    old = lr_at(step, saved["total_steps"], saved["warmup_steps"], saved["lr"], saved["min_lr"], saved["warmup_lr"])
+    say(f"note: the lr schedule changed on resume ({', '.join(changed)}): from step {step} the run follows the new "
+        f"schedule; lr at step {step} is {plan.lr_at(step):.3e} (it was {old:.3e} on the old one)")

@@ -114,10 +114,10 @@ def cached_features(model, fingerprint: dict, data_cfg, source: str, class_sourc
     bar.close()
     out["num_labels"] = torch.tensor(dataset.num_labels)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata={"key": json.dumps(key_doc, default=str)})
-        os.replace(tmp, path)
+        from motionmae.files import atomic_path
+
+        with atomic_path(path) as tmp:  # a unique temp name: two probes filling one cache never write the same file
+            save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata={"key": json.dumps(key_doc, default=str)})
     return out
 
 
@@ -233,5 +233,7 @@ def run(args) -> int:
     name = f"random init (dim {d}, depth {depth})" if args.random_init else Path(args.checkpoint).name
     results = run_probe(target, args.train, args.val, config=cfg, name=name)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from motionmae.files import write_json
+
+        print(f"wrote {write_json(args.json, results, indent=2)}")
     return 0

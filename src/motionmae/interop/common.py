@@ -82,8 +82,9 @@ def torch_load_weights_only(path) -> object:
             "Unpickling it could run code from the file. If you trust it, load it in a sandbox with "
             "weights_only=False, re-save only its state dict ('model') with torch.save, and convert that file."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint: {e}") from None
+    except Exception as e:  # text, truncated or foreign files fail in many ways (KeyError, EOFError, SafetensorError...)
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}{': ' + msg if msg else ''})") from None
 
 
 def check_motion_branch(cfg, where: str) -> None:
@@ -107,9 +108,14 @@ _HF_FILES = ("config.json", "model*.safetensors", "model.safetensors.index.json"
 
 
 def publish_dir(tmp: Path, dst: Path) -> None:
-    """Move the files of the finished directory `tmp` into `dst` (created if needed)."""
+    """Move the files of the finished directory `tmp` into `dst` (created if needed), with the modes the user's umask
+    gives new files and folders (mkdtemp and safetensors make them private)."""
+    from motionmae.files import new_dir_mode, new_file_mode
+
+    for f in tmp.iterdir():
+        f.chmod(new_file_mode())
     if not dst.exists():
-        tmp.chmod(0o755)  # mkdtemp made it private
+        tmp.chmod(new_dir_mode())
         tmp.rename(dst)
         return
     for pattern in _HF_FILES:

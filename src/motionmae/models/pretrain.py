@@ -29,6 +29,7 @@ from motionmae.models.vit import (
     Block,
     PosEmbedMixin,
     VisionTransformer,
+    check_clip,
     gather_tokens,
     init_weights,
     run_blocks,
@@ -154,15 +155,17 @@ class PretrainModel(nn.Module):
         return decoder.norm(run_blocks(decoder.blocks, x, self.grad_checkpointing, keep_last=n_mask))
 
     def forward(self, clip: torch.Tensor, mask: torch.Tensor, decoder_mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """clip (B, C, T, H, W) normalised (T + objective.extra_frames frames); mask bool (B, N), True = masked;
-        decoder_mask (dual masking, VideoMAE v2) bool (B, N), True = a masked token the decoder drops: it is neither
-        a decoder input nor reconstructed (objective/masking.decoder_mask); None: every masked token is.
+        """clip (B, C, T, H, W) normalised (the encoder's T frames and any more the objective asks for, see
+        ObjectiveConfig.encoder_frames); mask bool (B, N), True = masked; decoder_mask (dual masking, VideoMAE v2)
+        bool (B, N), True = a masked token the decoder drops: it is neither a decoder input nor reconstructed
+        (objective/masking.decoder_mask); None: every masked token is.
 
         Returns per target `name`: 'pred_<name>' / 'target_<name>' (B, N_mask, dim) and 'loss_<name>'; 'loss' =
         sum of w_<name> * loss_<name> in target order; 'ids_masked' (B, N_mask), the token index of each row
         (N_mask: the masked tokens the decoder reconstructs).
         """
-        frames = clip[:, :, : clip.shape[2] - self.objective_cfg.extra_frames]
+        check_clip(clip, self.encoder.patch_embed.proj.in_channels)
+        frames = clip[:, :, : self.objective_cfg.encoder_frames(clip.shape[2])]
         grid = self.encoder.patch_embed.grid(frames)
         ids_visible, ids_masked = self.token_index(mask, decoder_mask, clip.shape[0], grid[0] * grid[1] * grid[2])
         targets = self.compute_targets(clip, ids_masked)

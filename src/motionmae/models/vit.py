@@ -170,6 +170,32 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
+PREPROCESS_HINT = ("decoded uint8 frames (T, H, W, C) become model input with the preprocessing helper: model.preprocess(frames) "
+                   "on a MotionMAE, or motionmae.data.transforms.preprocess(frames, input_size, mean, std)")
+
+
+def check_clip(x, in_chans: int) -> None:
+    """A clip the model cannot take is one UserError that names the layout and dtype expected and how to convert:
+    float (B, C, T, H, W), normalised with the mean/std the model was trained with."""
+    want = f"expected a float clip (B, C, T, H, W) with C={in_chans}, normalised with the model's mean/std"
+    if not torch.is_tensor(x):
+        raise UserError(f"{want}; got a {type(x).__name__}: torch.as_tensor(...), or {PREPROCESS_HINT}")
+    shape = tuple(x.shape)
+    if not x.is_floating_point():
+        raise UserError(f"{want}; got {str(x.dtype).replace('torch.', '')} {shape}: {PREPROCESS_HINT}")
+    if x.dim() == 4 and shape[0] == in_chans:
+        raise UserError(f"{want}; got {shape}, one clip without the batch dimension: x[None] (or x.unsqueeze(0))")
+    if x.dim() != 5:
+        raise UserError(f"{want}; got {x.dim()} dimensions {shape}")
+    if shape[1] != in_chans:
+        if shape[2] == in_chans:
+            raise UserError(f"{want}; got {shape}, which looks like transformers' (B, T, C, H, W): x.permute(0, 2, 1, 3, 4)")
+        if shape[4] == in_chans:
+            raise UserError(f"{want}; got {shape}, which looks like channels-last (B, T, H, W, C) frames: "
+                            f"x.permute(0, 4, 1, 2, 3), or {PREPROCESS_HINT}")
+        raise UserError(f"{want}; got {shape}")
+
+
 class PatchEmbed(nn.Module):
     """Tubelet embedding: Conv3d with kernel = stride = (tubelet, p, p); (B, C, T, H, W) -> (B, N, D)."""
 
@@ -341,9 +367,10 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
     """Video ViT. `num_classes=0`: encoder (final `norm`, no head; Identity with `final_norm=False`). `num_classes>0`:
     classifier with pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
     'first' (`norm` -> first token -> `head`, transformers' VideoMAEForVideoClassification without mean pooling).
+    `head_drop`: dropout on the pooled feature before `head` in training (timm's name; VideoMAE's fc_drop_rate).
     """
 
-    def __init__(self, cfg: ModelConfig, num_classes: int = 0):
+    def __init__(self, cfg: ModelConfig, num_classes: int = 0, head_drop: float = 0.0):
         super().__init__()
         dim, depth, heads = cfg.dims()
         if cfg.pooling not in ("mean", "first"):
@@ -360,6 +387,7 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
         # interop: transformers' fc_norm uses eps 1e-5 whatever layer_norm_eps says, hence head_norm_eps
         head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
         self.fc_norm = nn.LayerNorm(dim, eps=head_eps) if mean_pool else nn.Identity()
+        self.head_drop = nn.Dropout(head_drop) if head_drop > 0 else nn.Identity()  # VideoMAE's fc_dropout
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         init_weights(self)
         if num_classes > 0:
@@ -380,6 +408,7 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
                          ids_visible: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D).
         `ids_visible` (B, N_vis): the visible tokens' indices, when the caller has them (instead of `mask`)."""
+        check_clip(x, self.patch_embed.proj.in_channels)
         if mask is None and ids_visible is None:
             x, _ = self.embed(x)
         else:  # embed only the visible cubes
@@ -393,13 +422,32 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens as a grid (B, T', H', W', D), for dense tasks (after `norm`, which is Identity for a
         mean-pooling classifier)."""
-        grid = self.patch_embed.grid(x)
         tokens = self.forward_features(x)
-        return tokens.reshape(x.shape[0], *grid, tokens.shape[-1])
+        return tokens.reshape(x.shape[0], *self.patch_embed.grid(x), tokens.shape[-1])
+
+    def forward_intermediates(self, x: torch.Tensor, indices) -> list:
+        """The tokens (B, N, D) after each block in `indices` (0-based; negative counts from the end, -1 = the last),
+        in the order given, each through the final `norm` -- so layer -1 is exactly `forward_features(x)` and an
+        earlier layer is what the encoder would output if it ended there (DINOv2's `get_intermediate_layers`
+        with norm). Blocks after the deepest one asked for are not run."""
+        check_clip(x, self.patch_embed.proj.in_channels)
+        depth = len(self.blocks)
+        wanted = []
+        for i in indices:
+            if not -depth <= int(i) < depth:
+                raise UserError(f"layer {i} does not exist: the encoder has {depth} blocks (layers 0..{depth - 1}, or -1..-{depth})")
+            wanted.append(int(i) % depth)
+        x, _ = self.embed(x)
+        outs = {}
+        for i, blk in enumerate(self.blocks[: max(wanted) + 1]):
+            x = checkpoint(blk, x, None, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() else blk(x)
+            if i in wanted:
+                outs[i] = self.norm(x)
+        return [outs[i] for i in wanted]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.fc_norm(x.mean(dim=1)) if self.cfg.pooling == "mean" else x[:, 0]
-        return x if pre_logits else self.head(x)
+        return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

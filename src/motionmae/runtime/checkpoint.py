@@ -15,23 +15,24 @@ Training reads and writes them through `Checkpointer`, the one seam a sharded fo
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from motionmae.errors import UserError
+from motionmae.files import atomic_path, fsync_dir
 from motionmae.models.state import load_matching
 from motionmae.runtime.distributed import all_reduce_sum, barrier, on_main_then_share
 from motionmae.runtime.parallel import unwrap_model
@@ -40,6 +41,7 @@ META_KEY = "motionmae"
 FORMAT_VERSION = 2  # 2: per-tensor CRC-32 in the header (files of version 1 load unchecked)
 CKPT_DIR = "checkpoints"
 LAST = "last.safetensors"
+PRETRAINED_WEIGHTS = "model.safetensors"  # in a `save_pretrained` directory, beside its config.json
 _NUMBERED = re.compile(r"^step_(\d+)\.safetensors$")
 _TEMP = re.compile(r"^\..*\.tmp$")  # what `save_checkpoint` writes before its rename
 
@@ -57,7 +59,8 @@ class CheckpointWriteError(UserError):
 
 
 def save_checkpoint(path, model=None, optimizer=None, state: Optional[dict] = None, rng: bool = True) -> Path:
-    """Write `path` atomically: temp file in the same directory, fsync, `os.replace`, fsync the directory.
+    """Write `path` atomically (`files.atomic_path`): temp file in the same directory, fsync, the umask's mode,
+    `os.replace`, fsync the directory.
 
     `model` may be wrapped (DDP, torch.compile); its plain state dict is saved. `state` is any
     JSON-serialisable dict (step, epoch, config, ...); it comes back from `load_checkpoint`.
@@ -93,17 +96,13 @@ def write_checkpoint_file(path, tensors: dict, meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _unshare(tensors)
     meta = {**meta, "format_version": FORMAT_VERSION, "crc32": {k: tensor_crc32(v) for k, v in tensors.items()}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", META_KEY: json.dumps(meta)})
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    # temp file, fsync, the umask's mode (mkstemp and safetensors make it 0600: teammates could not read it), rename
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt", META_KEY: json.dumps(meta)})
+        except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors: make them one
+            full = "No space left" in str(e)
+            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC) if full else str(e), str(tmp)) from None
     return path
 
 
@@ -182,6 +181,8 @@ def resolve_checkpoint(path) -> Path:
     if is_sharded(p):
         return p
     if p.is_dir():
+        if is_pretrained_dir(p):
+            return p / PRETRAINED_WEIGHTS
         for cand in (p / CKPT_DIR / LAST, p / LAST):
             if cand.is_file():
                 return cand
@@ -191,6 +192,16 @@ def resolve_checkpoint(path) -> Path:
     if not p.is_file():
         raise UserError(f"checkpoint not found: {path}")
     return p
+
+
+def is_pretrained_dir(path) -> bool:
+    """A directory written by `save_pretrained` (`MotionMAE`): `config.json` with model_type 'motionmae' beside
+    `model.safetensors`, which is a checkpoint file of this module's format (checksums included)."""
+    p = Path(path)
+    try:
+        return (p / PRETRAINED_WEIGHTS).is_file() and json.loads((p / "config.json").read_text()).get("model_type") == "motionmae"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read(path: Path, map_location, keep=lambda k: True) -> Tuple[dict, dict]:
@@ -319,17 +330,8 @@ def remove_stale_temps(run_dir) -> list:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:  # `.last.safetensors.<random>.tmp`: what remove_stale_temps cleans up
         shutil.copyfile(src, tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dst.parent)
 
 
 class Checkpointer:
@@ -679,7 +681,7 @@ class ShardedCheckpointer(Checkpointer):
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             self._prune(final)
         barrier()
 
@@ -765,21 +767,3 @@ def _unshare(tensors: dict) -> dict:
             seen.add(ptr)
         out[k] = v
     return out
-
-
-def _fsync_file(path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

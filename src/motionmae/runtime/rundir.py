@@ -40,7 +40,9 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        self.dir.mkdir(parents=True, exist_ok=True)
+        problem = _folder_problem(self.dir, "the folder")
+        if problem:
+            raise UserError(f"{self.where}={self.dir}: {problem}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             if not self._lock(fd):
@@ -123,18 +125,9 @@ def check_output_dir(path, where: str, need_bytes: int = 0) -> Path:
     """Create `path` if needed and make sure a file can be written in it (and `need_bytes` fit); else a UserError
     naming `where` (the config key or option), the path and the reason."""
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{where}={path}: is a file, expected a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{where}={path}: cannot create the folder ({e.strerror or e})") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=p)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"{where}={path}: cannot write in it ({e.strerror or e})") from None
+    problem = _folder_problem(p, "the folder")
+    if problem:
+        raise UserError(f"{where}={path}: {problem}")
     if need_bytes > 0:
         free = shutil.disk_usage(p).free
         if free < need_bytes:
@@ -144,12 +137,31 @@ def check_output_dir(path, where: str, need_bytes: int = 0) -> Path:
 
 
 def check_output_file(path, where: str) -> Path:
-    """The file `path` can be created or replaced: its folder is checked as above, and it is not a folder itself."""
+    """The file `path` can be created or replaced: not a folder itself, and its folder can be created and written."""
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{where}={path}: is a folder, expected a file name")
-    check_output_dir(p.parent if str(p.parent) else Path("."), where + " (its folder)")
+    problem = _folder_problem(p.parent, f"its folder {p.parent}")
+    if problem:
+        raise UserError(f"{where}={path}: {problem}")
     return p
+
+
+def _folder_problem(p: Path, name: str) -> Optional[str]:
+    """Why no file can be written in folder `p` (created if missing), or None."""
+    if p.exists() and not p.is_dir():
+        return f"{name} is a file, expected a folder" if name != "the folder" else "is a file, expected a folder"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {name} ({e.strerror or e})"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write in {name} ({e.strerror or e})"
+    return None
 
 
 def checkpoint_bytes(model, optimizer_slots: int = 2) -> int:
