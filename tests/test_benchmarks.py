@@ -12,6 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+from motionmae.errors import UserError  # noqa: E402
 from motionmae.models.flops import block_flops  # noqa: E402
 import reproduce  # noqa: E402
 import step  # noqa: E402
@@ -25,7 +26,7 @@ def _count_flops(fn) -> int:
     return fc.get_total_flops()
 
 
-@pytest.mark.parametrize("kind", ["hf-videomae", "videomae", "motionmae-sha", "motionmae-ind"])
+@pytest.mark.parametrize("kind", ["hf-videomae", "videomae", "motionmae-sha", "motionmae-ind", "motionmae-sha-dual"])
 def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
     """mae_step_flops (by hand: matmuls, conv, attention; backward 2x, no input grad for the clip) equals what
     torch's FlopCounterMode counts on one real forward + backward, for both implementations and all decoders."""
@@ -39,14 +40,14 @@ def test_analytic_flops_equal_flop_counter(kind, monkeypatch):
             if hasattr(m, "config"):
                 m.config._attn_implementation = "eager"
     counted = _count_flops(case.step)
-    expected = step.step_flops(case.cfg, case.mask, step.SETTINGS["quick"]["batch"], case.transformers)
+    expected = step.step_flops(case.cfg, case.mask, step.SETTINGS["quick"]["batch"], case.transformers, case.dec_mask)
     assert counted == expected
 
 
-@pytest.mark.parametrize("decoder", ["sha", "ind"])
-def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, monkeypatch):
+@pytest.mark.parametrize("decoder,decoder_ratio", [("sha", 0.0), ("ind", 0.0), ("sha", 0.5), ("ind", 0.3)])
+def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, decoder_ratio, monkeypatch):
     """Three targets of different widths (appearance, gray motion, HOG), one decoder trunk per target with `ind`,
-    a decoder MLP ratio other than the encoder's: models/flops.py still equals FlopCounterMode."""
+    a decoder MLP ratio other than the encoder's, dual masking: models/flops.py still equals FlopCounterMode."""
     from motionmae.config import load_config
     from motionmae.models.flops import pretrain_step_flops
     from motionmae.models.pretrain import PretrainModel
@@ -57,13 +58,15 @@ def test_flop_model_follows_the_targets_and_the_decoder_mlp(decoder, monkeypatch
         "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.num_frames=4", "model.img_size=32",
         "model.patch_size=8", "model.decoder_embed_dim=16", "model.decoder_depth=2", "model.decoder_num_heads=2",
         "model.decoder_mlp_ratio=2.0", f"model.decoder={decoder}", "objective.targets=[appearance,motion,hog]",
-        "objective.motion_color=gray", "mask.ratio=0.75"])
+        "objective.motion_color=gray", "mask.ratio=0.75", f"mask.decoder_ratio={decoder_ratio}"])
     model = PretrainModel(cfg).train()
     x = torch.randn(3, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
-    mask = step.make_mask(cfg, 3)
-    counted = _count_flops(lambda: model(x, mask)["loss"].backward())
+    mask, dec_mask = step.make_masks(cfg, 3)
+    assert (dec_mask is not None) == (decoder_ratio > 0)
+    counted = _count_flops(lambda: model(x, mask, dec_mask)["loss"].backward())
     # computing the targets is free by the convention (HOG's gradient filters are a conv the counter sees)
-    ids_masked = mask.nonzero()[:, 1].reshape(3, -1)
+    decoded = mask if dec_mask is None else mask & ~dec_mask
+    ids_masked = decoded.nonzero()[:, 1].reshape(3, -1)
     targets = _count_flops(lambda: model.compute_targets(x, ids_masked))
     assert targets > 0
     assert counted - targets == pretrain_step_flops(cfg, 3)["total"]
@@ -83,9 +86,11 @@ def test_step_quick_end_to_end(tmp_path):
         assert len(r["times"]) == step.SETTINGS["quick"]["repeats"]
         assert r["clips_per_s"] > 0 and math.isfinite(r["clips_per_s"])
     flops = {r["case"]: r["gflop_per_step"] for r in rows}
-    # same sizes and visible count; ours embeds only the visible cubes; the motion head / second decoder add on top
+    # same sizes and visible count; ours embeds only the visible cubes; the motion head / second decoder add on top;
+    # dual masking takes decoder work away
     assert flops["videomae"] < flops["hf-videomae"]
     assert flops["videomae"] < flops["motionmae-sha"] < flops["motionmae-ind"]
+    assert flops["videomae-dual"] < flops["videomae"] and flops["motionmae-sha-dual"] < flops["motionmae-sha"]
 
 
 def test_peak_memory_subprocess():
@@ -175,3 +180,62 @@ def test_step0_probe_is_the_encoder_pretraining_starts_from(kind):
     ref = random_encoder(cfg.model, 3).state_dict()
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# ViT-g and the memory calculator (benchmarks/memory.py)
+
+
+def test_giant_preset_is_vit_g14():
+    # VideoMAE v2's ViT-g/14: width 1408, depth 40, 16 heads, MLP 6144 (48/11, not an integer ratio), patch 14
+    from motionmae.config import load_config
+    from motionmae.models.vit import build_encoder
+
+    cfg = load_config("motionmae-sha-giant")
+    m = cfg.model
+    assert m.dims() == (1408, 40, 16) and m.patch_size == 14 and m.grid() == (8, 16, 16)
+    with torch.device("meta"):
+        enc = build_encoder(m)
+    assert enc.blocks[0].mlp.fc1.out_features == 6144
+    d, h = 1408, 6144
+    block = 4 * d * d + 2 * h * d + h + d + 2 * d + d + 4 * d  # qkv + proj + fc1 + fc2 weights; biases; two LayerNorms
+    embed = 3 * 2 * 14 * 14 * d + d
+    assert sum(p.numel() for p in enc.parameters()) == 40 * block + embed + 2 * d == 1_011_610_752
+    with pytest.raises(UserError, match="ViT-g/14, whose MLP is 6144 wide"):
+        load_config("", ["model.size=giant"])
+
+
+def test_memory_calculator_by_hand_and_against_saved_tensors():
+    import memory
+
+    from motionmae.config import load_config
+    from motionmae.models.vit import Block
+
+    cfg = load_config("motionmae-sha-small", ["model.num_frames=4", "model.img_size=32", "model.patch_size=16"])
+    p = memory.param_counts(cfg)
+    ddp, fsdp = memory.estimate(cfg, 2, "ddp", 4, True, False), memory.estimate(cfg, 2, "fsdp", 4, True, True)
+    assert ddp["weights"] == ddp["ddp buckets"] == 4 * p["total"] and ddp["adamw"] == 8 * p["total"]
+    assert fsdp["weights"] == p["total"] and fsdp["adamw"] == 2 * p["total"] and "ddp buckets" not in fsdp
+    assert fsdp["activations"] < ddp["activations"]  # checkpointing
+    # a block's activations: what autograd really saves (not the weights), fp32 with fused attention and bf16 without
+    torch.manual_seed(0)
+    blk = Block(64, 4, 4.0, True, 0.0, 1e-6)
+    weights = {tuple(q.shape) for q in blk.parameters()} | {tuple(q.shape[::-1]) for q in blk.parameters()}
+    params = {q.untyped_storage().data_ptr() for q in blk.parameters()}
+
+    def saved(fn) -> int:
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params and not (t.dtype == torch.bfloat16 and tuple(t.shape) in weights):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(seen.values())
+
+    x = torch.randn(2, 50, 64, requires_grad=True)
+    assert saved(lambda: blk(x)) == pytest.approx(2 * memory.block_activation_bytes(50, 64, 256, 4, False, True), rel=0.02)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU bf16: the explicit attention path, probabilities saved
+        assert saved(lambda: blk(x)) == pytest.approx(2 * memory.block_activation_bytes(50, 64, 256, 4, True, False), rel=0.02)

@@ -44,13 +44,15 @@ def test_dense_indices_by_hand():
     assert dense_indices(10, 4, 4, g, "loop").tolist() == [0, 4, 8, 2]  # 12 mod 10
     assert dense_indices(10, 4, 4, g, "clamp").tolist() == [0, 4, 8, 9]
     assert dense_indices(13, 4, 4, g).tolist() == [0, 4, 8, 12]  # exactly one span: start 0
-    assert [v.tolist() for v in dense_view_indices(100, 4, 4, 3)] == [[0, 4, 8, 12], [44, 48, 52, 56], [87, 91, 95, 99]]
+    # VideoMAE's test views (kinetics.py): frames 0, 4, ..., 96 (25), clip k at grid frame int(k * (25 - 4) / 2)
+    assert [v.tolist() for v in dense_view_indices(100, 4, 4, 3)] == [[0, 4, 8, 12], [40, 44, 48, 52], [84, 88, 92, 96]]
 
 
 def test_segment_indices_by_hand():
     assert segment_indices(32, 8).tolist() == [2, 6, 10, 14, 18, 22, 26, 30]  # centres of [4i, 4i + 4)
-    assert segment_indices(32, 8, view=0, num_views=2).tolist() == [1, 5, 9, 13, 17, 21, 25, 29]
-    assert segment_indices(32, 8, view=1, num_views=2).tolist() == [3, 7, 11, 15, 19, 23, 27, 31]
+    # VideoMAE's 2 SSv2 test views (ssv2.py): the start and the centre of each segment
+    assert segment_indices(32, 8, view=0, num_views=2).tolist() == [0, 4, 8, 12, 16, 20, 24, 28]
+    assert segment_indices(32, 8, view=1, num_views=2).tolist() == [2, 6, 10, 14, 18, 22, 26, 30]
     g = torch.Generator().manual_seed(1)
     draws = np.stack([segment_indices(32, 8, g) for _ in range(200)])
     assert ((draws // 4) == np.arange(8)).all()  # one frame inside each segment

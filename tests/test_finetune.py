@@ -109,9 +109,13 @@ def test_unknown_label_column_names_the_columns(synthetic, tmp_path):
 
 def test_clip_shape_follows_the_encoder():
     cfg = load_finetune_config("", [], {"model": {"size": "small", "num_frames": 8, "img_size": 32, "drop_path": 0.0},
-                                        "data": {"sampling_rate": 2, "train": "ignored.csv"}})
+                                        "data": {"sampling_rate": 2, "flip": False, "mean": [0.5] * 3, "train": "ignored.csv"}})
     assert (cfg.model.size, cfg.model.drop_path) == ("small", 0.1)  # architecture from the checkpoint, recipe's drop path
-    assert (cfg.data.num_frames, cfg.data.input_size, cfg.data.sampling_rate, cfg.data.train) == (8, 32, 2, "")
+    assert (cfg.data.num_frames, cfg.data.input_size, cfg.data.mean, cfg.data.train) == (8, 32, (0.5,) * 3, "")
+    # the clips are the fine-tuning config's (a fine-tuning preset's), not the pretraining run's
+    assert (cfg.data.sampling_rate, cfg.data.flip) == (4, True)
+    ssv2 = load_finetune_config("finetune-ssv2", [], {"model": {"num_frames": 8}, "data": {"sampling_rate": 4, "flip": True}})
+    assert (ssv2.data.sampling, ssv2.data.flip, ssv2.data.test_clips, ssv2.data.short_side) == ("segment", False, 2, 224)
     assert cfg.train.betas == (0.9, 0.999) and cfg.finetune.layer_decay == 0.75
     with pytest.raises(UserError, match="data.num_frames=16"):
         load_finetune_config("", ["data.num_frames=16"], {"model": {"num_frames": 8}})

@@ -18,7 +18,7 @@ LAYERS = [
     {"viz"},
     {"engine"},
     {"eval", "interop"},
-    {"demo", "cli", "__init__"},
+    {"demo", "presets", "recipes", "cli", "__init__"},
 ]
 
 

@@ -2,6 +2,7 @@
 modes are tested where they are installed (WANDB_MODE=offline; an MLflow file store under tmp), skipped otherwise;
 naming one that is absent is one clear error before anything runs."""
 
+import subprocess
 import sys
 
 import pytest
@@ -79,3 +80,28 @@ def test_wandb_offline_and_mlflow_file_store(videos, tmp_path, monkeypatch):
                                 "train.max_steps=4", "train.viz_every=-1", "train.loggers=[jsonl,wandb,mlflow]"]))
     assert (run / "mlflow_run_id").read_text().strip() == run_id
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3, 4]
+
+
+def test_a_tensorboard_write_error_is_raised_to_the_run_once_and_not_printed_by_its_thread(tmp_path):
+    # a full disk under tb/: tensorboard's writer thread fails first; its traceback must not be printed (the run
+    # reports the error in one line when the next write or close raises it). A fresh interpreter: pytest replaces
+    # threading.excepthook with its own.
+    script = """
+import errno, sys
+from motionmae.runtime.logger import TensorBoardLogger
+logger = TensorBoardLogger(sys.argv[1], None)
+async_writer = logger._tb._get_file_writer().event_writer._async_writer
+def full(data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+async_writer._writer.write = full
+logger.log(1, {"step": 1, "loss": 1.0})
+async_writer._worker.join(timeout=30)  # the thread ends with the error
+try:
+    logger.log(2, {"step": 2, "loss": 1.0})
+except OSError as e:
+    print("raised:", e)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "raised: [Errno 28] No space left on device" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr

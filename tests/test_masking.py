@@ -103,3 +103,63 @@ def test_motion_mask_counts_and_seeding_like_the_other_kinds():
     assert not torch.equal(a, make_mask("motion", 3, grid, 0.75, gen(4), clip=clip))
     with pytest.raises(UserError, match="mask.kind=motion needs the clip"):
         make_mask("motion", 1, grid, 0.75, gen())
+
+
+# ----------------------------------------------------------------------------------------------
+# dual masking (VideoMAE v2): the decoder's mask
+
+
+def test_running_cell_by_hand():
+    from motionmae.objective.masking import running_cell
+
+    # 2x2 cell, positions j = 0 1 / 2 3; slice t drops j where (j + t + start) % 4 < 2
+    cell = running_cell(1, (3, 2, 2), 2, torch.tensor([0])).reshape(3, 4).tolist()
+    assert cell == [[True, True, False, False], [True, False, False, True], [False, False, True, True]]
+    shifted = running_cell(1, (1, 2, 2), 2, torch.tensor([1])).reshape(4).tolist()
+    assert shifted == cell[1]  # a start of 1 is the pattern one slice later
+    # tiled over the slice (any size, odd too); each cell drops `drop` of its 4 positions
+    big = running_cell(2, (4, 6, 6), 1, torch.tensor([0, 3])).reshape(2, 4, 6, 6)
+    assert (big.sum((2, 3)) == 9).all()
+    assert torch.equal(big[:, :, :2, :2].repeat(1, 1, 3, 3), big)
+
+
+def test_decoder_mask_keeps_an_exact_share_of_the_masked_tokens():
+    from motionmae.objective.masking import decoder_mask, num_decoded
+
+    grid = (8, 14, 14)
+    for kind in ("per_slice", "tube", "random"):
+        enc = make_mask(kind, 3, grid, 0.9, gen())
+        dec = decoder_mask(enc, grid, 0.5, gen(1))
+        assert not (dec & ~enc).any()  # only masked tokens are dropped
+        kept = enc & ~dec
+        assert (kept.sum(1) == num_decoded(grid, 0.9, 0.5)).all() and num_decoded(grid, 0.9, 0.5) == 1408 - 704
+    assert num_decoded(grid, 0.9, 0.0) == 1408 and num_decoded(grid, 0.9, 0.75) == 1408 - 1056
+    assert num_decoded((1, 1, 2), 0.5, 0.9) == 1  # at least one
+
+
+def test_decoder_mask_prefers_the_running_cell_and_covers_every_position():
+    from motionmae.objective.masking import decoder_mask, running_cell
+
+    grid = (8, 6, 6)
+    enc = make_mask("per_slice", 4, grid, 0.75, gen())
+    g = gen(5)
+    dec = decoder_mask(enc, grid, 0.5, g)
+    start = torch.randint(4, (4,), generator=gen(5))  # the first draw of the same generator
+    cell_kept = enc & ~running_cell(4, grid, 2, start)
+    kept = enc & ~dec
+    for b in range(4):  # the cell's masked positions first: one set holds the other
+        a, c = kept[b], cell_kept[b]
+        assert bool((a <= c).all()) or bool((c <= a).all())
+    # tube masks: the cell keeps every masked position in half the slices -> exactly the cell, every position covered
+    tube = make_mask("tube", 2, grid, 0.5, gen())
+    kept = (tube & ~decoder_mask(tube, grid, 0.5, gen(2))).reshape(2, 8, 36)
+    assert torch.equal(kept.any(1), tube.reshape(2, 8, 36)[:, 0])
+    assert (kept.sum(1)[tube.reshape(2, 8, 36)[:, 0]] == 4).all()
+
+
+def test_decoder_mask_is_seeded():
+    from motionmae.objective.masking import decoder_mask
+
+    enc = make_mask("per_slice", 2, (4, 4, 4), 0.75, gen())
+    a, b, c = (decoder_mask(enc, (4, 4, 4), 0.5, gen(s)) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -27,9 +27,11 @@ def batch(model, cfg, frames=4, seed=0, kind="per_slice", ratio=0.5):
     return (clip01 - model.mean) / model.std, mask
 
 
-def videomae_loss_by_hand(model, clip, mask):
+def videomae_loss_by_hand(model, clip, mask, decoded=None):
     """VideoMAE's forward and loss, written independently: boolean indexing instead of gathers, and the
-    target cut cube by cube in Python loops (per cube, per channel, unbiased std, eps 1e-6)."""
+    target cut cube by cube in Python loops (per cube, per channel, unbiased std, eps 1e-6). `decoded` (dual
+    masking, VideoMAE v2): the masked tokens the decoder gets and is scored on (default: all of `mask`)."""
+    decoded = mask if decoded is None else decoded
     enc, b = model.encoder, clip.shape[0]
     x = enc.patch_embed(clip) + enc.pos_embed
     x = x[~mask].reshape(b, -1, x.shape[-1])
@@ -37,8 +39,8 @@ def videomae_loss_by_hand(model, clip, mask):
         x = blk(x)
     x = model.encoder_to_decoder(enc.norm(x))
     pos = model.decoder.pos_embed.expand(b, -1, -1)
-    n_mask = int(mask[0].sum())
-    x = torch.cat([x + pos[~mask].reshape(b, -1, x.shape[-1]), model.mask_token + pos[mask].reshape(b, n_mask, -1)], 1)
+    n_mask = int(decoded[0].sum())
+    x = torch.cat([x + pos[~mask].reshape(b, -1, x.shape[-1]), model.mask_token + pos[decoded].reshape(b, n_mask, -1)], 1)
     for blk in model.decoder.blocks:
         x = blk(x)
     pred = model.decoder.head(model.decoder.norm(x[:, -n_mask:]))
@@ -49,7 +51,7 @@ def videomae_loss_by_hand(model, clip, mask):
     for i in range(b):
         row = 0
         for n in range(mask.shape[1]):
-            if not mask[i, n]:
+            if not decoded[i, n]:
                 continue
             t, h, w = n // (gh * gw), (n // gw) % gh, n % gw
             cube = clip01[i, :, 2 * t : 2 * t + 2, 4 * h : 4 * h + 4, 4 * w : 4 * w + 4]  # (C, 2, 4, 4)
@@ -69,6 +71,60 @@ def test_decoder_none_loss_is_videomae_normalised_pixel_mse():
     expect = videomae_loss_by_hand(model, clip, mask)
     torch.testing.assert_close(out["loss"], expect, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["loss_appearance"], out["loss"])
+
+
+def test_dual_masking_is_videomae_v2_by_hand():
+    # VideoMAE v2's objective: the decoder gets the visible tokens and the masked tokens its mask keeps; the loss
+    # is taken on those only
+    from motionmae.objective.masking import decoder_mask
+
+    model, cfg = build("videomae")
+    clip, mask = batch(model, cfg, kind="tube", ratio=0.75)
+    dec = decoder_mask(mask, cfg.model.grid(), 0.5, torch.Generator().manual_seed(1))
+    out = model(clip, mask, dec)
+    assert out["pred_appearance"].shape == (2, int((mask & ~dec)[0].sum()), 96) and int((mask & ~dec)[0].sum()) == 12
+    assert torch.equal(out["ids_masked"], (mask & ~dec).nonzero()[:, 1].reshape(2, -1))
+    torch.testing.assert_close(out["loss"], videomae_loss_by_hand(model, clip, mask, mask & ~dec), atol=1e-5, rtol=1e-5)
+    # an empty decoder mask is no decoder mask
+    full = model(clip, mask)
+    for k, v in model(clip, mask, torch.zeros_like(mask)).items():
+        assert torch.equal(v, full[k])
+
+
+@pytest.mark.parametrize("decoder", ["sha", "ind", "none"])
+def test_dual_masking_scores_only_the_kept_tokens(decoder):
+    # every decoder layout and target: predictions and targets at the kept masked tokens only (the targets those of
+    # the full objective there); the pixels of a masked cube the decoder drops cannot change the loss, a kept one's do
+    from motionmae.objective.masking import decoder_mask
+
+    targets = "[appearance]" if decoder == "none" else "[appearance,motion,hog]"
+    model, cfg = build("motionmae-sha", f"model.decoder={decoder}", f"objective.targets={targets}", "objective.hog_cell=2",
+                       "mask.decoder_ratio=0.5")
+    clip, mask = batch(model, cfg, ratio=0.75)
+    dec = decoder_mask(mask, cfg.model.grid(), cfg.mask.decoder_ratio, torch.Generator().manual_seed(3))
+    out, full = model(clip, mask, dec), model(clip, mask)
+    out["loss"].backward()
+    kept = mask & ~dec
+    rows = kept[mask].reshape(2, -1)  # which rows of the full objective are kept
+    for t in model.targets:
+        assert out[f"pred_{t.name}"].shape == (2, int(kept[0].sum()), t.dim)
+        assert torch.equal(out[f"target_{t.name}"], full[f"target_{t.name}"][rows].reshape(2, -1, t.dim))
+
+    if decoder != "none":  # HOG's Sobel filters reach into the neighbouring cubes: appearance and motion here
+        model, cfg = build("motionmae-sha", f"model.decoder={decoder}", "mask.decoder_ratio=0.5")
+    loss = model(clip, mask, dec)["loss"].detach()
+
+    def with_cube(token, value):  # clip 0 with cube `token` of the last time slice set (no motion target reaches back)
+        x = clip.clone()
+        h, w = divmod(token % 16, 4)
+        x[0, :, 2:4, 4 * h : 4 * h + 4, 4 * w : 4 * w + 4] = value
+        return model(x, mask, dec)["loss"]
+
+    last = torch.arange(16, 32)  # the tokens of the second (last) time slice
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(with_cube(int(last[dec[0, 16:]][0]), noise), loss)
+        assert not torch.allclose(with_cube(int(last[kept[0, 16:]][0]), noise), loss)
 
 
 def test_w_motion_zero_is_exactly_videomae():

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -36,6 +38,27 @@ def test_second_run_on_a_folder_refuses_naming_the_holder_and_a_dead_holder_does
     with RunLock(tmp_path) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
     assert (tmp_path / LOCK_NAME).read_text() == ""  # released: an empty record
+
+
+def test_forked_children_do_not_keep_the_lock(tmp_path):
+    # DataLoader workers are forked: they outlive a killed run by seconds, and must not hold its lock meanwhile
+    lock = RunLock(tmp_path).acquire()
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child lives on after the parent lets go
+        os.write(w, b"x")
+        time.sleep(5)
+        os._exit(0)
+    try:
+        assert os.read(r, 1) == b"x"  # the child runs (its copy of the lock file is made and, with the fix, closed)
+        lock.release()
+        with RunLock(tmp_path):  # free at once, though the child is alive
+            assert os.waitpid(child, os.WNOHANG) == (0, 0)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(r)
+        os.close(w)
 
 
 def test_pid_record_decides_where_flock_is_missing(tmp_path, monkeypatch):

@@ -27,6 +27,8 @@ COMMANDS = {
     "make-dataset": ("motionmae.data.make_dataset", "write the built-in synthetic dataset (mp4 + annotation lists)"),
     "make-shards": ("motionmae.data.shards", "write a video dataset as WebDataset tar shards for streaming"),
     "convert": ("motionmae.interop.convert", "convert checkpoints between transformers, original VideoMAE and motionmae"),
+    "presets": ("motionmae.presets", "list every preset (the paper's recipes, model sizes) with a one-line description"),
+    "reproduce": ("motionmae.recipes", "a paper recipe end to end: pretrain, fine-tune, multi-view test (or VOS), results and model card"),
 }
 
 

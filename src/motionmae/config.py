@@ -37,13 +37,30 @@ SIZES = {
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
     "huge": (1280, 32, 16),
+    "giant": (1408, 40, 16),  # VideoMAE v2's ViT-g/14: MLP 6144 = 48/11 x 1408, patch 14 (GIANT below)
+}
+
+# What else makes ViT-g/14 (VideoMAE v2, timm's vit_giant_patch14): applied by the `*-giant` presets, and
+# required of `model.size=giant` (an MLP ratio of 4 would silently build another model).
+GIANT = {"mlp_ratio": 48 / 11, "patch_size": 14}
+# VideoMAE's pretraining decoder per encoder size, (width, depth, heads): widths and heads from modeling_pretrain.py
+# (pretrain_videomae_{small,base,large,huge}_patch16_224: 192/3, 384/6, 512/8, 640/8), depths from its pretrain.sh
+# scripts (--decoder_depth 4 for small and base, 12 for large and huge). VideoMAE has no tiny model: tiny takes
+# small's, the smallest it has; a size missing here takes base's (the paper's ViT-B decoder, SPEC.md).
+DECODER_SIZES = {
+    "tiny": (192, 4, 3),
+    "small": (192, 4, 3),
+    "base": (384, 4, 6),
+    "large": (512, 12, 8),
+    "huge": (640, 12, 8),
+    "giant": (512, 4, 8),  # VideoMAE v2's ViT-g pretraining (--decoder_depth 4, decoder 512 wide, 8 heads)
 }
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # enumerated values: each is checked when a config is built
-Size = Literal["tiny", "small", "base", "large", "huge"]
+Size = Literal["tiny", "small", "base", "large", "huge", "giant"]
 PosEmbed = Literal["sincos3d", "sincos1d", "learnable"]
 Pooling = Literal["mean", "first"]
 ActLayer = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]  # models/vit.py: ACT_LAYERS
@@ -52,7 +69,7 @@ MaskKind = Literal["per_slice", "tube", "random", "motion"]
 TargetName = Literal["appearance", "motion", "hog"]  # objective/targets.py: TARGETS
 Loss = Literal["mse", "l1", "smooth_l1"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
-Parallel = Literal["ddp"]  # runtime/parallel.py
+Parallel = Literal["ddp", "fsdp"]  # runtime/parallel.py
 LoggerName = Literal["jsonl", "tensorboard", "wandb", "mlflow"]  # runtime/logger.py: LOGGERS
 OPTIONAL_LOGGERS = {"wandb": "wandb", "mlflow": "mlflow-skinny"}  # logger -> the package that brings it
 
@@ -82,10 +99,23 @@ class ModelConfig:
     grad_checkpointing: bool = False  # activation checkpointing of encoder/decoder blocks
     # decoder layout, used only in pretraining: which targets are reconstructed is objective.targets
     decoder: Decoder = "sha"  # sha: one shared trunk, a head per target | ind: a decoder per target | none: one decoder, one target (VideoMAE)
-    decoder_embed_dim: int = 384
-    decoder_depth: int = 4
-    decoder_num_heads: int = 6
+    # unset: VideoMAE's decoder for model.size (DECODER_SIZES; base: 384 wide, 4 deep, 6 heads)
+    decoder_embed_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_num_heads: Optional[int] = None
     decoder_mlp_ratio: float = 4.0  # independent of mlp_ratio (transformers: decoder_intermediate_size)
+
+    # a change of these keys re-derives the unset keys that follow them (`update`)
+    FOLLOWS = {"size": ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")}
+
+    def __post_init__(self):
+        width, depth, heads = DECODER_SIZES.get(self.size, DECODER_SIZES["base"])
+        if self.decoder_embed_dim is None:
+            self.decoder_embed_dim = width
+        if self.decoder_depth is None:
+            self.decoder_depth = depth
+        if self.decoder_num_heads is None:
+            self.decoder_num_heads = heads
 
     def dims(self) -> Tuple[int, int, int]:
         """(embed_dim, depth, num_heads) after applying the size preset and any explicit override."""
@@ -116,6 +146,10 @@ class ModelConfig:
                             f"model.decoder_num_heads={self.decoder_num_heads}")
         _need(0.0 <= self.drop_path < 1.0, "model.drop_path", self.drop_path, "must be in [0, 1)")
         _need(self.mlp_ratio > 0, "model.mlp_ratio", self.mlp_ratio, "must be > 0")
+        if self.size == "giant" and self.embed_dim is None and int(SIZES["giant"][0] * self.mlp_ratio) != 6144:
+            raise UserError(f"model.size=giant is ViT-g/14, whose MLP is 6144 wide: model.mlp_ratio={self.mlp_ratio} gives "
+                            f"{int(SIZES['giant'][0] * self.mlp_ratio)}; use a *-giant preset (e.g. motionmae-sha-giant) or set "
+                            "model.mlp_ratio=4.363636363636363 (48/11)")
 
 
 def masked_per_slice(slice_tokens: int, ratio: float) -> int:
@@ -130,6 +164,8 @@ def masked_per_slice(slice_tokens: int, ratio: float) -> int:
 class MaskConfig:
     kind: MaskKind = "per_slice"  # per_slice (MotionMAE) | tube (VideoMAE) | random (MAE-ST) | motion (frame-difference weighted)
     ratio: float = 0.9
+    # dual masking (VideoMAE v2): the share of the masked tokens the decoder drops (running cell); 0: off, v2: 0.5
+    decoder_ratio: float = 0.0
 
     def check(self, model: ModelConfig) -> None:
         _, h, w = model.grid()
@@ -137,6 +173,7 @@ class MaskConfig:
         if k < 1:
             raise UserError(f"mask.ratio={self.ratio} masks no token of a time slice ({h}x{w} tokens): "
                             f"raise it to at least {1 / (h * w):.3g}")
+        _need(0.0 <= self.decoder_ratio < 1.0, "mask.decoder_ratio", self.decoder_ratio, "must be in [0, 1) (VideoMAE v2: 0.5)")
 
 
 @dataclass
@@ -145,8 +182,11 @@ class ObjectiveConfig:
     appearance_norm: bool = True  # per-cube, per-channel (x - mean) / (std + eps), unbiased std (VideoMAE)
     motion_mode: Literal["signed", "abs"] = "signed"
     motion_color: Literal["rgb", "gray"] = "rgb"
-    motion_gap: int = 1  # D_t = X_{t+g} - X_t over the sampled frames
-    motion_pad: Literal["first", "extra_frame"] = "first"  # first: repeat the first difference(s) | extra_frame: clip carries T+g frames
+    motion_gap: int = 1  # D_t = X_{t+g} - X_t: g sampled frames apart (sampled), or g raw frames (adjacent)
+    # sampled: differences of the clip's own frames (data.sampling_rate raw frames apart) | adjacent: each sampled
+    # frame's raw neighbour g frames later is decoded too, D_t = R(i_t + g) - R(i_t) (the paper: adjacent-frame differences work best)
+    motion_frames: Literal["sampled", "adjacent"] = "sampled"
+    motion_pad: Literal["first", "extra_frame"] = "first"  # sampled only; first: repeat the first difference(s) | extra_frame: clip carries T+g frames
     motion_norm: bool = True  # normalise per cube per channel like appearance
     hog_bins: int = 9  # HOG (MaskFeat): unsigned orientation bins over 180 degrees
     hog_cell: int = 8  # HOG: cell side in pixels (MaskFeat: 8, so a 16 px patch holds 2x2 cells)
@@ -158,8 +198,18 @@ class ObjectiveConfig:
 
     @property
     def extra_frames(self) -> int:
-        """Frames a clip carries beyond the encoder's: the gap with motion_pad='extra_frame'."""
-        return self.motion_gap if self.motion_pad == "extra_frame" else 0
+        """Sampled frames a clip carries beyond the encoder's: the gap with motion_pad='extra_frame'."""
+        return self.motion_gap if self.motion_pad == "extra_frame" and self.motion_frames == "sampled" else 0
+
+    @property
+    def neighbor_gap(self) -> int:
+        """motion_frames='adjacent': each sampled frame's raw neighbour this many frames later follows the clip's
+        T frames (the clip carries 2T frames); 0 otherwise."""
+        return self.motion_gap if self.motion_frames == "adjacent" else 0
+
+    def encoder_frames(self, clip_frames: int) -> int:
+        """The encoder's frames (the first ones) of a clip that carries `clip_frames` frames."""
+        return clip_frames // 2 if self.neighbor_gap else clip_frames - self.extra_frames
 
     def check(self, model: ModelConfig) -> None:
         if not self.targets or len(set(self.targets)) != len(self.targets):
@@ -169,7 +219,10 @@ class ObjectiveConfig:
                             "needs model.decoder=sha or ind, or objective.targets=[appearance]")
         _at_least(self, "objective", "motion_gap", 1)
         if "motion" in self.targets:
-            if self.motion_pad == "first" and self.motion_gap >= model.num_frames:
+            if self.motion_frames == "adjacent" and self.motion_pad != "first":
+                raise UserError(f"objective.motion_pad={self.motion_pad} pads the differences of sampled frames; with "
+                                "objective.motion_frames=adjacent every frame has its raw neighbour: leave motion_pad=first")
+            if self.motion_frames == "sampled" and self.motion_pad == "first" and self.motion_gap >= model.num_frames:
                 raise UserError(f"objective.motion_gap={self.motion_gap} must be smaller than the clip's {model.num_frames} frames")
             if self.motion_color == "gray" and model.in_chans != 3:
                 raise UserError(f"objective.motion_color=gray needs 3-channel clips, model.in_chans={model.in_chans}")
@@ -185,7 +238,7 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # annotation list, folder of videos / class folders, or glob
+    train: str = ""  # annotation list, folder of videos / class folders, glob, or WebDataset shards (`dir/shard-{000000..000009}.tar`, pipe:/URLs)
     val: str = ""
     root: str = ""  # prefix for relative paths in annotation lists
     num_frames: int = 16  # follows model.num_frames (see `follow_model`)
@@ -238,8 +291,9 @@ class TrainConfig:
     clip_grad: float = 0.0  # 0: off
     amp: Amp = "auto"  # auto (bf16 where fast; fp16 on GPUs without bf16) | bf16 | fp16 (with loss scaling) | none
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    parallel: Parallel = "ddp"  # how the model runs on several ranks (runtime/parallel.py)
-    compile: bool = False  # torch.compile the model
+    parallel: Parallel = "ddp"  # how the model runs on several ranks: ddp | fsdp (FSDP2, sharded checkpoints; runtime/parallel.py)
+    async_checkpoint: bool = False  # fsdp: write checkpoints in the background while training goes on
+    compile: bool = False  # torch.compile the model (inductor; for GPUs: no speed-up measured on CPU)
     seed: int = 0
     output_dir: str = "runs/pretrain"
     loggers: Tuple[LoggerName, ...] = ("jsonl", "tensorboard")
@@ -257,6 +311,8 @@ class TrainConfig:
             _need(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "must be >= 0")
         if self.max_steps == 0 and self.epochs == 0:
             raise UserError("train.epochs=0 and train.max_steps=0: nothing to train")
+        if self.async_checkpoint and self.parallel != "fsdp":
+            raise UserError("train.async_checkpoint=true writes sharded checkpoints in the background: it needs train.parallel=fsdp")
         _check_device(self.device, "train.device")
         for name in self.loggers:
             if name in OPTIONAL_LOGGERS and not _installed(name):
@@ -294,6 +350,11 @@ class FinetuneOptions:
     # train crop: 'rrc' = VideoMAE's (frames down to data.short_side, RandAugment, then a random resized crop, area
     # 8-100%, aspect 3/4-4/3); 'multiscale' = the pretraining crop (data.scales), then RandAugment
     crop: Literal["rrc", "multiscale"] = "rrc"
+    # rrc: train frames with a longer short side are first resized to this (0: data.short_side's value). VideoMAE
+    # crops the frames as decoded: its copies have a 240 px (SSv2, UCF101, HMDB51) or 320 px (K400) short side
+    train_short_side: int = 0
+    fc_drop_rate: float = 0.0  # dropout on the pooled feature before the head (VideoMAE's --fc_drop_rate; timm's head_drop)
+    head_init_scale: float = 0.001  # the new head's trunc-normal(0.02) weights times this (VideoMAE's --init_scale)
     eval_every: int = 0  # steps between evaluations on the val list; 0 = at the end only
     eval_batch_size: int = 0  # videos per eval batch (each carries data.test_clips x data.test_crops views); 0 = train.batch_size
     eval_max_videos: int = 0  # evaluate on the first N val videos only; 0 = all
@@ -305,8 +366,10 @@ class FinetuneOptions:
 
     def check(self) -> None:
         _need(0.0 < self.layer_decay <= 1.0, "finetune.layer_decay", self.layer_decay, "must be in (0, 1]")
-        for key in ("mixup", "cutmix", "eval_every", "eval_batch_size", "eval_max_videos"):
+        for key in ("mixup", "cutmix", "eval_every", "eval_batch_size", "eval_max_videos", "train_short_side"):
             _at_least(self, "finetune", key, 0)
+        _need(0.0 <= self.fc_drop_rate < 1.0, "finetune.fc_drop_rate", self.fc_drop_rate, "must be in [0, 1)")
+        _need(self.head_init_scale > 0, "finetune.head_init_scale", self.head_init_scale, "must be > 0")
         for key in ("mixup_prob", "mixup_switch_prob", "reprob"):
             _need(0.0 <= getattr(self, key) <= 1.0, f"finetune.{key}", getattr(self, key), "must be in [0, 1]")
         _need(0.0 <= self.label_smoothing < 1.0, "finetune.label_smoothing", self.label_smoothing, "must be in [0, 1)")
@@ -319,8 +382,9 @@ class FinetuneOptions:
 
 
 def _finetune_train() -> TrainConfig:
-    # VideoMAE fine-tuning: AdamW (0.9, 0.999), wd 0.05, base lr 5e-4 per 256 (SSv2/UCF101), warm-up 5 epochs
-    # from 1e-6, cosine to 1e-6 (both per 256 too, as in run_class_finetuning.py), 40 epochs (SSv2).
+    # VideoMAE fine-tuning: AdamW (0.9, 0.999), wd 0.05, base lr 5e-4 per 256 videos (its SSv2 and UCF101 scripts),
+    # warm-up 5 epochs from 1e-6, cosine to 1e-6 (both per 256 too: run_class_finetuning.py); 40 epochs, between
+    # its scripts' 30 and 100. The finetune-* presets carry each dataset's values (docs/FIDELITY.md).
     return TrainConfig(epochs=40, base_lr=5e-4, min_lr=1e-6, warmup_lr=1e-6, warmup_epochs=5, betas=(0.9, 0.999),
                        weight_decay=0.05, output_dir="runs/finetune", save_every=1000)
 
@@ -513,11 +577,44 @@ HF_SUFFIX = "-hf"
 HF_COMPATIBLE = {"model": {"pos_embed": "sincos1d", "head_norm_eps": 1e-5}}
 
 
-def preset_names() -> list:
+# Presets named finetune-* are fine-tuning recipes (every section of a FinetuneConfig); all others are pretraining
+# recipes, of which the other commands take the model and data sections.
+FINETUNE_PREFIX = "finetune-"
+_SIZE_TAGS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
+_KIND_TEXT = {
+    "videomae": "VideoMAE: tube masking, appearance target",
+    "motionmae-sha": "MotionMAE: per-slice masking, appearance + motion, one shared decoder",
+    "motionmae-ind": "MotionMAE: per-slice masking, appearance + motion, a decoder per target",
+}
+
+
+def is_finetune_preset(name: str) -> bool:
+    return name.startswith(FINETUNE_PREFIX)
+
+
+def preset_names(kind: str = "") -> list:
+    """Every preset; `kind` 'pretrain' or 'finetune': only that command's."""
     names = [f"{k}-{s}" for k in ("videomae", "motionmae-sha", "motionmae-ind") for s in SIZES]
     names += ["videomae", "motionmae-sha", "motionmae-ind"]
     names += sorted(p.stem for p in _preset_dir().glob("*.yaml"))
+    if kind:
+        names = [n for n in names if is_finetune_preset(n) == (kind == "finetune")]
     return names
+
+
+def preset_description(name: str) -> str:
+    """One line: a YAML preset's first comment line; for the generated ones, the objective and the encoder and
+    decoder sizes."""
+    yaml_path = _preset_dir() / f"{name}.yaml"
+    if yaml_path.exists():
+        first = next((ln for ln in yaml_path.read_text().splitlines() if ln.strip()), "")
+        return first.lstrip("#").strip()
+    base = name[: -len(HF_SUFFIX)] if name.endswith(HF_SUFFIX) else name
+    m = from_dict(ModelConfig, preset_dict(base).get("model", {}), "model")
+    kind = base[: -len(m.size) - 1] if base.endswith("-" + m.size) else base
+    d, n, _ = m.dims()
+    return (f"{_KIND_TEXT[kind]}; ViT-{_SIZE_TAGS.get(m.size, m.size)} (width x depth {d}x{n}), "
+            f"decoder {m.decoder_embed_dim}x{m.decoder_depth}")
 
 
 def _preset_dir() -> Path:
@@ -538,6 +635,8 @@ def preset_dict(name: str, chain: Tuple[str, ...] = ()) -> dict:
         if name.startswith(kind + "-") and name[len(kind) + 1 :] in SIZES:
             d = _objective_preset(kind)
             d["model"]["size"] = name[len(kind) + 1 :]
+            if d["model"]["size"] == "giant":
+                d["model"].update(GIANT)
             return d
     raise UserError(f"unknown preset '{name}'{_did_you_mean(name, preset_names())}; valid presets: {', '.join(preset_names())} "
                     f"(each also with '{HF_SUFFIX}', an alias kept from when only it exported to transformers)")
@@ -610,6 +709,13 @@ def update(obj, d: dict, where: str = ""):
             changes[key] = update(current, value, path)
         else:
             changes[key] = _coerce(value, hints[key], path)
+    # derived defaults follow a changed key, unless given here or set to another value than derived before
+    for key, followers in getattr(obj, "FOLLOWS", {}).items():
+        if key in changes and changes[key] != getattr(obj, key):
+            derived = type(obj)(**{key: getattr(obj, key)})
+            for follower in followers:
+                if getattr(obj, follower) == getattr(derived, follower):
+                    changes.setdefault(follower, None)
     return dataclasses.replace(obj, **changes)
 
 
@@ -701,8 +807,12 @@ def parse_overrides(items) -> dict:
 # of the command that reads it.
 ARCH_KEYS = ("size", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size", "tubelet_size", "num_frames",
              "img_size", "in_chans", "qkv_bias", "pos_embed", "norm_eps", "act_layer", "final_norm")
-# Data keys that must match what the encoder was pretrained on (frames and size follow the model).
+# Data keys that must match what the encoder was pretrained on (frames and size follow the model): what the commands
+# that use frozen features (probe, extract, vos) take from a checkpoint.
 CLIP_KEYS = ("sampling_rate", "sampling", "mean", "std", "flip")
+# Fine-tuning takes only the input normalisation the weights expect: its sampling, flip and test views are the
+# fine-tuning config's (a preset's), as VideoMAE's fine-tuning script sets them whatever the pretraining did.
+FINETUNE_CLIP_KEYS = ("mean", "std")
 
 
 def follow_model(data: DataConfig, model: ModelConfig, given: Optional[dict] = None) -> DataConfig:
@@ -716,12 +826,13 @@ def follow_model(data: DataConfig, model: ModelConfig, given: Optional[dict] = N
     return dataclasses.replace(data, num_frames=model.num_frames, input_size=model.img_size)
 
 
-def checkpoint_sections(config_dict: Optional[dict]) -> dict:
-    """The architecture (model) and clip format (data) of a checkpoint's saved config, as overrides."""
+def checkpoint_sections(config_dict: Optional[dict], clip_keys: Sequence[str] = CLIP_KEYS) -> dict:
+    """The architecture (model) and the `clip_keys` of the clip format (data) of a checkpoint's saved config, as
+    overrides."""
     if not config_dict:
         return {}
     model = {k: v for k, v in (config_dict.get("model") or {}).items() if k in ARCH_KEYS}
-    data = {k: v for k, v in (config_dict.get("data") or {}).items() if k in CLIP_KEYS}
+    data = {k: v for k, v in (config_dict.get("data") or {}).items() if k in clip_keys}
     return {"model": model, "data": data}
 
 
@@ -764,19 +875,21 @@ def load_config(spec: str = "", overrides: Sequence[str] = (), cls=PretrainConfi
     """A `cls` config: defaults -> `spec` (a preset name or YAML path; '' = defaults) -> `overrides`
     (`section.key=value`); checked before it is returned.
 
-    Pretraining takes every section of a preset. The other commands take a named preset's model and data sections
-    only (a preset is a pretraining recipe: its train section carries the pretraining lr and length). Sections of
-    a YAML file that belong to other commands are ignored, so one file can describe a whole experiment.
-    `checkpoint`: the saved config of the checkpoint the command reads; the encoder's architecture and clip format
-    come from it (overrides still win)."""
+    Pretraining takes every section of a pretraining preset, fine-tuning every section of a fine-tuning preset
+    (`finetune-*`). Otherwise a command takes a named preset's model and data sections only (a pretraining preset's
+    train section carries the pretraining lr and length). Sections of a YAML file that belong to other commands are
+    ignored, so one file can describe a whole experiment.
+    `checkpoint`: the saved config of the checkpoint the command reads; the encoder's architecture comes from it, and
+    its clip format (CLIP_KEYS; for fine-tuning only its input normalisation, FINETUNE_CLIP_KEYS) under the spec's
+    and the overrides' values."""
     names = {f.name for f in dataclasses.fields(cls)}
-    from_spec = spec_dict(spec, preset_fn=None if cls is PretrainConfig else _model_and_data)
+    from_spec = spec_dict(spec, preset_fn=_command_presets(cls))
     from_spec = {k: v for k, v in from_spec.items() if k in names or k not in SECTIONS}
     cli = parse_overrides(overrides)
     user = merge(from_spec, cli)
     d = user
     if checkpoint is not None:
-        base = checkpoint_sections(checkpoint)
+        base = checkpoint_sections(checkpoint, FINETUNE_CLIP_KEYS if cls is FinetuneConfig else CLIP_KEYS)
         d = merge({"data": base.get("data", {})}, user)
         d = merge(d, {"model": base.get("model", {})})  # the weights define the architecture, whatever the preset says
         d = merge(d, {"model": cli.get("model", {})})  # ... unless overridden explicitly (e.g. another num_frames)
@@ -787,8 +900,22 @@ def load_config(spec: str = "", overrides: Sequence[str] = (), cls=PretrainConfi
     return cfg
 
 
-def _model_and_data(name: str, chain: Tuple[str, ...] = ()) -> dict:
-    return {k: v for k, v in preset_dict(name, chain).items() if k in ("model", "data")}
+def _command_presets(cls):
+    """`preset_fn` for `spec_dict`: what a named preset gives command config `cls` (see FINETUNE_PREFIX)."""
+
+    def sections(name: str, chain: Tuple[str, ...] = ()) -> dict:
+        d = preset_dict(name, chain)
+        if is_finetune_preset(name):
+            if cls is PretrainConfig:
+                raise UserError(f"'{name}' is a fine-tuning preset: use it with `motionmae finetune --config {name}` "
+                                "(`motionmae presets` lists the pretraining ones)")
+            if cls is FinetuneConfig:
+                return d
+        elif cls is PretrainConfig:
+            return d
+        return {k: v for k, v in d.items() if k in ("model", "data")}
+
+    return sections
 
 
 def save_config(cfg, path) -> None:

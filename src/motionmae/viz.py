@@ -72,7 +72,7 @@ def reconstruction(model, clip: torch.Tensor, mask: torch.Tensor, amp_dtype: Opt
     finally:
         model.train(was_training)
     clip01 = (clip.float() * model.std + model.mean).clamp(0, 1)
-    frames = clip01[:, :, : clip01.shape[2] - model.objective_cfg.extra_frames]
+    frames = clip01[:, :, : model.objective_cfg.encoder_frames(clip01.shape[2])]
     tub, p = model.tubelet, model.patch
     grid = model.encoder.patch_embed.grid(frames)
     ids_masked = out["ids_masked"]  # (1, M): the token index of each prediction row
@@ -189,15 +189,18 @@ def save_pictures(panels: np.ndarray, titles: List[str], out_dir, name: str, fps
 # entry points
 
 
-def eval_clip(cfg, path: str) -> torch.Tensor:
-    """The centre clip and centre crop of one video, uint8 (C, T, H, W), as the validation transform makes it."""
+def eval_clip(cfg, path: str, source: Optional[bytes] = None) -> torch.Tensor:
+    """The centre clip and centre crop of one video (a file, or its bytes in `source`), uint8 (C, T, H, W), as the
+    validation transform makes it."""
     from motionmae.data.datasets import VideoClipDataset, VideoEntry
 
     d = cfg.data
-    ds = VideoClipDataset([VideoEntry(str(path), where=str(path))], num_frames=d.num_frames + cfg.objective.extra_frames, sampling_rate=d.sampling_rate,
+    entry = VideoEntry(str(path), where=str(path))
+    ds = VideoClipDataset([entry], num_frames=d.num_frames + cfg.objective.extra_frames, sampling_rate=d.sampling_rate,
                           sampling=d.sampling, mode="val", input_size=d.input_size, short_side=d.short_side,
-                          short_video=d.short_video, max_skip_fraction=1.0, max_attempts=1)
-    return ds[0]["video"]
+                          short_video=d.short_video, max_skip_fraction=1.0, max_attempts=1,
+                          neighbor_gap=cfg.objective.neighbor_gap)
+    return ds.clip_of(entry, source)
 
 
 def render(model, cfg, video_uint8: torch.Tensor, out_dir, name: str, seed: int = 0, device="cpu",
@@ -218,9 +221,9 @@ def render(model, cfg, video_uint8: torch.Tensor, out_dir, name: str, seed: int 
 def reconstruction_pictures_from_dataset(model, cfg, dataset, out_dir, name: str, device, amp_dtype=None,
                                          step: Optional[int] = None) -> Tuple[Path, Path]:
     """Pictures of the dataset's first video (centre clip, so successive pictures of a run are comparable)."""
-    path = dataset.entries[0].path
-    return render(model, cfg, eval_clip(cfg, path), out_dir, name, seed=cfg.train.seed, device=device, amp_dtype=amp_dtype,
-                  step=step, source=Path(path).name)
+    entry, source = dataset.first_video()
+    return render(model, cfg, eval_clip(cfg, entry.path, source), out_dir, name, seed=cfg.train.seed, device=device,
+                  amp_dtype=amp_dtype, step=step, source=Path(entry.path).name)
 
 
 def load_pretrained(checkpoint, device="cpu"):

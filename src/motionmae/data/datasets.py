@@ -181,7 +181,9 @@ def check_source(data_cfg, split: str = "train") -> None:
     spec = getattr(data_cfg, split)
     if not spec:
         raise UserError(f"data.{split} is not set: pass data.{split}=PATH (an annotation list, a folder of videos or "
-                        "class folders, or a glob)")
+                        "class folders, a glob, or WebDataset shards)")
+    if is_shard_spec(spec):  # checked where they are expanded (data/shards.py)
+        return
     if _is_glob(spec):
         pattern = os.path.join(data_cfg.root, spec) if data_cfg.root else spec  # as resolve_source reads it
         if not globlib.glob(pattern, recursive=True):
@@ -230,26 +232,30 @@ def dense_indices(num_video_frames: int, num_frames: int, stride: int, generator
 
 def dense_view_indices(num_video_frames: int, num_frames: int, stride: int, num_views: int,
                        short_video: str = "loop") -> List[np.ndarray]:
-    """Test-time temporal views: `num_views` dense clips with starts spread evenly from first to last."""
+    """Test-time temporal views: `num_views` dense clips spread evenly from first to last, as VideoMAE's test
+    (kinetics.py): the frames 0, s, 2s, ... of the video (L of them), clip k starting at grid frame
+    int(k * (L - T) / (K - 1)). One view is the centred clip; a video shorter than the span loops or clamps."""
     n, span = num_video_frames, (num_frames - 1) * stride + 1
     if n < span or num_views == 1:
         return [dense_indices(n, num_frames, stride, None, short_video) for _ in range(num_views)]
-    starts = np.round(np.linspace(0, n - span, num_views)).astype(np.int64)
-    return [s + np.arange(num_frames, dtype=np.int64) * stride for s in starts]
+    grid = -(-n // stride)  # len(range(0, n, stride))
+    step = (grid - num_frames) / (num_views - 1)
+    return [(int(k * step) + np.arange(num_frames, dtype=np.int64)) * stride for k in range(num_views)]
 
 
 def segment_indices(num_video_frames: int, num_frames: int, generator: Optional[torch.Generator] = None,
                     view: int = 0, num_views: int = 1) -> np.ndarray:
     """TSN sampling: the video is cut into `num_frames` equal segments [i*n/T, (i+1)*n/T); training draws one
-    uniform frame per segment, test (generator None) takes the point (view + 0.5) / num_views of the way
-    through each segment (the centre when num_views == 1)."""
+    uniform frame per segment; test (generator None) takes the point view / num_views of the way through each
+    segment, as VideoMAE's SSv2 test (ssv2.py: offsets 0 and 1/2 for its 2 views), and the centre for one view."""
     n = num_video_frames
     if n <= 0:
         raise ValueError("video has no frames")
     i = np.arange(num_frames, dtype=np.float64)
     lo = np.floor(i * n / num_frames).astype(np.int64)
     if generator is None:
-        return np.minimum(np.floor((i + (view + 0.5) / num_views) * n / num_frames).astype(np.int64), n - 1)
+        offset = 0.5 if num_views == 1 else view / num_views
+        return np.minimum(np.floor((i + offset) * n / num_frames).astype(np.int64), n - 1)
     hi = np.maximum(np.floor((i + 1) * n / num_frames).astype(np.int64) - 1, lo)  # inclusive
     u = torch.rand(num_frames, generator=generator, dtype=torch.float64).numpy()
     return lo + np.floor(u * (hi - lo + 1)).astype(np.int64)
@@ -296,16 +302,20 @@ class ClipMaker:
     short-side resize, centre crop), 'test' (K temporal x `test_crops` spatial views, returned stacked with
     "view" ids). `aa`: RandAugment spec such as 'rand-m7-n4-mstd0.5-inc1', 'train' only.
     crop='multiscale' (pretraining): multi-scale crop, flip, then RandAugment if any. crop='rrc' (VideoMAE
-    fine-tuning): frames larger than `short_side` resized down to it (VideoMAE decodes at about that size),
-    RandAugment, random resized crop, flip. `decode_short_side` > 0: the decoder's converter scales larger
-    frames down to that short side (data.decode_short_side; not bit-identical to resizing after decoding).
+    fine-tuning): frames larger than `train_short_side` (0: `short_side`) resized down to it, RandAugment, random
+    resized crop, flip. `decode_short_side` > 0: the decoder's converter scales larger frames down to that short
+    side (data.decode_short_side; not bit-identical to resizing after decoding).
+    `neighbor_gap` g > 0 (objective.motion_frames=adjacent): every sampled frame i also brings its raw neighbour
+    i + g, decoded with the clip (so the decoder treats it as a frame the clip uses) and cropped/resized with it: the
+    clip holds 2T frames, the T sampled ones then their T neighbours. Clips are then sampled from the first n - g
+    frames, so that every neighbour exists (a video of at most g frames holds its last frame).
     """
 
     def __init__(self, *, num_frames: int = 16, sampling_rate: int = 4, sampling: str = "dense", mode: str = "train",
                  input_size: int = 224, short_side: int = 0, scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
                  flip: bool = True, num_samples: int = 1, short_video: str = "loop", test_clips: int = 2,
                  test_crops: int = 3, aa: str = "", crop: str = "multiscale", decode_short_side: int = 0,
-                 max_attempts: int = 50):
+                 max_attempts: int = 50, neighbor_gap: int = 0, train_short_side: int = 0):
         if mode not in ("train", "val", "test"):
             raise UserError(f"dataset mode must be train, val or test, got '{mode}'")
         if sampling not in ("dense", "segment"):
@@ -318,11 +328,14 @@ class ClipMaker:
             raise UserError(f"data.test_crops must be 1 or 3, got {test_crops}")
         if num_samples < 1 or num_frames < 1 or sampling_rate < 1:
             raise UserError("data.num_samples, data.num_frames and data.sampling_rate must be >= 1")
-        if decode_short_side < 0:
-            raise UserError(f"data.decode_short_side must be >= 0 (0: off), got {decode_short_side}")
+        if decode_short_side < 0 or train_short_side < 0 or neighbor_gap < 0:
+            raise UserError(f"data.decode_short_side ({decode_short_side}), finetune.train_short_side ({train_short_side}) "
+                            f"and the neighbour gap ({neighbor_gap}) must be >= 0 (0: off)")
         self.num_frames, self.sampling_rate, self.sampling, self.mode = num_frames, sampling_rate, sampling, mode
         self.input_size, self.scales, self.flip, self.crop = input_size, tuple(scales), flip, crop
         self.short_side = T.eval_short_side(input_size, short_side)
+        self.train_short_side = train_short_side or self.short_side
+        self.neighbor_gap = neighbor_gap
         self.num_samples, self.short_video = num_samples, short_video
         self.test_clips, self.test_crops = test_clips, test_crops
         self.decode_short_side, self.max_attempts = decode_short_side, max_attempts
@@ -350,10 +363,14 @@ class ClipMaker:
             n = reader.num_frames - e.start if e.total < 0 else e.total
             if n <= 0:
                 raise VideoDecodeError(f"{e.path}: no frames (start {e.start}, {reader.num_frames} frames)")
+            g = self.neighbor_gap
+            m = max(n - g, 1)  # frames a clip may start from: each keeps its neighbour g frames on
             if self.mode == "train":
-                groups = [self._train_indices(n, gen) for _ in range(self.num_samples)]
+                groups = [self._train_indices(m, gen) for _ in range(self.num_samples)]
             else:
-                groups = self._eval_indices(n, self.test_clips if self.mode == "test" else 1)
+                groups = self._eval_indices(m, self.test_clips if self.mode == "test" else 1)
+            if g:  # the neighbours are frames the clip uses: the decoder's fast path decodes them
+                groups = [np.concatenate([idx, np.minimum(idx + g, n - 1)]) for idx in groups]
             frames = reader.get_frames(np.concatenate(groups) + e.start)  # one decode for all samples
             self._note_oddities(e.path, reader.notes, n, frames.shape[1:3])
         clip = T.from_numpy_frames(frames)  # (C, sum T, H, W)
@@ -389,13 +406,17 @@ class ClipMaker:
     def _train_view(self, clip: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         flip = 0.5 if self.flip else 0.0
         if self.crop == "rrc":  # VideoMAE fine-tuning: RandAugment on the frames, then the crop
-            if min(clip.shape[-2:]) > self.short_side:  # VideoMAE decodes at ~256 px; RandAugment cost grows with pixels
-                clip = T.short_side_resize(clip, self.short_side)
+            if min(clip.shape[-2:]) > self.train_short_side:  # RandAugment's cost grows with the pixels
+                clip = T.short_side_resize(clip, self.train_short_side)
             if self.rand_augment is not None:
                 clip = self.rand_augment(clip, gen)
             return T.random_flip(T.random_resized_crop(clip, self.input_size, gen), gen, flip)
         clip = T.train_transform(clip, self.input_size, self.scales, self.flip, gen)
         return self.rand_augment(clip, gen) if self.rand_augment is not None else clip
+
+    def clip_of(self, e: VideoEntry, source=None) -> torch.Tensor:
+        """The clip of entry `e` as this dataset makes it (a fixed generator), from `source` (bytes) or e.path."""
+        return self._clip(e, torch.Generator().manual_seed(0), source)[0]
 
     def _read_item(self, first: tuple, draw, keys: tuple, skips: SkipLog) -> dict:
         """The item of candidate `first` = (key, entry, source or None); while candidates fail to decode, of the
@@ -467,6 +488,10 @@ class VideoClipDataset(ClipMaker, Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def first_video(self) -> Tuple[VideoEntry, None]:
+        """(entry, None) of the first video (pictures of a run show it); a shard dataset's gives its bytes."""
+        return self.entries[0], None
+
     def _load(self, index: int, gen: torch.Generator):
         return self._clip(self.entries[index], gen)
 
@@ -499,7 +524,8 @@ def collate(batch: List[dict]) -> dict:
 
 
 def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_frames: Optional[int] = None,
-                 extra_frames: int = 0, aa: str = "", crop: str = "multiscale") -> dict:
+                 extra_frames: int = 0, aa: str = "", crop: str = "multiscale", *, neighbor_gap: int = 0,
+                 train_short_side: int = 0) -> dict:
     """`ClipMaker` options for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test'), from the
     data config (see `build_dataset`)."""
     if split not in ("train", "val"):
@@ -514,7 +540,8 @@ def clip_options(data_cfg, split: str = "train", mode: str = "pretrain", num_fra
         short_video=data_cfg.short_video, test_clips=data_cfg.test_clips, test_crops=data_cfg.test_crops,
         aa=aa if mode == "finetune" and split == "train" else "",
         crop=crop if mode == "finetune" and split == "train" else "multiscale",
-        decode_short_side=data_cfg.decode_short_side)
+        decode_short_side=data_cfg.decode_short_side, neighbor_gap=neighbor_gap,
+        train_short_side=train_short_side if mode == "finetune" and split == "train" else 0)
 
 
 def multilabel_classes(data_cfg) -> int:
@@ -544,17 +571,21 @@ def multi_hot(entries: Sequence[VideoEntry], num_classes: int) -> List[VideoEntr
 
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
-                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale") -> VideoClipDataset:
+                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale", *,
+                  neighbor_gap: int = 0, train_short_side: int = 0) -> VideoClipDataset:
     """The dataset for `split` ('train' | 'val') in `mode` ('pretrain' | 'finetune' | 'test').
 
     train split: random clips and crops (pretrain, finetune); val split: the centre clip and crop; mode 'test':
     K temporal x 3 spatial views (data.test_clips, data.test_crops). `num_frames` overrides data.num_frames and
     `extra_frames` adds frames to it (motion_pad='extra_frame' needs T + gap). finetune/test need labels unless
     `require_labels=False` (feature extraction over several views). `aa` (RandAugment spec, finetune.aa) and
-    `crop` (finetune.crop, see `VideoClipDataset`) apply to the finetune train split only: pretraining clips get
-    the multi-scale crop and are never augmented. WebDataset shards: `data.shards.build_dataset`.
+    `crop` (finetune.crop, see `VideoClipDataset`) and `train_short_side` apply to the finetune train split only:
+    pretraining clips get the multi-scale crop and are never augmented. `neighbor_gap`: each sampled frame's raw
+    neighbour comes too (objective.motion_frames=adjacent, see `ClipMaker`). WebDataset shards:
+    `data.shards.build_dataset`.
     """
-    options = clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop)
+    options = clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop, neighbor_gap=neighbor_gap,
+                           train_short_side=train_short_side)
     spec = data_cfg.train if split == "train" else data_cfg.val
     if not spec:
         raise UserError(f"data.{split} is empty: set it to an annotation list, a folder of videos or class folders, or a glob")

@@ -300,6 +300,14 @@ class ShardDataset(D.ClipMaker, IterableDataset):
             return [len(self.class_names)]
         return list(self._num_classes)
 
+    def first_video(self) -> Tuple[D.VideoEntry, bytes]:
+        """(entry, video bytes) of the first sample of the first shard as listed (pictures of a run show it)."""
+        for index, e, data in self._shard_records(0, 0, 1):
+            if isinstance(data, Exception):
+                raise UserError(f"cannot read the first video of the shards: {data}")
+            return e, data
+        raise UserError(f"{self.urls[0]}: holds no video")
+
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Epoch `epoch`, resuming after `start` samples of this rank's part were consumed."""
         self.epoch, self.start = int(epoch), int(start)
@@ -431,13 +439,16 @@ class ShardDataset(D.ClipMaker, IterableDataset):
 
 def build_dataset(data_cfg, split: str = "train", mode: str = "pretrain", seed: int = 0,
                   num_frames: Optional[int] = None, extra_frames: int = 0, check_files: bool = True,
-                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale"):
+                  require_labels: Optional[bool] = None, aa: str = "", crop: str = "multiscale", *,
+                  neighbor_gap: int = 0, train_short_side: int = 0):
     """`datasets.build_dataset` (same arguments), plus WebDataset shards: a `ShardDataset` when data.<split> names
     `.tar` shards (training splits shuffle, evaluation modes stream in order)."""
     spec = data_cfg.train if split == "train" else data_cfg.val
+    more = dict(neighbor_gap=neighbor_gap, train_short_side=train_short_side)
     if not D.is_shard_spec(spec):
-        return D.build_dataset(data_cfg, split, mode, seed, num_frames, extra_frames, check_files, require_labels, aa, crop)
-    options = D.clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop)
+        return D.build_dataset(data_cfg, split, mode, seed, num_frames, extra_frames, check_files, require_labels, aa, crop,
+                               **more)
+    options = D.clip_options(data_cfg, split, mode, num_frames, extra_frames, aa, crop, **more)
     urls = expand_urls(spec, data_cfg.root)
     counts, summary = read_index(urls)
     if (mode in ("finetune", "test") if require_labels is None else require_labels) and not summary["num_labels"]:

@@ -162,7 +162,8 @@ class Evaluator:
         if self.ds is None:
             raise UserError("no data.val to evaluate on")
         cfg = self.cfg
-        sampler = ShardedSampler(len(self.ds), self.info.world_size, self.info.rank, shuffle=False, drop_last=False)
+        streaming = isinstance(self.ds, torch.utils.data.IterableDataset)  # shards: split across ranks by the dataset
+        sampler = None if streaming else ShardedSampler(len(self.ds), self.info.world_size, self.info.rank, shuffle=False, drop_last=False)
         loader = make_loader(self.ds, cfg.finetune.eval_batch_size or cfg.train.batch_size, cfg.data.num_workers,
                              sampler=sampler, collate_fn=collate)
         scores, labels, _ = predict_multiview(model, loader, self.info.device, cfg.data.mean, cfg.data.std, self.amp_dtype,

@@ -1,9 +1,11 @@
 """`motionmae finetune`: a pretrained encoder + a linear head, trained for action recognition by the engine's `Trainer`.
 
-VideoMAE's recipe (SPEC.md): mean-pooled tokens -> fc_norm -> head, AdamW (0.9, 0.999), wd 0.05, layer-wise
-lr decay 0.75, drop path 0.1, RandAugment rand-m7-n4-mstd0.5-inc1 (finetune.aa) then a random resized crop
-(finetune.crop=rrc), mixup 0.8 / cutmix 1.0 with label smoothing 0.1, random erasing 0.25, warm-up + cosine
-(lr, min_lr and warmup_lr scaled by the global batch / 256), bf16, DDP. Evaluation with data.test_clips x
+VideoMAE's recipe (SPEC.md): mean-pooled tokens -> fc_norm -> (fc dropout) -> head, AdamW (0.9, 0.999), wd 0.05,
+layer-wise lr decay 0.75, drop path 0.1, RandAugment rand-m7-n4-mstd0.5-inc1 (finetune.aa) then a random resized
+crop (finetune.crop=rrc), mixup 0.8 / cutmix 1.0 with label smoothing 0.1, random erasing 0.25, warm-up + cosine
+(lr, min_lr and warmup_lr scaled by the videos per step / 256, as run_class_finetuning.py), bf16, DDP. Each
+dataset's values are a preset (finetune-ssv2, -k400, -ucf101, -hmdb51); the clips follow the fine-tuning config,
+not the pretraining run (`data_notes` says where they differ). Evaluation with data.test_clips x
 data.test_crops views per video, softmax scores averaged: top-1, top-5, per-class accuracy, confusion matrix (PNG)
 -> `eval_metrics.json` (engine/evaluate.py). `finetune.task=multilabel`: a 0/1 label column per class (or
 `data.list_format=multilabel` lists of class indices), sigmoid + binary cross-entropy on the mixed multi-hot targets,
@@ -13,15 +15,17 @@ evaluated by mAP and per-class AP.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from motionmae import config as C
 from motionmae.config import FinetuneConfig
-from motionmae.data.datasets import build_dataset, check_source
+from motionmae.data.datasets import check_source
+from motionmae.data.shards import build_dataset
 from motionmae.data.labels import label_names, resolve_label_column
 from motionmae.data.transforms import to_model_input
 from motionmae.engine.evaluate import Evaluator
@@ -76,16 +80,43 @@ def run(args) -> int:
     if args.print_config:
         print(C.config_text(cfg), end="")
         return 0
-    summary = finetune(cfg, pretrained=args.pretrained, resume=args.resume, eval_only=args.eval_only)
+    spec_data = C.spec_dict(args.config).get("data") or {}
+    summary = finetune(cfg, pretrained=args.pretrained, resume=args.resume, eval_only=args.eval_only,
+                       spec_data=spec_data if isinstance(spec_data, dict) else {})
     return 143 if summary.get("stopped") else 0  # 128 + SIGTERM: the run is not finished
 
 
-def finetune(cfg: FinetuneConfig, pretrained: str = "", resume: str = "auto", eval_only: bool = False) -> dict:
+def finetune(cfg: FinetuneConfig, pretrained: str = "", resume: str = "auto", eval_only: bool = False,
+             spec_data: Optional[dict] = None) -> dict:
     """Fine-tune per `cfg` (from the encoder of `pretrained`, else from a random initialisation); returns a summary
     (step, loss, run dir, checkpoint, and the last eval metrics). `eval_only`: evaluate the checkpoint `resume`
-    names instead -> {"step", "eval"}."""
-    trainer = Trainer(cfg, FinetuneTask(cfg, pretrained))
+    names instead -> {"step", "eval"}. `spec_data`: the data section of the preset / YAML file the config came from,
+    checked against `cfg` (`data_notes`)."""
+    trainer = Trainer(cfg, FinetuneTask(cfg, pretrained, None if eval_only else (spec_data or {})))
     return trainer.evaluate(resume) if eval_only else trainer.fit(resume)
+
+
+SSV2_CLASSES = 174  # Something-Something v2, whose labels say left and right ("pushing something from left to right")
+
+
+def data_notes(cfg: FinetuneConfig, pretrain_config: Optional[dict], spec_data: dict, num_classes: int = 0) -> List[str]:
+    """What to tell about the fine-tuning clips: a warning when they are flipped but the labels depend on left and
+    right (the preset or config file says data.flip=false and an override turned it on; or 174 classes, as SSv2),
+    and a note where the sampling differs from the pretraining run's (the fine-tuning config decides)."""
+    d = cfg.data
+    lines = []
+    if d.flip and spec_data.get("flip") is False:
+        lines.append("warning: data.flip=true, but the preset/config file sets data.flip=false: its labels depend on left "
+                     "and right (SSv2: 'pushing something from left to right'), and a flipped clip keeps its label")
+    elif d.flip and num_classes == SSV2_CLASSES:
+        lines.append(f"warning: data.flip=true with {SSV2_CLASSES} classes, as Something-Something v2, whose labels depend on "
+                     "left and right: a flipped clip keeps its label; set data.flip=false (finetune-ssv2 does)")
+    saved = (pretrain_config or {}).get("data") or {}
+    ours = {"sampling": d.sampling} if d.sampling == "segment" else {"sampling": d.sampling, "sampling_rate": d.sampling_rate}
+    changed = [f"data.{k}={v} (pretraining: {saved[k]})" for k, v in ours.items() if k in saved and saved[k] != v]
+    if changed:
+        lines.append(f"note: fine-tuning clips follow the fine-tuning config: {', '.join(changed)}")
+    return lines
 
 
 def multilabel_columns(spec, names, datasets) -> list:
@@ -112,16 +143,19 @@ class FinetuneTask(Task):
 
     kind, noun = "finetune", "fine-tuning"
     other_kind_hint = ", and pass a pretraining checkpoint as --pretrained"
+    lr_per_video = True  # run_class_finetuning.py: lr x batch_size x update_freq x world / 256, whatever --num_sample
 
-    def __init__(self, cfg: FinetuneConfig, pretrained: str = ""):
+    def __init__(self, cfg: FinetuneConfig, pretrained: str = "", spec_data: Optional[dict] = None):
         super().__init__(cfg)
         self.pretrained = pretrained
+        self.spec_data = spec_data  # the preset's / config file's data section, checked by `data_notes`; None: no check
         self.evaluator = None
 
     def build_dataset(self):
         c, ft = self.cfg, self.cfg.finetune
         check_source(c.data)
-        train_ds = build_dataset(c.data, "train", "finetune", seed=c.train.seed, aa=ft.aa, crop=ft.crop)
+        train_ds = build_dataset(c.data, "train", "finetune", seed=c.train.seed, aa=ft.aa, crop=ft.crop,
+                                 train_short_side=ft.train_short_side)
         names = label_names(c.data.train, train_ds.num_labels)
         val_ds = build_dataset(c.data, "val", "test", seed=c.train.seed) if c.data.val else None
         if val_ds is not None and val_ds.num_labels != train_ds.num_labels:
@@ -135,12 +169,17 @@ class FinetuneTask(Task):
             self.cols, self.column, self.class_names = [self.col], names[self.col], None
             self.num_classes = max([train_ds.num_classes[self.col]] + ([val_ds.num_classes[self.col]] if val_ds is not None else []))
         self.val_ds = val_ds
+        if self.spec_data is not None and self.info is not None and self.info.is_main:
+            saved = read_state(self.pretrained).get("config") if self.pretrained else None
+            for line in data_notes(c, saved, self.spec_data, self.num_classes):
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         self.mixup = Mixup(self.num_classes, ft.mixup, ft.cutmix, ft.mixup_prob, ft.mixup_switch_prob, ft.label_smoothing)
         self.erase = RandomErasing(ft.reprob)
         return train_ds
 
     def build_model(self) -> torch.nn.Module:
-        return build_classifier(self.cfg.model, self.num_classes)
+        ft = self.cfg.finetune
+        return build_classifier(self.cfg.model, self.num_classes, head_drop=ft.fc_drop_rate, head_init_scale=ft.head_init_scale)
 
     def lr_scale(self):
         return layer_decay_fn(self.cfg.model.dims()[1], self.cfg.finetune.layer_decay)
@@ -178,7 +217,8 @@ class FinetuneTask(Task):
     def details(self) -> str:
         ft = self.cfg.finetune
         return (f"layer decay {ft.layer_decay}; mixup {ft.mixup} / cutmix {ft.cutmix}, label smoothing {ft.label_smoothing}, "
-                f"random erasing {ft.reprob}, RandAugment {ft.aa or 'off'}, crop {ft.crop}, drop path {self.cfg.model.drop_path}")
+                f"random erasing {ft.reprob}, RandAugment {ft.aa or 'off'}, crop {ft.crop}, drop path {self.cfg.model.drop_path}, "
+                f"fc dropout {ft.fc_drop_rate}")
 
     def state(self) -> dict:
         out = {"num_classes": self.num_classes, "label_column": self.column}
@@ -192,7 +232,7 @@ class FinetuneTask(Task):
                                        trainer.amp_dtype, Path(self.cfg.train.output_dir),
                                        multilabel=self.cfg.finetune.task == "multilabel", names=self.class_names)
         write = trainer.bar.write if trainer.bar is not None else print
-        return self.evaluator(trainer.model, step, write)
+        return self.evaluator(trainer.eval_model(), step, write)
 
     def after_step(self, trainer: Trainer, step: int, final: bool) -> None:
         every = self.cfg.finetune.eval_every

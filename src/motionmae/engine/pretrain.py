@@ -9,18 +9,20 @@ reconstruction pictures every `train.viz_every` steps (`pictures/`). The loop it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Tuple
 
 import torch
 
 from motionmae import config as C
 from motionmae import viz
-from motionmae.data.datasets import build_dataset, check_source
+from motionmae.data.datasets import check_source
+from motionmae.data.shards import build_dataset
 from motionmae.data.transforms import to_model_input
 from motionmae.engine.trainer import At, Task, Trainer
 from motionmae.errors import UserError
 from motionmae.models.pretrain import PretrainModel
 from motionmae.models.state import load_matching
-from motionmae.objective.masking import make_mask
+from motionmae.objective.masking import decoder_mask, make_mask
 from motionmae.runtime.checkpoint import load_model_state
 from motionmae.runtime.distributed import derive_seed
 
@@ -56,19 +58,24 @@ def pretrain(cfg: C.PretrainConfig, resume: str = "auto") -> dict:
 # the task
 
 
-def clip_masks(cfg: C.PretrainConfig, video: torch.Tensor, index: torch.Tensor, epoch: int, device) -> torch.Tensor:
-    """Boolean (B, N) masks, True = masked, for the uint8 clips `video` (B, C, T, H, W); clip b's mask is drawn from
-    a generator seeded by (seed, epoch, index[b], r), r counting earlier clips of the same video in this batch
-    (repeated sampling)."""
-    grid = cfg.model.grid()
+def clip_masks(cfg: C.PretrainConfig, video: torch.Tensor, index: torch.Tensor, epoch: int, device
+               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Boolean (B, N) masks, True = masked, for the uint8 clips `video` (B, C, T, H, W), and with dual masking
+    (`mask.decoder_ratio` > 0) the decoder's masks (else None). Clip b's masks are drawn from a generator seeded by
+    (seed, epoch, index[b], r), r counting earlier clips of the same video in this batch (repeated sampling): the
+    encoder's first, then the decoder's, so turning dual masking on leaves the encoder's masks as they were."""
+    grid, m = cfg.model.grid(), cfg.mask
     seen: dict = {}
-    rows = []
+    rows, dec_rows = [], []
     for b, i in enumerate(index.tolist()):
         r = seen.get(i, 0)
         seen[i] = r + 1
         g = torch.Generator().manual_seed(derive_seed(cfg.train.seed, epoch, i, r))
-        rows.append(make_mask(cfg.mask.kind, 1, grid, cfg.mask.ratio, g, clip=video[b : b + 1, :, : cfg.model.num_frames]))
-    return torch.cat(rows).to(device, non_blocking=True)
+        rows.append(make_mask(m.kind, 1, grid, m.ratio, g, clip=video[b : b + 1, :, : cfg.model.num_frames]))
+        if m.decoder_ratio > 0:
+            dec_rows.append(decoder_mask(rows[-1], grid, m.decoder_ratio, g))
+    mask = torch.cat(rows).to(device, non_blocking=True)
+    return mask, (torch.cat(dec_rows).to(device, non_blocking=True) if dec_rows else None)
 
 
 class PretrainTask(Task):
@@ -80,8 +87,9 @@ class PretrainTask(Task):
 
     def build_dataset(self):
         check_source(self.cfg.data)
+        o = self.cfg.objective
         self.dataset = build_dataset(self.cfg.data, "train", "pretrain", seed=self.cfg.train.seed,
-                                     extra_frames=self.cfg.objective.extra_frames)
+                                     extra_frames=o.extra_frames, neighbor_gap=o.neighbor_gap)
         return self.dataset
 
     def build_model(self) -> torch.nn.Module:
@@ -99,27 +107,30 @@ class PretrainTask(Task):
         c = self.cfg
         device = self.info.device
         x = to_model_input(batch["video"], c.data.mean, c.data.std, device)
-        mask = clip_masks(c, batch["video"], batch["index"], at.epoch, device)
-        out = net(x, mask)
+        mask, dec_mask = clip_masks(c, batch["video"], batch["index"], at.epoch, device)
+        out = net(x, mask, dec_mask)
         return {k: v for k, v in out.items() if k == "loss" or k.startswith("loss_")}
 
     def describe(self) -> str:
         m = self.cfg.model
         d, n, _ = m.dims()
         return (f"ViT (dim {d}, depth {n}) {m.num_frames}x{m.img_size}, targets={'+'.join(self.cfg.objective.targets)}, "
-                f"decoder={m.decoder}, mask={self.cfg.mask.kind}@{self.cfg.mask.ratio}")
+                f"decoder={m.decoder}, mask={self.cfg.mask.kind}@{self.cfg.mask.ratio}"
+                + (f", decoder mask running cell@{self.cfg.mask.decoder_ratio} (VideoMAE v2)" if self.cfg.mask.decoder_ratio else ""))
 
     def after_step(self, trainer: Trainer, step: int, final: bool) -> None:
         # viz_every > 0: every so many steps and at the end; 0: at the end only; < 0: never
         every = self.cfg.train.viz_every
-        if trainer.info.is_main and every >= 0 and (final or (every > 0 and step % every == 0)):
-            self.pictures(trainer, step)
+        if every >= 0 and (final or (every > 0 and step % every == 0)):
+            model = trainer.eval_model()  # every rank (FSDP gathers the weights); rank 0 draws
+            if trainer.info.is_main:
+                self.pictures(trainer, step, model)
 
-    def pictures(self, trainer: Trainer, step: int) -> None:
+    def pictures(self, trainer: Trainer, step: int, model) -> None:
         """Reconstruction pictures of the first training video (a fixed clip, so pictures are comparable across steps)."""
         run_dir = Path(self.cfg.train.output_dir)
         try:
-            paths = viz.reconstruction_pictures_from_dataset(trainer.model, self.cfg, self.dataset, run_dir / "pictures",
+            paths = viz.reconstruction_pictures_from_dataset(model, self.cfg, self.dataset, run_dir / "pictures",
                                                              f"step_{step:08d}", trainer.info.device, trainer.amp_dtype, step=step)
         except UserError as e:  # pictures must never stop a run
             trainer.bar.write(f"pictures skipped: {e}")

@@ -39,7 +39,7 @@ from motionmae.engine.optim import LossScaler, build_optimizer, lr_at, scaled_lr
 from motionmae.errors import UserError
 from motionmae.runtime import distributed as D
 from motionmae.runtime.amp import autocast, resolve_amp
-from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, newest_intact, read_state, remove_stale_temps
+from motionmae.runtime.checkpoint import CKPT_DIR, Checkpointer, ShardedCheckpointer, newest_intact, read_state, remove_stale_temps
 from motionmae.runtime.device import peak_memory_mb
 from motionmae.runtime.logger import MetricLogger
 from motionmae.runtime.parallel import Parallel
@@ -59,13 +59,14 @@ class NonFiniteLossError(UserError):
 class Plan:
     """The numbers that follow from the config and the world size (printed at start)."""
 
-    global_batch: int
-    lr: float  # peak; min_lr and warmup_lr are scaled by the same global_batch / 256 (as VideoMAE does)
+    global_batch: int  # clips per optimiser step
+    lr: float  # peak; min_lr and warmup_lr are scaled by the same lr_batch / 256 (as VideoMAE does)
     min_lr: float
     warmup_lr: float
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    lr_batch: int = 0  # what the lr scales by: global_batch, or the videos per step (Task.lr_per_video)
     warmup_asked: int = 0  # the warm-up the config asks for, when it is longer than the run (then cut to total_steps)
 
     def schedule(self) -> dict:
@@ -77,8 +78,9 @@ class Plan:
         return lr_at(step, self.total_steps, self.warmup_steps, self.lr, self.min_lr, self.warmup_lr)
 
 
-def make_plan(cfg, num_videos: int, world: int) -> Plan:
-    """`cfg`: any config with `train` and `data` sections."""
+def make_plan(cfg, num_videos: int, world: int, lr_per_video: bool = False) -> Plan:
+    """`cfg`: any config with `train` and `data` sections. `lr_per_video`: the lr scales by the videos per step rather
+    than the clips (they differ with data.num_samples > 1)."""
     t = cfg.train
     videos_per_step = t.batch_size * t.accum_steps * world
     steps_per_epoch = (num_videos // world) // (t.batch_size * t.accum_steps)
@@ -89,8 +91,9 @@ def make_plan(cfg, num_videos: int, world: int) -> Plan:
     global_batch = videos_per_step * cfg.data.num_samples
     total = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
     warmup = t.warmup_steps if t.warmup_steps > 0 else int(round(t.warmup_epochs * steps_per_epoch))
-    return Plan(global_batch, scaled_lr(t.base_lr, global_batch), scaled_lr(t.min_lr, global_batch), scaled_lr(t.warmup_lr, global_batch),
-                steps_per_epoch, total, min(warmup, total), warmup if warmup > total else 0)
+    lr_batch = videos_per_step if lr_per_video else global_batch
+    return Plan(global_batch, scaled_lr(t.base_lr, lr_batch), scaled_lr(t.min_lr, lr_batch), scaled_lr(t.warmup_lr, lr_batch),
+                steps_per_epoch, total, min(warmup, total), lr_batch, warmup if warmup > total else 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,13 +116,15 @@ class Task:
     kind = ""
     noun = ""
     other_kind_hint = ""  # appended to the error when train.output_dir holds another kind of run
+    lr_per_video = False  # the lr scales by clips per step (False) or by videos per step (True)
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.info: Optional[D.DistInfo] = None  # set by the Trainer: rank, world size, device
 
     def build_dataset(self):
-        """The map-style training dataset (items collated by `data.datasets.collate`); `set_epoch` is called on it."""
+        """The training dataset (items collated by `data.datasets.collate`): map-style (lists) or streaming
+        (`data.shards.ShardDataset`); `set_epoch` is called on it (see `TrainData`)."""
         raise NotImplementedError
 
     def build_model(self) -> torch.nn.Module:
@@ -167,16 +172,30 @@ class Task:
 
 class TrainData:
     """The training batches and where the run is in them: the epoch, micro-batches of it consumed, unreadable videos
-    skipped in it. The one place that knows the data is a map-style dataset cut by a `ShardedSampler` (a sharded,
-    iterable dataset would replace this class); its `state_dict` goes into every checkpoint (exact resume)."""
+    skipped in it; its `state_dict` goes into every checkpoint (exact resume). The one place that knows what kind
+    of dataset it reads: a map-style one (annotation lists) is cut by a `ShardedSampler`; a streaming one
+    (`data.shards.ShardDataset`, WebDataset shards) splits each epoch across ranks and workers itself and is told
+    where to start (`set_epoch(epoch, start)`), exactly when ranks, workers and batch size are those of the
+    interrupted run."""
 
     def __init__(self, dataset, cfg, info: D.DistInfo, micro_per_epoch: int):
         t = cfg.train
         self.dataset, self.batch_size, self.num_workers = dataset, t.batch_size, cfg.data.num_workers
         self.micro_per_epoch, self.pin_memory = micro_per_epoch, info.device.type == "cuda"
-        self.sampler = D.ShardedSampler(len(dataset), info.world_size, info.rank, shuffle=True, seed=t.seed, drop_last=True)
+        self.streaming = self.is_streaming(dataset)
+        self.sampler = None if self.streaming else D.ShardedSampler(len(dataset), info.world_size, info.rank, shuffle=True,
+                                                                    seed=t.seed, drop_last=True)
         self.generator = torch.Generator().manual_seed(D.derive_seed(t.seed, info.rank, 1))  # keeps DataLoader off the global RNG
         self.epoch, self.pos, self.skipped = 0, 0, 0
+
+    @staticmethod
+    def is_streaming(dataset) -> bool:
+        return isinstance(dataset, torch.utils.data.IterableDataset)
+
+    @staticmethod
+    def num_videos(dataset) -> int:
+        """Videos in one epoch over all ranks (what the plan divides)."""
+        return dataset.num_videos if TrainData.is_streaming(dataset) else len(dataset)
 
     @property
     def epoch_done(self) -> bool:
@@ -187,8 +206,12 @@ class TrainData:
         manager that reaps the loader's workers on every way out."""
         if self.epoch_done:
             self.epoch, self.pos, self.skipped = self.epoch + 1, 0, 0
-        self.dataset.set_epoch(self.epoch)
-        self.sampler.set_epoch(self.epoch, start=self.pos * self.batch_size)
+        start = self.pos * self.batch_size
+        if self.streaming:
+            self.dataset.set_epoch(self.epoch, start=start)
+        else:
+            self.dataset.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch, start=start)
         loader = make_loader(self.dataset, self.batch_size, self.num_workers, sampler=self.sampler, collate_fn=collate,
                              drop_last=True, pin_memory=self.pin_memory, generator=self.generator, train=True)
         return Batches(loader)
@@ -221,6 +244,7 @@ class Trainer:
         self.bar: Optional[ProgressBar] = None
         self.logger: Optional[MetricLogger] = None
         self.lock: Optional[RunLock] = None
+        self.parallel: Optional[Parallel] = None
 
     def say(self, *args) -> None:
         if self.info is None or self.info.is_main:
@@ -257,7 +281,7 @@ class Trainer:
             self.task.build_dataset()
             torch.manual_seed(t.seed)
             self.model = self.task.build_model().to(self.info.device)
-            checkpointer = Checkpointer(t.output_dir, t.keep_last, self.info.is_main)
+            checkpointer = make_checkpointer(t, t.output_dir, self.info)
             path = checkpointer.resume_path(resume)
             if path is None:
                 raise UserError(f"no checkpoint to evaluate in {t.output_dir} (pass --resume PATH)")
@@ -274,6 +298,17 @@ class Trainer:
             raise UserError(f"{path} is not a {self.task.noun} checkpoint (it holds a {kind} run): set train.output_dir "
                             f"to a directory of its own{self.task.other_kind_hint}")
 
+    def eval_model(self) -> torch.nn.Module:
+        """The model whole on this rank, for evaluation and pictures: `self.model`, or under FSDP a plain copy with the
+        gathered weights (an all-gather: every rank calls this together, then may run it alone)."""
+        if self.parallel is None or self.parallel.sharded is None:
+            return self.model
+        device = self.info.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's generators go on
+            plain = self.task.build_model().to(device)
+        plain.load_state_dict(self.parallel.full_state_dict())
+        return plain.eval()
+
     def log(self, step: int, metrics: dict, prefix: str = "") -> None:
         self.logger.log(step, metrics, prefix)
 
@@ -286,13 +321,12 @@ class Trainer:
         t, device = cfg.train, info.device
         run_dir = Path(t.output_dir)
         dataset = task.build_dataset()
-        plan = make_plan(cfg, len(dataset), info.world_size)
+        plan = make_plan(cfg, TrainData.num_videos(dataset), info.world_size, task.lr_per_video)
         amp_dtype = self.amp_dtype = resolve_amp(t.amp, device)
 
-        # ---- model and optimiser: identical init on every rank (DDP also broadcasts rank 0's weights)
+        # ---- the model: identical init on every rank (DDP also broadcasts rank 0's weights)
         torch.manual_seed(t.seed)
         model = self.model = task.build_model().to(device)
-        optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas, lr_scale_fn=task.lr_scale())
         scaler = LossScaler(amp_dtype, device)
         torch.manual_seed(D.derive_seed(t.seed, info.rank))  # any global-RNG use (drop path) differs per rank
         data = TrainData(dataset, cfg, info, plan.steps_per_epoch * t.accum_steps)
@@ -302,22 +336,14 @@ class Trainer:
         D.on_main_then_share(self.lock.acquire)
         D.on_main_then_share(lambda: _check_outputs(run_dir, 2 * checkpoint_bytes(model)))
 
-        # ---- resume (or start from given weights)
-        checkpointer = Checkpointer(run_dir, t.keep_last, info.is_main)
-        step = 0
+        # ---- which checkpoint to continue from; every rank must agree before any of them reads it
+        checkpointer = make_checkpointer(t, run_dir, info)
         ckpt_path = checkpointer.resume_path(resume)
-        if ckpt_path is None:
-            task.init_weights(model, self.say)
-        else:
+        step = 0
+        if ckpt_path is not None:
             self._check_kind(ckpt_path)
-            state = checkpointer.load(ckpt_path, model, optimizer, restore_rng=info.world_size == 1)
-            step = state["step"]
-            data.load_state_dict(state)
-            scaler.load_state_dict(state.get("loss_scaler", {}))
-            _note_config_changes(state.get("config", {}), cfg, self.say)
-            _note_schedule_change(state.get("plan"), plan, step, self.say)
-            self.say(f"resumed from {ckpt_path} at step {step} (epoch {data.epoch}, batch {data.pos})")
-        if info.world_size > 1:  # every rank must continue from the same checkpoint (rank 0 writes it; others read it)
+            step = int(read_state(ckpt_path).get("step", 0))
+        if info.world_size > 1:  # (rank 0 writes checkpoints; others read them)
             spread = D.all_reduce_max(torch.tensor([float(step), -float(step)]))
             if spread[0] != -spread[1]:
                 raise UserError(f"ranks disagree on the checkpoint to resume from (steps {int(-spread[1])}..{int(spread[0])}): "
@@ -331,18 +357,34 @@ class Trainer:
             self.say(f"warning: the warm-up ({plan.warmup_asked} steps: train.warmup_steps / train.warmup_epochs) is longer than "
                      f"the run ({plan.total_steps} steps); it is cut to the run, which then ends at the peak lr without "
                      "the cosine decay: shorten the warm-up or lengthen the run")
+        if ckpt_path is None:
+            task.init_weights(model, self.say)
+
+        # ---- wrapped (DDP / FSDP, compile), then the optimiser over the parameters as wrapped (FSDP: this rank's
+        # shards), then the checkpoint into both
+        parallel = self.parallel = Parallel(t.parallel, info, t.compile, amp_dtype)
+        net = parallel.wrap(model)
+        optimizer = build_optimizer(model, lr=plan.lr, weight_decay=t.weight_decay, betas=t.betas, lr_scale_fn=task.lr_scale())
+        if ckpt_path is not None:
+            state = checkpointer.load(ckpt_path, model, optimizer, restore_rng=True)
+            data.load_state_dict(state)
+            scaler.load_state_dict(state.get("loss_scaler", {}))
+            _note_config_changes(state.get("config", {}), cfg, self.say)
+            _note_schedule_change(state.get("plan"), plan, step, self.say)
+            self.say(f"resumed from {ckpt_path} at step {step} (epoch {data.epoch}, batch {data.pos})")
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             C.save_config(cfg, run_dir / "config.yaml")
         D.barrier()
 
-        parallel = Parallel(t.parallel, info, t.compile)
-        net = parallel.wrap(model)
         self.logger = MetricLogger(run_dir, t.loggers, enabled=info.is_main, resume_step=step if ckpt_path is not None else None,
                                    config=C.to_dict(cfg))
-        self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s), amp={amp_dtype or 'fp32'}")
-        self.say(f"  {len(dataset)} videos; effective batch {plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x "
-                 f"{info.world_size} ranks x {cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.global_batch}/256 = "
+        self.say(f"{task.noun} {task.describe()} on {device} x {info.world_size} rank(s)"
+                 f"{f' ({t.parallel})' if info.world_size > 1 else ''}, amp={amp_dtype or 'fp32'}")
+        per = " videos" if task.lr_per_video else ""
+        self.say(f"  {TrainData.num_videos(dataset)} videos{' (streamed from shards)' if data.streaming else ''}; effective batch "
+                 f"{plan.global_batch} clips = {t.batch_size} x {t.accum_steps} accum x {info.world_size} ranks x "
+                 f"{cfg.data.num_samples} samples; lr = {t.base_lr:g} x {plan.lr_batch}{per}/256 = "
                  f"{plan.lr:.3e} (min {plan.min_lr:.2e}, warm-up from {plan.warmup_lr:.2e})")
         if task.details():
             self.say(f"  {task.details()}")
@@ -373,7 +415,7 @@ class Trainer:
                         skipped += int(batch.get("skipped", 0))
                         clips_done += batch["video"].shape[0]
                     scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
+                    norm = parallel.clip_grad_norm_(params, t.clip_grad if t.clip_grad > 0 else float("inf"))
                     # one small collective: mean of every logged value over ranks, the skip count, and the
                     # finiteness / stop verdict every rank must share
                     names = list(sums)
@@ -387,6 +429,7 @@ class Trainer:
                     loss = values["loss"]
                     # with fp16 an inf/nan gradient is an overflow: the scaler skips that step and lowers the scale
                     if not (math.isfinite(loss) and (scaler.enabled or math.isfinite(grad_norm))):
+                        checkpointer.close()
                         bar.close()
                         self.logger.close()
                         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
@@ -417,9 +460,11 @@ class Trainer:
                                  "loss_scaler": scaler.state_dict(), "kind": task.kind, "plan": plan.schedule(), **task.state()}
                         last_ckpt = checkpointer.save(step, model, optimizer, state, numbered=step % t.save_every == 0)
                     task.after_step(self, step, final)
+                    checkpointer.poll()
                     if stop:
                         break
 
+        checkpointer.close()  # a checkpoint still being written (async) is completed
         bar.close()
         self.logger.close()
         summary.update(step=step, checkpoint=str(last_ckpt) if last_ckpt else None, epoch=data.epoch)
@@ -431,6 +476,11 @@ class Trainer:
         return summary
 
 
+def make_checkpointer(t, run_dir, info: D.DistInfo) -> Checkpointer:
+    """Single files (rank 0 writes) with DDP; sharded folders (every rank writes its part) with FSDP."""
+    if t.parallel == "fsdp":
+        return ShardedCheckpointer(run_dir, t.keep_last, info.is_main, info.world_size, info.rank, async_save=t.async_checkpoint)
+    return Checkpointer(run_dir, t.keep_last, info.is_main, info.world_size)
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 

@@ -302,9 +302,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from motionmae.eval.features import encoder_from_state, load_weights
-    from motionmae.runtime.amp import resolve_amp
-    from motionmae.runtime.device import resolve_device
+    from motionmae.eval.features import load_weights
 
     if args.eval_only:
         cfg = C.load_config(args.config, args.overrides, C.VOSConfig)
@@ -320,11 +318,22 @@ def run(args) -> int:
     if args.print_config:
         print(C.config_text(cfg), end="")
         return 0
-    v = cfg.vos
-    device = resolve_device(v.device, key="vos.device")
-    encoder = encoder_from_state(sd, config_dict, str(args.checkpoint)).to(device).eval()
-    features = EncoderFeatures(encoder, size=v.size, device=device, batch_size=v.batch_size, mean=cfg.data.mean,
-                               std=cfg.data.std, amp_dtype=resolve_amp(v.amp, device, key="vos.amp"))
-    segment_davis(features, args.davis_root, args.out, v.split, v, v.sequences or None)
+    segment_with_weights(sd, config_dict, cfg, args.davis_root, args.out, where=str(args.checkpoint))
     print(f"masks and tables written to {args.out}")
     return 0
+
+
+def segment_with_weights(state_dict: dict, config_dict: dict, cfg: C.VOSConfig, davis_root, out_dir,
+                         where: str = "checkpoint") -> dict:
+    """`segment_davis` with the encoder of a checkpoint's weights (`eval.features.load_weights`), per `cfg`
+    (built with the checkpoint's config); returns its results dict."""
+    from motionmae.eval.features import encoder_from_state
+    from motionmae.runtime.amp import resolve_amp
+    from motionmae.runtime.device import resolve_device
+
+    v = cfg.vos
+    device = resolve_device(v.device, key="vos.device")
+    encoder = encoder_from_state(state_dict, config_dict, where).to(device).eval()
+    features = EncoderFeatures(encoder, size=v.size, device=device, batch_size=v.batch_size, mean=cfg.data.mean,
+                               std=cfg.data.std, amp_dtype=resolve_amp(v.amp, device, key="vos.amp"))
+    return segment_davis(features, davis_root, out_dir, v.split, v, v.sequences or None)

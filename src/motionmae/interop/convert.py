@@ -4,6 +4,7 @@
     motionmae convert --from videomae --to hf   checkpoint.pth    hf_dir/  [--num-frames 16 --img-size 224]
     motionmae convert --from motionmae --to hf  runs/finetune/    hf_dir/
     motionmae convert --from motionmae --to motionmae old_run/   new_run/   # re-save (adds a sincos3d table older files lack)
+    motionmae convert --consolidate fsdp_run/ out.safetensors              # an FSDP run's sharded checkpoint -> one file
 
 A DST that exists and is not empty is refused unless --force. Every conversion that involves transformers is checked against transformers itself (same random clip, max
 abs difference of the outputs must be < --atol) unless --no-verify; see docs/INTEROP.md.
@@ -85,8 +86,11 @@ def load_motionmae(src, decoder: str = "") -> Converted:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--from", dest="src_format", required=True, choices=FORMATS_IN, help="format of SRC")
-    p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS_OUT, help="format of DST")
+    p.add_argument("--from", dest="src_format", choices=FORMATS_IN, help="format of SRC")
+    p.add_argument("--to", dest="dst_format", choices=FORMATS_OUT, help="format of DST")
+    p.add_argument("--consolidate", action="store_true",
+                   help="SRC: an FSDP run (train.parallel=fsdp) or one of its sharded checkpoint folders; DST: the same training "
+                        "state as one motionmae file (a .safetensors path, or a run directory), which any command reads and DDP resumes")
     p.add_argument("src", metavar="SRC", help="hf: model directory; videomae: .pth file; motionmae: checkpoint file or run directory")
     p.add_argument("dst", metavar="DST", help="hf: output directory; motionmae: .safetensors file or run directory")
     p.add_argument("--num-frames", type=int, default=None, help="videomae: clip length the model was trained on (default 16)")
@@ -106,6 +110,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from motionmae.interop import hf, videomae
 
+    if args.consolidate:
+        return consolidate(args)
+    if not (args.src_format and args.dst_format):
+        raise UserError("convert needs --from and --to (or --consolidate RUN OUT for an FSDP run's sharded checkpoint)")
     vm_only = {"--num-frames": args.num_frames, "--img-size": args.img_size, "--num-heads": args.num_heads,
                "--decoder-num-heads": args.decoder_num_heads}  # fmt: skip
     given = [k for k, v in vm_only.items() if v is not None]
@@ -141,4 +149,19 @@ def run(args) -> int:
     else:
         path = save_motionmae(conv, args.dst, overwrite=args.force)
         print(f"wrote {path}")
+    return 0
+
+
+def consolidate(args) -> int:
+    """`--consolidate SRC DST`: a sharded checkpoint as the usual single file (runtime/checkpoint.consolidate)."""
+    from motionmae.runtime.checkpoint import CKPT_DIR, LAST, consolidate as merge, read_state
+
+    given = [f for f, v in (("--from", args.src_format), ("--to", args.dst_format)) if v]
+    if given:
+        raise UserError(f"--consolidate reads a sharded motionmae checkpoint and writes a motionmae file: drop {' and '.join(given)}")
+    check_destination(args.dst, args.force)
+    dst = Path(args.dst)
+    path = merge(args.src, dst if dst.suffix == ".safetensors" else dst / CKPT_DIR / LAST)
+    state = read_state(path)
+    print(f"wrote {path}: step {state.get('step', '?')} of {args.src} ({state.get('kind', '?')}), model and optimiser in full")
     return 0

@@ -21,8 +21,15 @@ from motionmae.models.vit import Grid, VisionTransformer, check_fixed_table, res
 _NEW_KEYS = ("fc_norm.", "head.")
 
 
-def build_classifier(cfg: ModelConfig, num_classes: int) -> VisionTransformer:
-    return VisionTransformer(cfg, num_classes=num_classes)
+def build_classifier(cfg: ModelConfig, num_classes: int, head_drop: float = 0.0, head_init_scale: float = 1.0) -> VisionTransformer:
+    """`head_drop`: dropout on the pooled feature before `head` (VideoMAE's fc_drop_rate); `head_init_scale`: the head's
+    initial weights (trunc-normal, std 0.02) times this (VideoMAE's init_scale, 0.001 in its fine-tuning)."""
+    model = VisionTransformer(cfg, num_classes=num_classes, head_drop=head_drop)
+    if num_classes > 0 and head_init_scale != 1.0:
+        with torch.no_grad():
+            model.head.weight.mul_(head_init_scale)
+            model.head.bias.mul_(head_init_scale)
+    return model
 
 
 def encoder_state_dict(

@@ -7,6 +7,9 @@ decoder layout (`model.decoder`) says how their heads share the decoder:
 - 'none': one decoder, one target: with appearance and tube masking this is VideoMAE.
 Decoder input (VideoMAE order): the visible tokens, then one mask token per masked position, each plus
 its own decoder positional embedding; the heads see only the last N_masked tokens, so no unshuffle.
+With dual masking (VideoMAE v2, `mask.decoder_ratio`) a `decoder_mask` drops part of the masked positions: the
+decoder gets the visible tokens plus the kept masked positions, and the loss is taken on those; whatever the
+decoder layout and the targets.
 
 Key names: appearance's modules keep the original VideoMAE names (`encoder.*`, `encoder_to_decoder`, `mask_token`,
 `decoder.blocks.N.*`, `decoder.norm`, `decoder.head`); another target's head is `decoder.<name>_head` (sha) and
@@ -15,7 +18,7 @@ its decoder `<name>_encoder_to_decoder`, `<name>_mask_token`, `<name>_decoder.*`
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -120,10 +123,26 @@ class PretrainModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = self.encoder.grad_checkpointing = enable
 
+    @torch.compiler.disable  # eager under torch.compile: cheap, no gradient, and written with out= views
     def compute_targets(self, clip: torch.Tensor, ids_masked: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Every target at the masked tokens, {name: (B, M, dim)}, float32, no gradient."""
         clip01 = torch.addcmul(self.mean, clip.float(), self.std)
         return {t.name: t.compute(clip01, ids_masked) for t in self.targets}
+
+    @staticmethod
+    @torch.compiler.disable  # the token counts are read on the host: eager, so torch.compile's graph goes on after it
+    def token_index(mask: torch.Tensor, decoder_mask: Optional[torch.Tensor], b: int, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(ids_visible (B, N_vis), ids_masked (B, N_mask)): the encoder's tokens and the masked ones the decoder
+        reconstructs (all masked ones without a decoder mask); both masks checked."""
+        for name, m in (("mask", mask), ("decoder_mask", decoder_mask)):
+            if m is not None and (m.shape != (b, n) or m.dtype != torch.bool):
+                raise UserError(f"{name} must be bool (B, N) = ({b}, {n}) for this clip, got {m.dtype} {tuple(m.shape)}")
+        ids_visible, ids_masked = visible_and_masked_index(mask)
+        if decoder_mask is not None:
+            if bool((decoder_mask & ~mask).any()):
+                raise UserError("decoder_mask drops a token the encoder sees: it must be a subset of mask")
+            ids_masked = visible_and_masked_index(mask & ~decoder_mask)[1]
+        return ids_visible, ids_masked
 
     def forward_decoder(self, latent: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor, grid,
                         branch: Branch) -> torch.Tensor:
@@ -135,22 +154,23 @@ class PretrainModel(nn.Module):
         x = torch.cat([x + gather_tokens(pos, ids_visible), mask_token.to(x.dtype) + gather_tokens(pos, ids_masked)], dim=1)
         return decoder.norm(run_blocks(decoder.blocks, x, self.grad_checkpointing, keep_last=n_mask))
 
-    def forward(self, clip: torch.Tensor, mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """clip (B, C, T, H, W) normalised (T + objective.extra_frames frames); mask bool (B, N), True = masked.
+    def forward(self, clip: torch.Tensor, mask: torch.Tensor, decoder_mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """clip (B, C, T, H, W) normalised (the encoder's T frames and any more the objective asks for, see
+        ObjectiveConfig.encoder_frames); mask bool (B, N), True = masked; decoder_mask (dual masking, VideoMAE v2)
+        bool (B, N), True = a masked token the decoder drops: it is neither a decoder input nor reconstructed
+        (objective/masking.decoder_mask); None: every masked token is.
 
         Returns per target `name`: 'pred_<name>' / 'target_<name>' (B, N_mask, dim) and 'loss_<name>'; 'loss' =
-        sum of w_<name> * loss_<name> in target order; 'ids_masked' (B, N_mask), the token index of each row.
+        sum of w_<name> * loss_<name> in target order; 'ids_masked' (B, N_mask), the token index of each row
+        (N_mask: the masked tokens the decoder reconstructs).
         """
         check_clip(clip, self.encoder.patch_embed.proj.in_channels)
-        frames = clip[:, :, : clip.shape[2] - self.objective_cfg.extra_frames]
+        frames = clip[:, :, : self.objective_cfg.encoder_frames(clip.shape[2])]
         grid = self.encoder.patch_embed.grid(frames)
-        n = grid[0] * grid[1] * grid[2]
-        if mask.shape != (clip.shape[0], n) or mask.dtype != torch.bool:
-            raise UserError(f"mask must be bool (B, N) = ({clip.shape[0]}, {n}) for this clip, got {mask.dtype} {tuple(mask.shape)}")
-        ids_visible, ids_masked = visible_and_masked_index(mask)
+        ids_visible, ids_masked = self.token_index(mask, decoder_mask, clip.shape[0], grid[0] * grid[1] * grid[2])
         targets = self.compute_targets(clip, ids_masked)
 
-        latent = self.encoder.forward_features(frames, mask)  # (B, N_vis, D)
+        latent = self.encoder.forward_features(frames, ids_visible=ids_visible)  # (B, N_vis, D)
 
         preds = {}
         for branch in self.branches:

@@ -367,9 +367,10 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
     """Video ViT. `num_classes=0`: encoder (final `norm`, no head; Identity with `final_norm=False`). `num_classes>0`:
     classifier with pooling 'mean' (VideoMAE fine-tuning: `norm` = Identity, mean of tokens -> `fc_norm` -> `head`) or
     'first' (`norm` -> first token -> `head`, transformers' VideoMAEForVideoClassification without mean pooling).
+    `head_drop`: dropout on the pooled feature before `head` in training (timm's name; VideoMAE's fc_drop_rate).
     """
 
-    def __init__(self, cfg: ModelConfig, num_classes: int = 0):
+    def __init__(self, cfg: ModelConfig, num_classes: int = 0, head_drop: float = 0.0):
         super().__init__()
         dim, depth, heads = cfg.dims()
         if cfg.pooling not in ("mean", "first"):
@@ -386,6 +387,7 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
         # interop: transformers' fc_norm uses eps 1e-5 whatever layer_norm_eps says, hence head_norm_eps
         head_eps = cfg.norm_eps if cfg.head_norm_eps is None else cfg.head_norm_eps
         self.fc_norm = nn.LayerNorm(dim, eps=head_eps) if mean_pool else nn.Identity()
+        self.head_drop = nn.Dropout(head_drop) if head_drop > 0 else nn.Identity()  # VideoMAE's fc_dropout
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         init_weights(self)
         if num_classes > 0:
@@ -402,14 +404,16 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
         x = self.patch_embed(x)
         return x + self.pos_embed_for(grid).to(x.dtype), grid
 
-    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D)."""
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                         ids_visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (B, C, T, H, W) normalised; mask bool (B, N), True = masked -> normed visible tokens (B, N_vis, D).
+        `ids_visible` (B, N_vis): the visible tokens' indices, when the caller has them (instead of `mask`)."""
         check_clip(x, self.patch_embed.proj.in_channels)
-        if mask is None:
+        if mask is None and ids_visible is None:
             x, _ = self.embed(x)
         else:  # embed only the visible cubes
             grid = self.patch_embed.grid(x)
-            ids = visible_and_masked_index(mask)[0]
+            ids = visible_and_masked_index(mask)[0] if ids_visible is None else ids_visible
             x = self.patch_embed(x, ids)
             x = x + gather_tokens(self.pos_embed_for(grid).to(x.dtype).expand(x.shape[0], -1, -1), ids)
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
@@ -443,7 +447,7 @@ class VisionTransformer(PosEmbedMixin, nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.fc_norm(x.mean(dim=1)) if self.cfg.pooling == "mean" else x[:, 0]
-        return x if pre_logits else self.head(x)
+        return x if pre_logits else self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

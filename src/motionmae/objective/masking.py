@@ -14,6 +14,15 @@ per temporal slice, each slice masks `floor(ratio * S)` tokens (VideoMAE's tube 
   its masks with optical flow; this needs none.
 Positions come from `torch.rand(..., generator=generator)` (+ argsort), so a seeded generator reproduces.
 
+Dual masking (VideoMAE v2, `mask.decoder_ratio`): `decoder_mask` also hides part of the *masked* tokens from the
+decoder, which then reconstructs (and is scored on) only the rest. Which ones: VideoMAE v2's running cell, a 2x2
+cell of which `int(4 * decoder_ratio)` positions are dropped, tiled over each slice and shifted by one position
+per slice (from a start drawn per clip), so every spatial position is reconstructed in some slices. The masked
+tokens the cell keeps come first, the others after, each group in random order, and exactly
+`num_decoded` are kept: every clip reconstructs the same count whatever its encoder mask (static shapes). Unlike
+v2's code, whose decoder also predicts the encoder-visible positions the cell keeps, only masked tokens are
+reconstructed: the decoder sees the visible tokens plus the kept masked positions, as the v2 paper describes.
+
 A new kind: a function `(rand, batch_size, grid, k, clip) -> bool (B, T', S)` masking k tokens per slice (or
 T' * k per sample), its entry in `MASKS`, and its name in config.MaskKind.
 """
@@ -32,6 +41,17 @@ def num_visible(grid: Tuple[int, int, int], ratio: float) -> int:
     """Visible tokens per sample for any mask kind."""
     t, h, w = grid
     return t * (h * w - masked_per_slice(h * w, ratio))
+
+
+def num_decoded(grid: Tuple[int, int, int], ratio: float, decoder_ratio: float) -> int:
+    """Masked tokens per sample the decoder reconstructs (all of them when `decoder_ratio` is 0)."""
+    t, h, w = grid
+    return _decoded(t * masked_per_slice(h * w, ratio), decoder_ratio)
+
+
+def _decoded(masked: int, decoder_ratio: float) -> int:
+    """Of `masked` tokens, the decoder keeps masked - floor(decoder_ratio * masked), at least one."""
+    return masked - min(int(decoder_ratio * masked + 1e-6), max(masked - 1, 0))
 
 
 def _lowest(noise: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,3 +127,29 @@ def make_mask(
 
     mask = MASKS[kind](rand, batch_size, grid, k, clip).reshape(batch_size, t * h * w)
     return mask if device is None else mask.to(device)
+
+
+def running_cell(batch_size: int, grid: Tuple[int, int, int], drop: int, start: torch.Tensor) -> torch.Tensor:
+    """bool (B, T'*H'*W'), True where VideoMAE v2's running cell drops a token: within each 2x2 cell, position
+    j = 2 * (h % 2) + (w % 2) of slice t is dropped when (j + t + start[b]) % 4 < `drop` (0..3)."""
+    t, h, w = grid
+    j = 2 * (torch.arange(h) % 2)[:, None] + (torch.arange(w) % 2)[None, :]  # (H', W')
+    phase = j[None, None] + torch.arange(t)[None, :, None, None] + start.view(-1, 1, 1, 1).cpu()
+    return ((phase % 4) < drop).reshape(batch_size, t * h * w)
+
+
+def decoder_mask(mask: torch.Tensor, grid: Tuple[int, int, int], decoder_ratio: float,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """bool (B, N), True = a masked token the decoder neither sees nor reconstructs: a subset of the encoder's
+    `mask` (B, N) (every row masking the same count M), keeping M - floor(decoder_ratio * M) masked tokens per row.
+    Draws from `generator` (the engine continues the clip's generator after the encoder mask)."""
+    b, n = mask.shape
+    keep = _decoded(int(mask[0].sum()), decoder_ratio)
+    draw_device = generator.device if generator is not None else mask.device
+    start = torch.randint(4, (b,), generator=generator, device=draw_device)
+    u = torch.rand(b, n, generator=generator, device=draw_device).to(mask.device)
+    dropped = running_cell(b, grid, min(int(4 * decoder_ratio + 1e-6), 3), start).to(mask.device)
+    # order: masked and kept by the cell (u in [0, 1)), masked and dropped by it ([1, 2)), visible (>= 2)
+    priority = u + dropped + 2 * (~mask)
+    kept = _lowest(priority, keep)
+    return mask & ~kept

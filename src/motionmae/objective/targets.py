@@ -5,12 +5,15 @@ All are computed from the un-normalised clip in [0, 1], shape (B, C, T, H, W) (s
 Appearance (VideoMAE): the cube's pixels, normalised per cube and per channel with the *unbiased* std:
 (x - mean) / (std + eps) over the tubelet*p*p values of that channel; or raw pixels.
 
-Motion (MotionMAE): frame differences over the sampled frames, D_t = X_{t+g} - X_t, gap g >= 1.
-- motion_pad='first': the clip has T frames; the T-g differences are padded back to T by repeating the
+Motion (MotionMAE): frame differences, gap g >= 1, of the sampled frames (objective.motion_frames=sampled,
+D_t = X_{t+g} - X_t, g * data.sampling_rate raw frames apart) or of raw adjacent frames (adjacent).
+- sampled, motion_pad='first': the clip has T frames; the T-g differences are padded back to T by repeating the
   first difference g times at the front: M = [D_0]*g + [D_0, ..., D_{T-g-1}], i.e. M_t = X_t - X_{t-g} for
   t >= g and M_t = X_g - X_0 for t < g.
-- motion_pad='extra_frame': the clip carries T+g frames; M_t = D_t = X_{t+g} - X_t for t = 0..T-1, and
+- sampled, motion_pad='extra_frame': the clip carries T+g frames; M_t = D_t = X_{t+g} - X_t for t = 0..T-1, and
   the appearance target (and the encoder input) use the first T frames only.
+- adjacent: the clip carries 2T frames, the T sampled frames X_t = R(i_t) then their raw neighbours R(i_t + g)
+  (data/datasets.py ClipMaker, neighbor_gap); M_t = R(i_t + g) - R(i_t), no padding.
 Then optionally grayscale (luma 0.299 R + 0.587 G + 0.114 B, one channel, so tubelet*p*p values per
 token), optionally absolute value, patchified like appearance and optionally normalised per cube per channel.
 
@@ -76,8 +79,8 @@ class Motion(Target):
 def motion_frames(clip01: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
     """Aligned frame differences (B, C or 1, T, H, W), before patchifying (see the module docstring)."""
     g = cfg.motion_gap
-    t = clip01.shape[2] - cfg.extra_frames
-    if g < 1 or (cfg.motion_pad == "first" and g >= t):
+    t = cfg.encoder_frames(clip01.shape[2])
+    if g < 1 or (cfg.motion_frames == "sampled" and cfg.motion_pad == "first" and g >= t):
         raise UserError(f"objective.motion_gap={g} must be >= 1 and smaller than the clip's {t} frames")
     if cfg.motion_color not in ("rgb", "gray"):
         raise UserError(f"unknown objective.motion_color '{cfg.motion_color}'; valid: rgb, gray")
@@ -89,7 +92,9 @@ def motion_frames(clip01: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
             raise UserError(f"objective.motion_color=gray needs 3-channel clips, got {x.shape[1]} channels")
         w = x.new_tensor(LUMA).view(1, 3, 1, 1, 1)
         x = (x * w).sum(dim=1, keepdim=True)
-    if cfg.motion_pad == "first":  # D_t = X_{t+g} - X_t written after g slots, which then get D_0
+    if cfg.motion_frames == "adjacent":  # the neighbours follow the T sampled frames
+        d = x[:, :, t:] - x[:, :, :t]
+    elif cfg.motion_pad == "first":  # D_t = X_{t+g} - X_t written after g slots, which then get D_0
         d = x.new_empty(x.shape)
         torch.sub(x[:, :, g:], x[:, :, :-g], out=d[:, :, g:])
         d[:, :, :g] = d[:, :, g : g + 1]

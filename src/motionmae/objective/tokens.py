@@ -81,8 +81,8 @@ class Target:
     A target sets `name`, `channels` (its values per position: C, or 1 for gray motion) and `normalize`, and
     writes `cubes(clip01, index) -> (B, N or M, channels, n)`; `compute` lays them out channel-fastest (B, M, dim),
     normalised per cube and channel when `normalize` (VideoMAE's norm-pix). `dim` = channels * n is the width of
-    its decoder head; `weight` its weight in the loss (`objective.w_<name>`). The clip may carry
-    `objective.extra_frames` more frames than the encoder sees (`frames` is the encoder's count).
+    its decoder head; `weight` its weight in the loss (`objective.w_<name>`). The clip may carry more frames than
+    the encoder sees, after them (`frames` is the encoder's count, `ObjectiveConfig.encoder_frames`).
 
     For pictures (viz.py), `picture(values, grid, reference)` turns raw (un-normalised) tokens of every position
     (B, N, dim) into frames (B, 3, T, H, W) in [0, 1]; `reference` holds the true tokens, for a common scale.
@@ -104,7 +104,7 @@ class Target:
         raise NotImplementedError
 
     def frames(self, clip: torch.Tensor) -> int:
-        return clip.shape[2] - self.cfg.extra_frames
+        return self.cfg.encoder_frames(clip.shape[2])
 
     def cubes(self, clip01: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
         raise NotImplementedError

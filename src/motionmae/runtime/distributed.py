@@ -97,20 +97,21 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 def on_main_then_share(fn):
-    """Run `fn()` on rank 0 only; every rank returns its result, or raises the UserError it raised (so a refusal on
-    rank 0, e.g. a locked run directory, ends every rank instead of leaving the others waiting in a collective)."""
+    """Run `fn()` on rank 0 only; every rank returns its result, or raises the UserError it raised, of the same class
+    (so a refusal on rank 0, e.g. a locked run directory, ends every rank instead of leaving the others waiting in a
+    collective)."""
     result, error = None, None
     if is_main():
         try:
             result = fn()
         except UserError as e:
-            error = str(e)
+            error = (type(e), str(e))
     if is_dist():
         box = [error]
         dist.broadcast_object_list(box, src=0)
         error = box[0]
     if error is not None:
-        raise UserError(error)
+        raise error[0](error[1])
     return result
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -50,6 +51,23 @@ class JsonlLogger:
         self._file.close()
 
 
+def _quiet_writer_thread_errors() -> None:
+    """tensorboard's writer thread re-raises its I/O error (a full disk) only to have it printed; the same error
+    reaches the run at its next write or close (`_check_worker_status`), where it becomes one line. The raw
+    traceback from the thread would be a second, noisy report of it: that one is not printed."""
+    previous = threading.excepthook
+    if getattr(previous, "motionmae_quiet", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    hook.motionmae_quiet = True
+    threading.excepthook = hook
+
+
 class TensorBoardLogger:
     """The finite numbers of each row as scalars in `run_dir/tb`, pictures as images (nothing when tensorboard is
     missing)."""
@@ -62,6 +80,7 @@ class TensorBoardLogger:
             return
         purge = resume_step + 1 if resume_step is not None else None
         self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=purge)
+        _quiet_writer_thread_errors()
 
     def log(self, step: int, row: dict) -> None:
         if self._tb is None:

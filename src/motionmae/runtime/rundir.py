@@ -2,7 +2,8 @@
 
 `RunLock(run_dir)` holds `run_dir/.lock` for the life of a run: a second run on the same folder refuses at once,
 naming the holder's pid and host. The lock is `flock` on an open file, so it dies with its process: a lock
-left by a killed run is stale by construction and never blocks. On file systems without `flock` the file's
+left by a killed run is stale by construction and never blocks. Forked children (DataLoader workers) close their
+copy of the file at once: they would otherwise hold the lock for the seconds they outlive a killed run. On file systems without `flock` the file's
 pid/host record decides (a dead pid on this host is stale; another host's record is trusted).
 
 `check_output_dir` / `check_output_file` fail before the compute is spent, with the path and the reason: not a
@@ -30,6 +31,22 @@ try:
 except ImportError:  # Windows: only the pid record
     fcntl = None
 
+_HELD: set = set()  # the lock files this process holds open
+
+
+def _close_held_in_child() -> None:
+    # closing a copy drops the child's reference only; the parent's flock stays (no LOCK_UN here)
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
 
 class RunLock:
     """`with RunLock(dir):` or `acquire()` / `release()`. `where` names the config key in messages."""
@@ -55,6 +72,7 @@ class RunLock:
             os.close(fd)
             raise
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def _lock(self, fd: int) -> bool:
@@ -75,6 +93,7 @@ class RunLock:
                 os.ftruncate(self._fd, 0)  # an empty record: nobody holds it (also where flock is missing)
             except OSError:
                 pass
+            _HELD.discard(self._fd)
             os.close(self._fd)  # releases the flock
             self._fd = None
 
