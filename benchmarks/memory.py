@@ -184,8 +184,8 @@ def child(spec: dict) -> None:
     in use. Left at glibc's default the threshold is dynamic: freeing the unsharded model while FSDP shards it
     raises it to the largest weight freed (up to 32 MiB), after which FSDP's per-block buffers (gathered weights,
     unsharded gradients, freed and allocated again for every block of every step) come from the heap, whose freed
-    chunks stay resident: RSS then grows from step to step while the bytes in use do not (mallinfo2: 375 MiB in use
-    after every step of ViT-S, 230 -> 430 MiB free but kept over steps 1-3)."""
+    chunks stay resident: RSS then grows from step to step while the bytes in use do not (`--trace`: ViT-S has 207 MiB
+    in use after every step either way, and 300, 360, 420 MiB freed but kept after steps 1-3 with the default)."""
     import torch.distributed as dist
 
     from motionmae.engine.optim import build_optimizer
@@ -316,8 +316,9 @@ def main(argv=None) -> int:
             "the per-block buffers FSDP allocates and frees for every block of every step (gathered weights, "
             "unsharded gradients) come from malloc's heap, whose freed chunks stay resident, and RSS grows from step "
             "to step while the bytes in use stay the same. `python benchmarks/memory.py --trace 'ViT-S 16x112' fsdp` "
-            "shows it: after each step malloc has the same ~210 MiB in use with either threshold, but with the dynamic "
-            "one 280, 360, 410 MiB freed and kept after steps 1-3 (fixed: under 2 MiB). That retention is the CPU "
+            "shows it on rank 0: after each step malloc has the same 207 MiB in use (over the base) with either threshold, "
+            "but with the dynamic one none of it is mmapped from the wrap on, and 300, 360, 420 MiB are freed but kept "
+            "after steps 1-3 (fixed threshold: under 1 MiB). That retention is the CPU "
             "allocator's (on a GPU the caching allocator's slack, not counted above); it was the whole of the 1.5-2x "
             "by which FSDP measured over the calculation before the threshold was fixed. The calculation is an upper "
             "bound in one respect: it adds all gradients to all activations, while backward frees activations as it "
