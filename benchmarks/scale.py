@@ -3,8 +3,9 @@
 - fsdp: `train.parallel=fsdp` against DDP on 2 gloo ranks, same global batch: the loss of every step side by side
   (memory per rank: benchmarks/memory.py --measure);
 - shards: pretraining through the real Trainer (`motionmae pretrain`, one DataLoader worker) from an annotation list,
-  from WebDataset shards on local disk and from a `pipe:cat` stream of them: clips/s (wall) and CPU seconds per
-  clip (the trainer and its workers); the runs take turns;
+  from WebDataset shards on local disk and from a `pipe:cat` stream of them: steady-state clips/s (wall, median
+  step), the first step of an epoch (worker start, shuffle buffer, first clips), the trainer's clips/s over the
+  whole run and CPU seconds per clip (the trainer and its workers); the runs take turns;
 - compile: one training step eager vs `torch.compile` (default backend: inductor, C++ on CPU), fp32 and bf16, process
   CPU time with one thread, median over steps taken in turn; and the one-off compile time.
 
@@ -87,7 +88,9 @@ def shards_text(tmp: Path, quick: bool) -> str:
 
     from motionmae.data import shards
 
-    n, steps, rounds = (8, 2, 1) if quick else (64, 12, 2)
+    n, batch, rounds = (8, 4, 1) if quick else (64, 4, 3)
+    per_epoch = n // batch
+    steps = 2 * per_epoch  # two epochs: the second one's start (new workers, a new shuffle buffer) is measured too
     (tmp / "videos").mkdir()
     files = write_videos(tmp / "videos", 320, 240, 150, 8, seed=2)
     root = tmp / "list"
@@ -99,10 +102,11 @@ def shards_text(tmp: Path, quick: bool) -> str:
     pattern = f"{tmp / 'shards'}/shard-{{000000..{info['shards'] - 1:06d}}}.tar"
     sources = {"annotation list": str(root / "list.txt"), "shards (local files)": pattern,
                "shards (pipe:cat, a stream)": f"pipe:cat {pattern}"}
-    over = [*SMALL, "data.num_workers=1", "train.batch_size=4", f"train.max_steps={steps}"]
+    over = [*SMALL, "data.num_workers=1", f"train.batch_size={batch}", f"train.max_steps={steps}"]
     if quick:
         over += ["model.size=tiny", "model.num_frames=4", "data.num_frames=4", "model.img_size=32", "data.input_size=32"]
-    rate, cpu = {s: [] for s in sources}, {s: [] for s in sources}
+    rate, cpu, steady, first = ({s: [] for s in sources} for _ in range(4))
+    load = os.getloadavg()[0]
     names = list(sources)
     for r in range(rounds):
         for k in range(len(names)):
@@ -110,17 +114,31 @@ def shards_text(tmp: Path, quick: bool) -> str:
             out = tmp / f"run-{r}-{k}"
             seconds = _cli(["pretrain", *over, f"data.train={sources[name]}", f"train.output_dir={out}"])
             rows = _metrics(out)
+            times = [row["step_time"] for row in rows]  # wall, data wait included
             rate[name].append(rows[-1]["clips_per_s"])
-            cpu[name].append(seconds / (steps * 4))
-    table = [[name, f"{median(rate[name]):.2f}", f"{median(cpu[name]):.2f}"] for name in names]
+            cpu[name].append(seconds / (steps * batch))
+            first[name].extend(times[::per_epoch])
+            steady[name].append(batch / median([t for i, t in enumerate(times) if i % per_epoch]))
+    table = [[name, f"{median(steady[name]):.2f}", f"{min(steady[name]):.2f}-{max(steady[name]):.2f}",
+              f"{median(first[name]):.2f}", f"{median(rate[name]):.2f}", f"{median(cpu[name]):.2f}"] for name in names]
+    overlap = max(min(v) for v in steady.values()) <= min(max(v) for v in steady.values())
+    verdict = ("The runs' ranges of steady clips/s overlap, with the same CPU s per clip: the differences between the "
+               "rows are the other jobs' load, not the data path." if overlap else
+               "The runs' ranges of steady clips/s do not all overlap.")
     return (f"### Training from shards vs a list\n\nMachine: {machine_name()}, shared with other jobs (1-min load average at "
-            f"the start: {os.getloadavg()[0]:.1f}). Command: `python benchmarks/scale.py --parts shards --update-docs`.\n\n"
+            f"the start {load:.1f}, at the end {os.getloadavg()[0]:.1f}). Command: "
+            "`python benchmarks/scale.py --parts shards --update-docs`.\n\n"
             f"`motionmae pretrain` (the Trainer), {'ViT-tiny 4x32' if quick else 'motionmae-sha ViT-S 16x112'}, fp32, one "
-            f"intra-op thread, batch 4, {steps} steps, one DataLoader worker, from {n} H.264 videos of 320x240 (150 "
-            f"frames) given as an annotation list, as {info['shards']} local shards, and as a `pipe:cat` stream of them "
-            f"(as `pipe:curl` from object storage); median of {rounds} runs each, taking turns. clips/s is the trainer's "
-            "(wall, start-up excluded); CPU s per clip counts the whole command (start-up, trainer and worker).\n\n"
-            + markdown_table(["data.train", "clips/s", "CPU s per clip"], table) + "\n")
+            f"intra-op thread, batch {batch}, {steps} steps (2 epochs), one DataLoader worker, from {n} H.264 videos of "
+            f"320x240 (150 frames) given as an annotation list, as {info['shards']} local shards, and as a `pipe:cat` "
+            f"stream of them (as `pipe:curl` from object storage); median of {rounds} runs each, taking turns. Steady "
+            "clips/s: the batch over the median wall time of a step (data wait included), without each epoch's first "
+            "step; that first step (the DataLoader worker starting, the shards' shuffle buffer filling, the first clips "
+            "decoded) is the next column, median over epochs and runs; then the trainer's clips/s over the whole run "
+            "(from the first epoch's worker start to the last step); CPU s per clip counts the whole command "
+            "(start-up, trainer and worker).\n\n"
+            + markdown_table(["data.train", "steady clips/s", "its range over the runs", "epoch's first step (s)",
+                              "trainer's clips/s (whole run)", "CPU s per clip"], table) + f"\n\n{verdict}\n")
 
 
 # ----------------------------------------------------------------------------------------------- compile

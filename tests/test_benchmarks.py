@@ -239,3 +239,20 @@ def test_memory_calculator_by_hand_and_against_saved_tensors():
     assert saved(lambda: blk(x)) == pytest.approx(2 * memory.block_activation_bytes(50, 64, 256, 4, False, True), rel=0.02)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU bf16: the explicit attention path, probabilities saved
         assert saved(lambda: blk(x)) == pytest.approx(2 * memory.block_activation_bytes(50, 64, 256, 4, True, False), rel=0.02)
+
+
+def test_malloc_counts_follow_a_tensor():
+    # the CPU check's evidence for allocator retention (memory.py --trace): glibc's bytes in use, freed but kept
+    import ctypes
+
+    import memory
+
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc < 2.33: no mallinfo2")
+    before = memory._malloc_bytes(libc)[0]
+    t = torch.ones(2**22)  # 16 MiB
+    during = memory._malloc_bytes(libc)[0]
+    del t
+    after = memory._malloc_bytes(libc)[0]
+    assert 2**24 <= during - before < 2**24 + 2**20 and abs(after - before) < 2**20
