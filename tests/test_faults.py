@@ -330,6 +330,13 @@ MISTAKES = [
     ("a mask kind with a typo", ["pretrain", "data.train={data}", *TINY, "mask.kind=tubes", "train.output_dir={tmp}/r"],
      "did you mean 'tube'"),
     ("a preset that names itself", ["pretrain", "--config", "{selfref}", "data.train={data}"], "config recursion"),
+    ("make-dataset onto a file", ["make-dataset", "--out", "{text}"], "--out {text}: is a file, expected a folder"),
+    ("make-dataset where no folder can be made", ["make-dataset", "--out", "/proc/nope/d"], "cannot create the folder"),
+    ("make-dataset with a negative count", ["make-dataset", "--out", "{tmp}/ds", "--num-train", "-5"],
+     "--num-train and --num-val must be >= 1, got -5"),
+    ("demo with a negative count", ["demo", "--out", "{tmp}/demo1", "--num-train", "-5"], "must be >= 1, got -5"),
+    ("demo with a bad config value (before the dataset is written)", ["demo", "--out", "{tmp}/demo2", "mask.ratio=1.5"],
+     "mask.ratio=1.5 must be in"),
 ]
 
 
@@ -352,8 +359,10 @@ def test_a_user_mistake_is_one_line_exit_2_naming_it(mistake_env, what, argv, sa
     rc, err, survivors = run_isolated([a.format(**mistake_env) for a in argv])
     lines = [l for l in err.splitlines() if l.strip()]
     assert rc == 2 and "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith(f"motionmae {argv[0]}: error:") and says in lines[0], err
+    assert len(lines) == 1 and lines[0].startswith(f"motionmae {argv[0]}: error:") and says.format(**mistake_env) in lines[0], err
     assert survivors == []
+    if argv[0] == "demo":  # refused before any minute went into writing its dataset
+        assert not list(Path(argv[2].format(**mistake_env)).glob("data/*/*.mp4"))
 
 
 def test_a_killed_data_worker_ends_the_run_in_one_line_and_it_resumes(tmp_path):

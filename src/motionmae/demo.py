@@ -44,9 +44,9 @@ def run_demo(out: Path, config: str = "demo", overrides=(), num_train: int = 800
     `overrides` go to the pretraining config, `probe_overrides` (e.g. probe.k=10) to the probe's."""
     t0 = time.perf_counter()
     data_dir = out / "data"
+    # the config is checked before minutes go into writing the dataset (the lists are where the writer puts them)
+    cfg = C.load_config(config, [f"data.train={data_dir / 'train.csv'}", f"train.output_dir={out / 'pretrain'}", *overrides])
     train_list, val_list = ensure_dataset(data_dir, num_train, num_val)
-
-    cfg = C.load_config(config, [f"data.train={train_list}", f"train.output_dir={out / 'pretrain'}", *overrides])
     _banner(f"[2/5] pretraining MotionMAE on {train_list}")
     from motionmae.engine.pretrain import pretrain
 

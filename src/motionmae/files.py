@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 
 def current_umask() -> int:
@@ -98,3 +99,21 @@ def save_npy(path, array) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, array)
     return Path(path)
+
+
+def folder_problem(p, name: str = "the folder") -> Optional[str]:
+    """Why no file can be written in folder `p` (created if missing), or None."""
+    p = Path(p)
+    if p.exists() and not p.is_dir():
+        return f"{name} is a file, expected a folder" if name != "the folder" else "is a file, expected a folder"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {name} ({e.strerror or e})"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write in {name} ({e.strerror or e})"
+    return None

@@ -278,6 +278,10 @@ def make_dataset(out_dir, num_train: int = 800, num_val: int = 200, frames: int 
     is called as clips are written."""
     from motionmae.errors import UserError
 
+    from motionmae.files import folder_problem
+
+    if num_train < 1 or num_val < 1:
+        raise UserError(f"--num-train and --num-val must be >= 1, got {num_train} and {num_val}")
     if size % 2 or size < 16:
         raise UserError(f"--size must be even and >= 16 (yuv420p), got {size}")
     if frames < 2:
@@ -292,6 +296,9 @@ def make_dataset(out_dir, num_train: int = 800, num_val: int = 200, frames: int 
         raise UserError(f"unknown background '{style.background}'; valid: {', '.join(BACKGROUNDS)}")
     class_names = FASHION_CLASSES if use_fashion else CLASSES
     out = Path(out_dir)
+    problem = folder_problem(out)
+    if problem:
+        raise UserError(f"--out {out}: {problem}")
     t0 = time.time()
     jobs, lists = [], {}
     for split, num in (("train", num_train), ("val", num_val)):

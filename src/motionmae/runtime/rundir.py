@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from motionmae.errors import UserError
+from motionmae.files import folder_problem
 
 LOCK_NAME = ".lock"
 
@@ -57,7 +57,7 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        problem = _folder_problem(self.dir, "the folder")
+        problem = folder_problem(self.dir, "the folder")
         if problem:
             raise UserError(f"{self.where}={self.dir}: {problem}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -144,7 +144,7 @@ def check_output_dir(path, where: str, need_bytes: int = 0) -> Path:
     """Create `path` if needed and make sure a file can be written in it (and `need_bytes` fit); else a UserError
     naming `where` (the config key or option), the path and the reason."""
     p = Path(path)
-    problem = _folder_problem(p, "the folder")
+    problem = folder_problem(p, "the folder")
     if problem:
         raise UserError(f"{where}={path}: {problem}")
     if need_bytes > 0:
@@ -160,27 +160,10 @@ def check_output_file(path, where: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{where}={path}: is a folder, expected a file name")
-    problem = _folder_problem(p.parent, f"its folder {p.parent}")
+    problem = folder_problem(p.parent, f"its folder {p.parent}")
     if problem:
         raise UserError(f"{where}={path}: {problem}")
     return p
-
-
-def _folder_problem(p: Path, name: str) -> Optional[str]:
-    """Why no file can be written in folder `p` (created if missing), or None."""
-    if p.exists() and not p.is_dir():
-        return f"{name} is a file, expected a folder" if name != "the folder" else "is a file, expected a folder"
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"cannot create {name} ({e.strerror or e})"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=p)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        return f"cannot write in {name} ({e.strerror or e})"
-    return None
 
 
 def checkpoint_bytes(model, optimizer_slots: int = 2) -> int:
