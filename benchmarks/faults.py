@@ -173,19 +173,23 @@ class Bench:
     def _interrupt_then_finish(self, name: str, sig: int, want_rc: int) -> str:
         ref = self.ref()
         d = self.work / name
-        at = self.rng.uniform(0.0, 1.0)  # fraction of the run's steps, then a random extra delay within a step
-        p = start(self.args(d))
-        wait_for(lambda: (d / "metrics.jsonl").exists() and len(rows(d)) >= int(at * STEPS), p)
-        time.sleep(self.rng.uniform(0, 0.3))
-        if p.poll() is None:
-            os.killpg(p.pid, sig) if sig == signal.SIGKILL else os.kill(p.pid, sig)
-        rc, err = finish(p)
-        stopped = max((s for s, _ in losses(d)), default=0)
-        if rc == 0 or (rc == -sig and stopped == STEPS):  # the signal came after the last step, in the teardown
-            note = f"finished before the signal (step {stopped})"
-        else:
+        for attempt in range(1, 6):  # a signal that lands after the last step tests nothing: again, at another moment
+            at = self.rng.uniform(0.0, 1.0)  # fraction of the run's steps, then a random extra delay within a step
+            p = start(self.args(d))
+            wait_for(lambda: (d / "metrics.jsonl").exists() and len(rows(d)) >= int(at * STEPS), p)
+            time.sleep(self.rng.uniform(0, 0.05))
+            if p.poll() is None:
+                os.killpg(p.pid, sig) if sig == signal.SIGKILL else os.kill(p.pid, sig)
+            rc, err = finish(p)
+            stopped = max((s for s, _ in losses(d)), default=0)
+            if rc == 0 or (rc == -sig and stopped == STEPS):  # the run was over (or in its teardown)
+                shutil.rmtree(d, ignore_errors=True)
+                continue
             check(rc == want_rc, f"exit {rc}, expected {want_rc}: {err[-300:]}")
-            note = f"stopped at step {stopped}"
+            note = f"stopped at step {stopped}" + (f" (attempt {attempt}: earlier ones finished first)" if attempt > 1 else "")
+            break
+        else:
+            raise Failed("every attempt finished before the signal arrived: the fault was never injected")
         left = temps(d)
         rc, err = run(self.args(d))
         check(rc == 0, f"the rerun failed: {err[-300:]}")
