@@ -145,3 +145,21 @@ def test_adjacent_refuses_a_padding_it_does_not_use():
         C.load_config("", ["objective.motion_frames=adjacent", "objective.motion_pad=extra_frame"])
     o = C.load_config("", ["objective.motion_frames=adjacent", "objective.motion_gap=2"]).objective
     assert (o.neighbor_gap, o.extra_frames, o.encoder_frames(32)) == (2, 0, 16)
+
+
+def test_a_video_too_short_for_the_clip_and_its_neighbours_is_named(tmp_path):
+    # 4 frames at stride 4 span 13 raw frames; with each frame's neighbour (gap 1) a clip needs 14
+    import warnings
+
+    video = index_frame_folder(tmp_path / "v", n=13)
+    cfg = C.load_config("motionmae-sha-tiny", [*TINY, f"data.train={video}"])
+    for gap in (0, 1):
+        ds = build_dataset(cfg.data, "train", "pretrain", neighbor_gap=gap)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds[0]
+        short = [str(w.message) for w in caught if "fewer than a clip spans" in str(w.message)]
+        if gap == 0:
+            assert short == []
+        else:
+            assert len(short) == 1 and "has 13 frame(s), fewer than a clip spans (4 at stride 4 and each frame's neighbour 1 on)" in short[0]

@@ -391,9 +391,10 @@ class ClipMaker:
             return
         notes = list(notes)
         span = (self.num_frames - 1) * self.sampling_rate + 1 if self.sampling == "dense" else self.num_frames
-        if n < span:
+        gap = f" and each frame's neighbour {self.neighbor_gap} on" if self.neighbor_gap else ""
+        if n < span + self.neighbor_gap:  # a clip's frames start within the first n - gap (see _clip)
             fill = "loops over them" if self.short_video == "loop" else "holds the last one"
-            notes.append(f"has {n} frame(s), fewer than a clip spans ({self.num_frames} at stride {self.sampling_rate}): "
+            notes.append(f"has {n} frame(s), fewer than a clip spans ({self.num_frames} at stride {self.sampling_rate}{gap}): "
                          f"the clip {fill} (data.short_video={self.short_video})")
         if min(size) < self.input_size:
             notes.append(f"is {size[1]}x{size[0]}, smaller than data.input_size={self.input_size}: its frames are upscaled")
