@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,23 @@ def cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "motionmae.cli", *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def spawn(*args, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start the real `motionmae` CLI in a subprocess (one thread), without waiting for it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return subprocess.Popen([sys.executable, "-m", "motionmae.cli", *map(str, args)], stdout=stdout,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+
+
+def signal_when_logged(proc, run_dir, sig, step, timeout=120) -> None:
+    """Send `sig` to `proc` as soon as its run has logged step `step` (or give up when it ends or times out)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (Path(run_dir) / "metrics.jsonl").exists() and any(r["step"] >= step for r in metric_rows(run_dir)):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.002)
 
 
 def metric_rows(run_dir) -> list:

@@ -4,13 +4,11 @@ unreadable videos are skipped and counted, min / warm-up lr scale with the batch
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from engine_helpers import TINY, metric_rows, tiny_videos
+from engine_helpers import TINY, metric_rows, signal_when_logged, spawn, tiny_videos
 from motionmae.config import FinetuneConfig, load_config
 from motionmae.engine.finetune import finetune
 from motionmae.engine.trainer import make_plan
@@ -33,21 +31,6 @@ def videos(tmp_path_factory):
     return labelled_list(tmp_path_factory.mktemp("videos"))
 
 
-def _spawn(args):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, "-m", "motionmae.cli", "finetune", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-
-
-def _signal_when(proc, run_dir, sig, step):
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= step for r in metric_rows(run_dir)):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.002)
-
-
 def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
     # the whole recipe is on: RandAugment, random resized crop, mixup / cutmix, random erasing, drop path
     over = [*TINY, f"data.train={videos}", "train.batch_size=2", "train.max_steps=12", "train.save_every=2",
@@ -57,8 +40,8 @@ def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
     assert [s for s, *_ in want] == list(range(1, 13))  # 12 steps over 3 epochs of 4
 
     run_dir = tmp_path / "killed"
-    proc = _spawn([*over, f"train.output_dir={run_dir}"])
-    _signal_when(proc, run_dir, signal.SIGKILL, 3)
+    proc = spawn("finetune", *over, f"train.output_dir={run_dir}")
+    signal_when_logged(proc, run_dir, signal.SIGKILL, 3)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     resumed_from = ck.read_state(run_dir)["step"]
@@ -74,9 +57,9 @@ def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
 def test_sigterm_saves_last_and_exits_143_and_unreadable_videos_are_counted(tmp_path):
     lst = labelled_list(tmp_path / "videos", n=8, corrupt=1)  # batch 2: every epoch visits all 8, the bad one too
     run_dir = tmp_path / "run"
-    proc = _spawn([*TINY, f"data.train={lst}", "train.batch_size=2", "train.max_steps=200", "train.save_every=1000",
-                   f"train.output_dir={run_dir}"])
-    _signal_when(proc, run_dir, signal.SIGTERM, 4)
+    proc = spawn("finetune", *TINY, f"data.train={lst}", "train.batch_size=2", "train.max_steps=200",
+                 "train.save_every=1000", f"train.output_dir={run_dir}", stdout=subprocess.PIPE)
+    signal_when_logged(proc, run_dir, signal.SIGTERM, 4)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, stdout
     state = ck.read_state(run_dir)

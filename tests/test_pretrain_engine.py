@@ -6,13 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from engine_helpers import TINY, metric_rows, tiny_videos
+from engine_helpers import TINY, metric_rows, signal_when_logged, spawn, tiny_videos
 from motionmae import config as C
 from motionmae.runtime import checkpoint as ck
 from motionmae.runtime.logger import read_metrics
@@ -42,15 +40,8 @@ def test_sigkill_then_resume_repeats_every_loss(videos, tmp_path):
     assert [s for s, *_ in want] == list(range(1, 13))  # 12 steps over 3 epochs of 4
 
     run_dir = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "motionmae.cli", "pretrain", *over, f"train.output_dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in metric_rows(run_dir)):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
+    proc = spawn("pretrain", *over, f"train.output_dir={run_dir}")
+    signal_when_logged(proc, run_dir, signal.SIGKILL, 3)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = max(r["step"] for r in metric_rows(run_dir))
@@ -129,16 +120,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(videos, tmp_path):
 
 def test_sigterm_saves_last_at_the_current_step_and_exits_143(videos, tmp_path):
     run_dir = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "motionmae.cli", "pretrain", *TINY, f"data.train={videos}", "train.batch_size=2",
-                             "train.max_steps=200", "train.save_every=1000", f"train.output_dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and metric_rows(run_dir):
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.01)
+    proc = spawn("pretrain", *TINY, f"data.train={videos}", "train.batch_size=2", "train.max_steps=200",
+                 "train.save_every=1000", f"train.output_dir={run_dir}", stdout=subprocess.PIPE)
+    signal_when_logged(proc, run_dir, signal.SIGTERM, 1)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, stdout
     state = ck.read_state(run_dir)

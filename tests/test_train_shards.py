@@ -4,14 +4,11 @@ are skipped and counted as with lists; pictures come from the first shard."""
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from engine_helpers import TINY, metric_rows, tiny_videos
+from engine_helpers import TINY, cli, metric_rows, signal_when_logged, spawn, tiny_videos
 from motionmae import config as C
 from motionmae.data import datasets as DS
 from motionmae.data.shards import write_shards
@@ -41,30 +38,21 @@ def test_sigkill_then_resume_from_shards_repeats_every_loss(shards, tmp_path):
     # 2 DataLoader workers split each epoch of the 3 shards; the run is killed mid-epoch and resumes from `last`
     over = [*TINY, f"data.train={shards}", "data.num_workers=2", "data.shuffle_buffer=3", "train.batch_size=2",
             "train.max_steps=10", "train.save_every=3"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    full = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *over, f"train.output_dir={tmp_path / 'full'}"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    full = cli("pretrain", *over, f"train.output_dir={tmp_path / 'full'}", timeout=300)
     assert full.returncode == 0, full.stderr[-3000:]
     assert "8 videos (streamed from shards)" in full.stdout
     want = [(r["step"], r["epoch"], r["loss"], r["loss_motion"], r["lr"]) for r in read_metrics(tmp_path / "full")]
     assert [s for s, *_ in want] == list(range(1, 11)) and [e for _, e, *_ in want] == [0] * 4 + [1] * 4 + [2] * 2
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "motionmae.cli", "pretrain", *over, f"train.output_dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "metrics.jsonl").exists() and any(r["step"] >= 5 for r in metric_rows(run_dir)):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
+    proc = spawn("pretrain", *over, f"train.output_dir={run_dir}")
+    signal_when_logged(proc, run_dir, signal.SIGKILL, 5)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     state = ck.read_state(run_dir)
     assert state["step"] in (3, 6, 9) and state["step"] <= max(r["step"] for r in metric_rows(run_dir))
 
-    resumed = subprocess.run([sys.executable, "-m", "motionmae.cli", "pretrain", *over, f"train.output_dir={run_dir}"],
-                             capture_output=True, text=True, env=env, timeout=300)
+    resumed = cli("pretrain", *over, f"train.output_dir={run_dir}", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {run_dir / 'checkpoints' / 'last.safetensors'} at step {state['step']}" in resumed.stdout
     got = [(r["step"], r["epoch"], r["loss"], r["loss_motion"], r["lr"]) for r in read_metrics(run_dir)]
