@@ -62,8 +62,9 @@ class Setup:
     finetune_column: str = "direction"
     finetune_steps: int = 300
     finetune_lr: float = 1e-3
-    vos_sequences: int = 8  # synthetic 'glyphs' VOS set (0: no VOS)
+    vos_sequences: int = 8  # synthetic VOS set (0: no VOS)
     vos_size: int = 64
+    vos_scene: str = "glyphs"  # make-dataset --vos-scene: glyphs (shape decides) or sprites (colour decides)
 
 
 QUICK = Setup(
@@ -144,10 +145,10 @@ def make_vos(setup: Setup, out: Path) -> Optional[Path]:
 
     if not setup.vos_sequences:
         return None
-    root = out / f"vos-{setup.vos_sequences}x{setup.vos_size}"
+    root = out / f"vos-{setup.vos_sequences}x{setup.vos_size}{'' if setup.vos_scene == 'glyphs' else '-' + setup.vos_scene}"
     if not (root / "ImageSets").exists():
         h = setup.vos_size
-        make_vos_dataset(root, setup.vos_sequences, 24, h, max(8, round(h * 4 / 3 / 8) * 8), seed=0)
+        make_vos_dataset(root, setup.vos_sequences, 24, h, max(8, round(h * 4 / 3 / 8) * 8), seed=0, scene=setup.vos_scene)
     return root
 
 

@@ -256,3 +256,23 @@ def test_malloc_counts_follow_a_tensor():
     del t
     after = memory._malloc_bytes(libc)[0]
     assert 2**24 <= during - before < 2**24 + 2**20 and abs(after - before) < 2**20
+
+
+def test_vos_sets_pairs_rows_by_seed(tmp_path):
+    """benchmarks/vos_sets.py on tiny sets: both scenes are written (apart), every (row, scene, size) is measured,
+    and the same encoder under two names gives the same J&F, so its paired difference row is exactly zero."""
+    import vos_sets
+    from motionmae.config import ModelConfig
+    from motionmae.eval.probe import random_encoder
+
+    cfg = ModelConfig(embed_dim=32, depth=1, num_heads=2, patch_size=8, tubelet_size=2, num_frames=4, img_size=32)
+    rows = {vos_sets.RANDOM: {s: random_encoder(cfg, s) for s in (0, 1)}}
+    rows["same"] = dict(rows[vos_sets.RANDOM])
+    res = vos_sets.measure(tmp_path, rows, [32], reproduce.Ledger(tmp_path / "cost.json"), sequences=1, height=32)
+    assert sorted(p.name for p in tmp_path.glob("vos-*")) == ["vos-1x32", "vos-1x32-sprites"]
+    assert set(res) == {(r, scene, 32) for r in rows for scene in vos_sets.SCENES}
+    for key, per_seed in res.items():
+        assert set(per_seed) == {0, 1} and all(0.0 <= v <= 1.0 for v in per_seed.values())
+        assert per_seed == res[(vos_sets.RANDOM, *key[1:])]
+    text = vos_sets.table(res, list(rows), [32])
+    assert "| same - random init, per seed | +0.000 ± 0.000 (+0.000 +0.000) | +0.000 ± 0.000 (+0.000 +0.000) |" in text
