@@ -319,6 +319,65 @@ def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=p
     return curve
 
 
+def reference_routing(steps: int, lr: float, ratio: float = 0.9, grid=(4, 8, 8), dim: int = 64, content: int = 48,
+                      depth: int = 2, heads: int = 4, encoder_depth: int = 0, encoder_dim: int = 128, log=print) -> list:
+    """The `sanity --kind static` task without motionmae: a plain pre-norm `nn.TransformerEncoder` (the demo
+    decoder's width, depth and heads) over a (T', H', W') token grid with factorised sin-cos positions. Visible
+    tokens carry their content (random vectors, the same at every time slice), masked ones a learned token; the
+    loss is the MSE on the masked tokens (per-slice masks). Copying the same place from another time slice is the
+    only way below predict-zero; if this plain model also sits on the line for hundreds of steps, the plateau is
+    the task's (attention must first learn to route by position), not a defect of motionmae's model.
+    `encoder_depth` > 0 puts an MAE encoder in front (that many blocks of `encoder_dim` over the visible tokens,
+    then a Linear to `dim`, positions added again), as in motionmae's model."""
+    t, h, w = grid
+    n, g = t * h * w, torch.Generator().manual_seed(0)
+    parts = [dim // 4, 3 * dim // 8, dim - dim // 4 - 3 * dim // 8]  # t, h, w shares of the width
+
+    def sincos(length: int, d: int) -> torch.Tensor:
+        angle = torch.arange(length)[:, None] / 10000 ** (torch.arange(d // 2)[None] * 2 / d)
+        return torch.cat([angle.sin(), angle.cos()], 1)
+
+    axes = [sincos(length, d).view(*[length if i == a else 1 for i in range(3)], d).expand(t, h, w, d)
+            for a, (length, d) in enumerate(zip(grid, parts))]
+    pos = torch.cat(axes, -1).reshape(n, dim)
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(dim, heads, 4 * dim, 0.0, activation="gelu", batch_first=True, norm_first=True)
+    model = torch.nn.ModuleDict({"embed": torch.nn.Linear(content, dim), "blocks": torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False),
+                                 "head": torch.nn.Linear(dim, content)})
+    if encoder_depth:
+        enc_layer = torch.nn.TransformerEncoderLayer(encoder_dim, heads, 4 * encoder_dim, 0.0, activation="gelu", batch_first=True, norm_first=True)
+        model["patch_embed"] = torch.nn.Linear(content, encoder_dim)
+        model["encoder"] = torch.nn.Sequential(torch.nn.TransformerEncoder(enc_layer, encoder_depth, enable_nested_tensor=False),
+                                               torch.nn.LayerNorm(encoder_dim))
+        model["embed"] = torch.nn.Linear(encoder_dim, dim)
+        enc_pos = torch.cat([torch.cat(axes, -1).reshape(n, dim)] * (encoder_dim // dim), -1)
+    mask_token = torch.nn.Parameter(torch.zeros(dim))
+    opt = torch.optim.AdamW([*model.parameters(), mask_token], lr=lr, weight_decay=0.05)
+    curve = []
+    for i in range(steps + 1):
+        x = torch.randn(16, 1, h * w, content, generator=g).expand(-1, t, -1, -1).reshape(16, n, content)
+        keep = max(1, round(h * w * (1 - ratio)))
+        mask = (torch.rand(16, t, h * w, generator=g).argsort(-1).argsort(-1) >= keep).reshape(16, n)
+        if encoder_depth:  # visible tokens only through the encoder (the same count per clip)
+            vis = (~mask).nonzero()[:, 1].view(16, -1)
+            latent = model["encoder"](model["patch_embed"](x.gather(1, vis[..., None].expand(-1, -1, content))) + enc_pos[vis])
+            embedded = torch.zeros(16, n, dim).scatter(1, vis[..., None].expand(-1, -1, dim), model["embed"](latent))
+        else:
+            embedded = model["embed"](x)
+        tokens = torch.where(mask[..., None], mask_token.expand(16, n, dim), embedded) + pos
+        err = (model["head"](model["blocks"](tokens)) - x)[mask]
+        loss = err.square().mean()
+        if i % 100 == 0:
+            curve.append((i, loss.item() / x[mask].square().mean().item()))
+            log(f"step {i}: loss / predict-zero {curve[-1][1]:.3f} (plain nn.TransformerEncoder)")
+        if i == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return curve
+
+
 def memory_table(paths: Sequence[Path], readout: str = "L3") -> str:
     """Markdown: one row per `memory` result file: data, overrides, held-out ratios at the end, and the
     linear probe of `readout` (pretrained vs the run's random init, and the difference)."""
@@ -374,7 +433,10 @@ def main(argv=None) -> int:
     sa.add_argument("--steps", type=int, default=500)
     sa.add_argument("--lr", type=float, default=1e-3)
     sa.add_argument("--rolling", action="store_true", help="the tile moves down 1 px per frame (motion target too)")
-    sa.add_argument("--kind", default="tile", choices=["tile", "static"])
+    sa.add_argument("--kind", default="tile", choices=["tile", "static", "reference"],
+                    help="reference: the static task for a plain nn.TransformerEncoder (no motionmae code)")
+    sa.add_argument("--ratio", type=float, default=0.9, help="mask ratio of --kind reference")
+    sa.add_argument("--encoder-depth", type=int, default=0, help="--kind reference: an MAE encoder of this depth in front")
     sa.add_argument("overrides", nargs="*", help="config overrides, e.g. model.pos_embed=sincos3d")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -382,6 +444,7 @@ def main(argv=None) -> int:
         data = Path(args.data) if args.data else variant_data(Path(args.out), [kv for kv in args.style.split(";") if kv]).parent
         probe_at = tuple(int(v) for v in args.probe_at.split(",")) if args.probe_at else (args.steps,)
         res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at, seed=args.seed)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}", f"seed{args.seed}"] if x)
         (Path(args.out) / f"{name.replace(';', '_')}.json").write_text(json.dumps(res))
         return 0
@@ -396,6 +459,9 @@ def main(argv=None) -> int:
             steps = sorted({s for v in curves.values() for s in v[0]})
             curves["predict zero"] = (steps, [1.0] * len(steps), [0.0] * len(steps))
             line_plot(Path(args.plot), curves, "held-out appearance loss / predict-zero loss", "step", "fraction")
+        return 0
+    if args.cmd == "sanity" and args.kind == "reference":
+        reference_routing(args.steps, args.lr, args.ratio, encoder_depth=args.encoder_depth)
         return 0
     if args.cmd == "sanity":
         sanity_run(args.steps, args.lr, args.rolling, kind=args.kind, overrides=args.overrides)

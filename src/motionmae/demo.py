@@ -139,7 +139,7 @@ def reconstruction_vs_zero(checkpoint, data_list: str, num_clips: int = 200, bat
     model.eval().to(device)
     o = cfg.objective
     ds = build_dataset(dataclasses.replace(cfg.data, val=str(data_list), num_workers=0), "val", "finetune",
-                       extra_frames=o.extra_frames, require_labels=False)
+                       extra_frames=o.extra_frames, require_labels=False, neighbor_gap=o.neighbor_gap)
     n = min(num_clips, len(ds))
     gen = torch.Generator().manual_seed(seed)
     names = [t.name for t in model.targets]
