@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import io
 import json
 import math
+import resource
 import shlex
 import sys
 import time
@@ -36,6 +38,8 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import line_plot, markdown_table, mean_std  # noqa: E402
+
+from motionmae.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -105,20 +109,31 @@ def slug(name: str) -> str:
 
 
 class Ledger:
-    """CPU seconds per category, added as work is done and kept in a JSON file (survives interruptions)."""
+    """CPU seconds per category, added as work is done and kept in a JSON file (survives interruptions). Counts
+    the data-loader workers too (children, once joined). Each charge re-reads the file under a lock and adds to it,
+    so several processes can share one study directory (e.g. seeds split over cores)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.data: Dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
 
+    @staticmethod
+    def _cpu() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
     @contextlib.contextmanager
     def charge(self, key: str):
-        t0 = time.process_time()
+        t0 = self._cpu()
         try:
             yield
         finally:
-            self.data[key] = self.data.get(key, 0.0) + time.process_time() - t0
-            self.path.write_text(json.dumps(self.data, indent=1))
+            spent = self._cpu() - t0
+            with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+                self.data[key] = self.data.get(key, 0.0) + spent
+                write_json(self.path, self.data)
 
     def hours(self, prefix: str = "") -> float:
         return sum(v for k, v in self.data.items() if k.startswith(prefix)) / 3600

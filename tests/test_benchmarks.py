@@ -109,6 +109,24 @@ def test_replace_section_round_trip(tmp_path):
     assert text.count("<!-- a -->") == 1 and text.count("<!-- b -->") == 1
 
 
+def test_ledger_shared_by_two_processes_and_counts_children(tmp_path):
+    """Two ledgers on one file (two study processes) add up instead of overwriting each other, and CPU spent in a
+    child process (the data-loader workers) is charged."""
+    import subprocess
+
+    path = tmp_path / "cost.json"
+    a, b = reproduce.Ledger(path), reproduce.Ledger(path)
+    with a.charge("pretrain/x"):
+        pass
+    with b.charge("probe/y"):
+        subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"], check=True)
+    with a.charge("pretrain/x"):
+        pass
+    data = json.loads(path.read_text())
+    assert set(data) == {"pretrain/x", "probe/y"} and data["probe/y"] >= 0.3
+    assert reproduce.Ledger(path).hours("probe/") == data["probe/y"] / 3600
+
+
 def test_reproduce_quick_end_to_end(tmp_path):
     assert reproduce.main(["--quick", "--out", str(tmp_path)]) == 0
     out = tmp_path / "quick"
