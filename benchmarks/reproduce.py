@@ -341,8 +341,10 @@ def run_all(setup: Setup, out: Path, names: Dict[str, tuple], quiet: bool, ledge
                 + f"; fine-tune {setup.finetune_column} {100 * r.finetune_top1:.1f}"
                 + (f"; VOS J&F {r.vos['J&F']:.3f}" if r.vos else ""))
             results[name].append(r)
-            seeds = "-".join(map(str, setup.seeds))
-            (out / f"partial-seeds{seeds}.json").write_text(json.dumps(to_json(results, setup), indent=1))
+            # one file per (models, seeds): processes that split seeds or ablations over cores do not overwrite
+            # each other's results
+            tag = f"{'_'.join(slug(n) for n in names)}-seeds{'-'.join(map(str, setup.seeds))}"
+            write_json(out / f"partial-{tag}.json", to_json(results, setup))
     return results
 
 
@@ -665,7 +667,7 @@ def reread(out: Path, setup: Setup, names: Dict[str, tuple], baseline: bool) -> 
         for n, rs in block.items():
             for r in rs:
                 stored[(n, r["seed"])] = r
-    for f in sorted(out.glob("partial-seeds*.json")):
+    for f in sorted(out.glob("partial-*.json")):
         for n, rs in json.loads(f.read_text())["results"].items():
             for r in rs:
                 stored.setdefault((n, r["seed"]), r)

@@ -150,6 +150,18 @@ def test_reproduce_quick_end_to_end(tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_reproduce_ablations_split_over_invocations_are_all_reported(tmp_path):
+    """Ablations run by separate invocations with the same seeds (e.g. side by side on two cores) each keep their
+    results: the report reads every run back, not just the last invocation's."""
+    common_args = ["--quick", "--out", str(tmp_path), "--only", "motionmae-sha", "--no-baseline", "--ablation-seeds", "0"]
+    for ablation in ("sha gap 2", "sha abs motion"):
+        assert reproduce.main([*common_args, "--ablation", ablation]) == 0
+    (tmp_path / "quick" / "results.json").unlink()  # what concurrent invocations leave: only their per-run files
+    assert reproduce.main([*common_args, "--ablation", "sha gap 2,sha abs motion", "--report-only"]) == 0
+    text = (tmp_path / "quick" / "RESULTS.md").read_text()
+    assert "| sha gap 2 |" in text and "| sha abs motion |" in text
+
+
 def test_cpu_bf16_attention_takes_explicit_path_and_matches_fp32_sdpa():
     """Perf choice in models/vit.py: on CPU, bf16 attention avoids the slow SDPA kernel; the result stays
     within bf16 rounding of fp32 SDPA, and fp32 still uses SDPA."""
