@@ -541,7 +541,7 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
         + (f"; ablation rows over seeds {', '.join(map(str, ablation_seeds))}" if ablation else "") + ". "
         f"CPU time of the whole study so far: **{ledger.hours():.1f} CPU-hours** (pretraining {ledger.hours('pretrain/'):.1f}, "
         f"probes {ledger.hours('probe/'):.1f}, fine-tuning {ledger.hours('finetune/'):.1f}, VOS {ledger.hours('vos/'):.2f}), "
-        "one thread, one process at a time.",
+        "one thread per process, the data-loader workers' CPU included.",
         "",
         f"- Data: the built-in synthetic set (`motionmae make-dataset`, default settings{', style ' + str(setup.style) if setup.style else ''}), "
         f"{setup.num_train} train / {setup.num_val} val videos, {setup.video_frames} frames at {setup.video_size}x{setup.video_size}; "
