@@ -350,13 +350,12 @@ def reference_routing(steps: int, lr: float, ratio: float = 0.9, grid=(4, 8, 8),
         model["encoder"] = torch.nn.Sequential(torch.nn.TransformerEncoder(enc_layer, encoder_depth, enable_nested_tensor=False),
                                                torch.nn.LayerNorm(encoder_dim))
         model["embed"] = torch.nn.Linear(encoder_dim, dim)
-        enc_pos = torch.cat([torch.cat(axes, -1).reshape(n, dim)] * (encoder_dim // dim), -1)
+        enc_pos = pos.repeat(1, encoder_dim // dim)
     mask_token = torch.nn.Parameter(torch.zeros(dim))
     opt = torch.optim.AdamW([*model.parameters(), mask_token], lr=lr, weight_decay=0.05)
-    curve = []
+    curve, keep = [], max(1, round(h * w * (1 - ratio)))  # visible tokens per time slice
     for i in range(steps + 1):
         x = torch.randn(16, 1, h * w, content, generator=g).expand(-1, t, -1, -1).reshape(16, n, content)
-        keep = max(1, round(h * w * (1 - ratio)))
         mask = (torch.rand(16, t, h * w, generator=g).argsort(-1).argsort(-1) >= keep).reshape(16, n)
         if encoder_depth:  # visible tokens only through the encoder (the same count per clip)
             vis = (~mask).nonzero()[:, 1].view(16, -1)
