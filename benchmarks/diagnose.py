@@ -192,9 +192,9 @@ def readout_features(encoder, x: torch.Tensor, layers: Sequence[int], batch: int
 
 
 def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], config: str = "demo", probe_at=(),
-               log=print, seed: int = 0) -> dict:
+               log=print, seed: int = 0, schedule: str = "cosine") -> dict:
     """Pretrain on the eval-view clips of `data`'s train list held in memory (fresh masks every step, warm-up
-    from the config, cosine); report the held-out ratio to predict-zero every steps/4 and linear probes of every
+    from the config, then `schedule`: cosine, or constant at `lr`); report the held-out ratio to predict-zero every steps/4 and linear probes of every
     layer (vs the random init the run starts from) at `probe_at`."""
     import dataclasses
 
@@ -229,7 +229,7 @@ def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], conf
     torch.manual_seed(cfg.train.seed)
     model = PretrainModel(cfg)  # builds its encoder first: the random init below is this run's step 0
     out = {"data": str(data), "config": config, "overrides": list(overrides), "steps": steps, "lr": lr, "seed": seed,
-           "random init": probes(model.encoder), "curve": []}
+           "schedule": schedule, "random init": probes(model.encoder), "curve": []}
     log("random init:\n" + show(out["random init"]))
     opt = build_optimizer(model, lr=lr, weight_decay=cfg.train.weight_decay, betas=cfg.train.betas)
     g = torch.Generator().manual_seed(seed)
@@ -258,7 +258,8 @@ def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], conf
         mask = make_mask(cfg.mask.kind, bs, cfg.model.grid(), cfg.mask.ratio, g,
                          clip=raw[idx][:, :, : cfg.model.num_frames] if cfg.mask.kind == "motion" else None)
         for group in opt.param_groups:
-            group["lr"] = lr_at(i, steps, cfg.train.warmup_steps, lr, lr * 0.01, lr * 0.001)
+            group["lr"] = lr_at(min(i, cfg.train.warmup_steps) if schedule == "constant" else i, steps,
+                                cfg.train.warmup_steps, lr, lr * 0.01, lr * 0.001)
         loss = model(x[idx], mask)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -421,6 +422,7 @@ def main(argv=None) -> int:
     m.add_argument("--lr", type=float, default=1e-3)
     m.add_argument("--probe-at", default="", help="comma list of steps to probe at (default: the last)")
     m.add_argument("--seed", type=int, default=0, help="train.seed: the model's init and the masks")
+    m.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="after the warm-up")
     m.add_argument("--data", default="", help="an existing synthetic dataset folder (default: written per --style)")
     m.add_argument("overrides", nargs="*", help="config overrides, e.g. mask.ratio=0.75")
     tb = sub.add_parser("table", help="markdown table of `memory` result files")
@@ -442,9 +444,10 @@ def main(argv=None) -> int:
     if args.cmd == "memory":
         data = Path(args.data) if args.data else variant_data(Path(args.out), [kv for kv in args.style.split(";") if kv]).parent
         probe_at = tuple(int(v) for v in args.probe_at.split(",")) if args.probe_at else (args.steps,)
-        res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at, seed=args.seed)
+        res = memory_run(data, args.steps, args.lr, args.overrides, probe_at=probe_at, seed=args.seed, schedule=args.schedule)
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}", f"seed{args.seed}"] if x)
+        name = "memory-" + "-".join(x.replace("=", "") for x in [args.style, *args.overrides, f"s{args.steps}", f"seed{args.seed}",
+                                                     "" if args.schedule == "cosine" else args.schedule] if x)
         (Path(args.out) / f"{name.replace(';', '_')}.json").write_text(json.dumps(res))
         return 0
     if args.cmd == "table":

@@ -245,3 +245,23 @@ def test_class_texture_is_the_same_waves_for_every_clip_of_a_class():
         a, b = spectrum(glyph, 1), spectrum(glyph, 2)
         assert np.abs(a - b).max() < 0.1 * a.max()
     assert np.abs(spectrum(0, 1) - spectrum(1, 1)).max() > 0.3 * spectrum(0, 1).max()
+
+
+def test_glyph_texture_moves_mixes_fixed_and_moving_waves():
+    # A large disc moving right 3 px per frame: with the share 1 its waves move with it (frame t inside the disc is
+    # frame 0 shifted 3t px), with 0 they stay where they are, and in between the picture is the mix of the two.
+    def frames(moves):
+        spec = ClipSpec(0, 0, 1, 0, 4, 64, seed=3, style=Style(glyph_radius=(0.4, 0.4), glyph_texture_moves=moves))
+        return render_clip(spec).astype(float), render_clip(spec, background_on=False).max(-1) == 255
+
+    fixed, inside = frames(0.0)
+    moving, _ = frames(1.0)
+    half, _ = frames(0.5)
+    assert (frames(True)[0] == moving).all() and (frames(False)[0] == fixed).all()  # the old booleans
+    for t in range(1, 4):
+        both = inside[t] & inside[0]
+        assert (fixed[t][both] == fixed[0][both]).all()
+        shifted = inside[t] & np.roll(inside[0], 3 * t, axis=1)
+        assert np.abs(moving[t][shifted] - np.roll(moving[0], 3 * t, axis=1)[shifted]).max() <= 1
+        assert np.abs(fixed[t][both] - moving[t][both]).max() > 20  # the two really differ
+    assert np.abs(half[inside] - (fixed[inside] + moving[inside]) / 2).max() <= 1  # uint8 rounding

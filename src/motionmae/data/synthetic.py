@@ -69,7 +69,8 @@ class Style:
     contrast: float = 0.35  # waves / noise: the background's range in every channel is at least 0.6 x this
     glyph_texture: float = 0.6  # the glyph carries its own waves, moving with it: colour x (1 - this x (1 - L) / 2)
     glyph_period: float = 1 / 8  # fundamental period of the glyph's waves (of the frame side)
-    glyph_texture_moves: bool = True  # the glyph's waves move with it (False: fixed in the frame, seen through it)
+    glyph_texture_moves: float = 1.0  # share of the glyph's waves that move with it: 1 all (True), 0 none (False:
+    # fixed in the frame, seen through the glyph); between, the same waves fixed and moving, mixed
     class_texture: bool = True  # the glyph's waves are the same for every clip of a class (at a random offset)
 
     @classmethod
@@ -222,8 +223,9 @@ def render_clip(spec: ClipSpec, background_on: bool = True, fashion=None) -> np.
     if st.glyph_texture > 0 and background_on:
         offset = rng.uniform(0, s, 2)
         pattern_rng = np.random.default_rng([7919, spec.glyph]) if st.class_texture else rng
-        pattern = periodic_field(pattern_rng, "waves", s, n, st.glyph_period, 1,
-                                 velocity if st.glyph_texture_moves else (0, 0), offset)[..., None]
+        pattern = periodic_field(pattern_rng, "waves", s, n, st.glyph_period, 1, velocity, offset)[..., None]
+        m = float(st.glyph_texture_moves)
+        pattern = m * pattern + (1 - m) * pattern[:1]  # frame 0 is where the moving waves start: the fixed ones
         colour = colour * (1 - st.glyph_texture * (1 - pattern) / 2)
     out = alpha * colour + (1 - alpha) * bg
     if spec.arrow:
