@@ -201,7 +201,7 @@ def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], conf
     from motionmae.config import load_config
     from motionmae.data.datasets import build_dataset, collate
     from motionmae.data.transforms import to_model_input
-    from motionmae.engine.optim import build_optimizer, lr_at
+    from motionmae.engine.optim import build_optimizer
     from motionmae.eval.linear import linear_probe_accuracy
     from motionmae.models.pretrain import PretrainModel
     from motionmae.objective.masking import make_mask
@@ -258,8 +258,7 @@ def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], conf
         mask = make_mask(cfg.mask.kind, bs, cfg.model.grid(), cfg.mask.ratio, g,
                          clip=raw[idx][:, :, : cfg.model.num_frames] if cfg.mask.kind == "motion" else None)
         for group in opt.param_groups:
-            group["lr"] = lr_at(min(i, cfg.train.warmup_steps) if schedule == "constant" else i, steps,
-                                cfg.train.warmup_steps, lr, lr * 0.01, lr * 0.001)
+            group["lr"] = scheduled_lr(i, steps, cfg.train.warmup_steps, lr, schedule)
         loss = model(x[idx], mask)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,8 +267,15 @@ def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], conf
     return out
 
 
+def scheduled_lr(step: int, steps: int, warmup: int, lr: float, schedule: str) -> float:
+    """Linear warm-up to `lr`, then cosine to lr / 100 at `steps` ('cosine') or `lr` ('constant')."""
+    from motionmae.engine.optim import lr_at
+
+    return lr_at(min(step, warmup) if schedule == "constant" else step, steps, warmup, lr, lr * 0.01, lr * 0.001)
+
+
 def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=print, kind: str = "tile",
-               overrides: Sequence[str] = ()) -> list:
+               overrides: Sequence[str] = (), schedule: str = "cosine") -> list:
     """kind 'tile': clips made of one random tile the size of a patch, repeated over the frame (every cube of a
     time slice is then the same) and, with `rolling`, moving down 1 px per frame. A model and objective without
     defects must learn to copy it from the visible cubes: both losses fall well below predict-zero.
@@ -277,7 +283,7 @@ def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=p
     another time slice (per-slice masks show it there with probability 1 - ratio^(T'-1)); how fast a model learns
     that measures how fast its decoder learns to route by position."""
     from motionmae.config import load_config
-    from motionmae.engine.optim import build_optimizer, lr_at
+    from motionmae.engine.optim import build_optimizer
     from motionmae.models.pretrain import PretrainModel
     from motionmae.objective.masking import make_mask
 
@@ -311,7 +317,7 @@ def sanity_run(steps: int, lr: float, rolling: bool, config: str = "demo", log=p
         if i == steps:
             break
         for group in opt.param_groups:
-            group["lr"] = lr_at(i, steps, 40, lr, lr * 0.01, lr * 0.001)
+            group["lr"] = scheduled_lr(i, steps, 40, lr, schedule)
         loss = model(clips(16), make_mask(cfg.mask.kind, 16, cfg.model.grid(), cfg.mask.ratio, g))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -438,6 +444,7 @@ def main(argv=None) -> int:
                     help="reference: the static task for a plain nn.TransformerEncoder (no motionmae code)")
     sa.add_argument("--ratio", type=float, default=0.9, help="mask ratio of --kind reference")
     sa.add_argument("--encoder-depth", type=int, default=0, help="--kind reference: an MAE encoder of this depth in front")
+    sa.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="after the warm-up")
     sa.add_argument("overrides", nargs="*", help="config overrides, e.g. model.pos_embed=sincos3d")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -466,7 +473,7 @@ def main(argv=None) -> int:
         reference_routing(args.steps, args.lr, args.ratio, encoder_depth=args.encoder_depth)
         return 0
     if args.cmd == "sanity":
-        sanity_run(args.steps, args.lr, args.rolling, kind=args.kind, overrides=args.overrides)
+        sanity_run(args.steps, args.lr, args.rolling, kind=args.kind, overrides=args.overrides, schedule=args.schedule)
         return 0
 
     if args.cmd == "targets":
