@@ -136,14 +136,13 @@ def variant_data(out: Path, data_keys: Sequence[str]) -> Path:
 
     from motionmae.data.synthetic import Style, make_dataset
 
-    kw, style = {}, {}
-    for item in data_keys:
-        key, value = item.split("=", 1)
-        value = yaml.safe_load(value)
-        (kw if key in ("size", "frames", "crf") else style)[key] = tuple(value) if isinstance(value, list) else value
+    kw = {}
+    for item in [i for i in data_keys if i.split("=", 1)[0] in ("size", "frames", "crf")]:
+        kw[item.split("=", 1)[0]] = yaml.safe_load(item.split("=", 1)[1])
+    style = Style.parse(";".join(i for i in data_keys if i.split("=", 1)[0] not in kw))
     root = out / ("data-" + hashlib.sha1(repr(sorted(data_keys)).encode()).hexdigest()[:10])
     if not (root / "labels.json").exists():
-        make_dataset(root, style=Style(**style), **kw)
+        make_dataset(root, style=Style.from_dict(style), **kw)
     return root / "train.csv"
 
 

@@ -605,6 +605,7 @@ def main(argv=None) -> int:
     p.add_argument("--update-docs", action="store_true", help="write docs/RESULTS.md and docs/results_*.png")
     p.add_argument("--verbose", action="store_true", help="show the training progress bars")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; the study uses 1)")
+    p.add_argument("--style", default="", metavar="KEY=VALUE;...", help="synthetic.Style fields of the data (default: the default data)")
     args = p.parse_args(argv)
 
     import torch
@@ -616,6 +617,10 @@ def main(argv=None) -> int:
         setup.seeds = tuple(int(s) for s in args.seeds.split(","))
     if args.steps:
         setup.steps = args.steps
+    if args.style:
+        from motionmae.data.synthetic import Style
+
+        setup.style = Style.parse(args.style)
     out = Path(args.out) / ("quick" if args.quick else "full")
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / "cost.json")

@@ -25,8 +25,9 @@ def test_tiny_model_learns_arrow_of_time(tmp_path):
     from motionmae.data.synthetic import Style, make_dataset
 
     # the arrow of time shows in the background's drift: made plain here (waves 8 px apart drifting 2 px a frame,
-    # a quarter period, so a token's 4 frames see its direction unambiguously) for a 300-step run from scratch
-    style = Style(period=1 / 4, max_freq=1, drift=1 / 16, contrast=0.6)
+    # a quarter period, so a token's 4 frames see its direction unambiguously) for a 300-step run from scratch,
+    # behind glyphs small enough to leave most of it in view
+    style = Style(period=1 / 4, max_freq=1, drift=1 / 16, contrast=0.6, glyph_radius=(0.28, 0.36), glyph_texture_moves=1)
     data = make_dataset(tmp_path / "syn", num_train=200, num_val=64, frames=8, size=32, workers=1, style=style)
     cfg = load_finetune_config("", [
         "model.embed_dim=64", "model.depth=2", "model.num_heads=2", "model.patch_size=8", "model.tubelet_size=4",

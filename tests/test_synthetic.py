@@ -12,8 +12,8 @@ from motionmae.data.synthetic import (CLASSES, DIRECTIONS, ClipSpec, Style, back
                                       load_fashion_mnist, make_dataset, render_clip, specs_from_meta)
 
 
-def all_specs(frames=6, size=32, glyph=0):
-    return [ClipSpec(glyph, d, s, a, frames, size, seed=10 * d + 3 * s + a) for d in range(4) for s in range(2) for a in range(2)]
+def all_specs(frames=6, size=32, glyph=0, style=None):
+    return [ClipSpec(glyph, d, s, a, frames, size, seed=10 * d + 3 * s + a, style=style or Style()) for d in range(4) for s in range(2) for a in range(2)]
 
 
 def test_reversed_clip_is_the_reversed_spec():
@@ -33,11 +33,11 @@ def circular_centroid(w):
 
 
 def test_direction_and_speed_are_the_glyph_motion():
-    # at 64 px the default speeds are 1 and 3 px per frame
+    # at 64 px the default speeds are 0.5 and 1.5 px per frame
     velocity = {0: (0, 1), 1: (0, -1), 2: (1, 0), 3: (-1, 0)}
     for spec in all_specs(size=64):
         glyph = render_clip(spec, background_on=False)
-        step = (1, 3)[spec.speed]
+        step = (0.5, 1.5)[spec.speed]
         centres = np.array([circular_centroid(f.max(-1).astype(float)) for f in glyph])
         moves = (np.diff(centres, axis=0) + 32) % 64 - 32  # the glyph moves in the labelled (observed) direction
         assert np.allclose(moves, [step * v for v in velocity[spec.direction]], atol=0.1)  # at the labelled speed
@@ -58,7 +58,7 @@ def test_background_drifts_down_one_pixel_per_frame_at_64px():
 
 
 def test_arrow_is_the_background_drift_and_the_playback_order():
-    for spec in all_specs(size=64):
+    for spec in all_specs(size=64, style=Style(glyph_radius=(0.28, 0.36))):  # glyphs that leave the background in view
         full, free = render_clip(spec), render_clip(spec, background_on=False).max(-1) == 0  # pixels without glyph
         d = 1 if spec.arrow == 0 else -1  # the background drifts down 1 px/frame forward, up when reversed
         for t in range(spec.frames - 1):
@@ -74,9 +74,11 @@ def test_no_single_frame_shows_a_motion_label():
         first = {render_clip(ClipSpec(glyph, d, s, 0, 6, 32, seed=5))[0].tobytes() for d in range(4) for s in range(2)}
         assert len(first) == 1
     # Reversed clips start where forward clips end; on the torus, with a uniform start, that is uniform too: the
-    # glyph's position in frame 0 is spread evenly for both arrows (no drift of the mean position).
+    # glyph's position in frame 0 is spread evenly for both arrows (no drift of the mean position). Measured on
+    # glyphs that fit in the frame (a default square may cover all of it, and then has no centroid).
+    fits = Style(glyph_radius=(0.28, 0.36))
     for arrow in (0, 1):
-        pos = np.array([circular_centroid(render_clip(ClipSpec(1, 0, 1, arrow, 8, 32, seed=k), background_on=False)[0].max(-1)
+        pos = np.array([circular_centroid(render_clip(ClipSpec(1, 0, 1, arrow, 8, 32, seed=k, style=fits), background_on=False)[0].max(-1)
                                           .astype(float)) for k in range(300)])
         resultant = np.abs(np.exp(2j * np.pi * pos / 32).mean(0))
         assert (resultant < 0.15).all()  # ~1/sqrt(300) for uniform positions
@@ -103,7 +105,8 @@ def test_every_frame_in_any_order_shows_its_class():
     rng = np.random.default_rng(0)
     for c in range(len(CLASSES)):
         for k in range(2):
-            spec = ClipSpec(c, int(rng.integers(4)), int(rng.integers(2)), int(rng.integers(2)), 6, size, seed=k)
+            spec = ClipSpec(c, int(rng.integers(4)), int(rng.integers(2)), int(rng.integers(2)), 6, size, seed=k,
+                            style=Style(glyph_radius=(0.28, 0.36)))  # the outline alone: a glyph that fits the frame
             clip = render_clip(spec, background_on=False)[rng.permutation(6)]  # frame-shuffled
             for frame in clip:
                 g = _normalised_glyph(frame.max(-1) > 127)
@@ -159,6 +162,20 @@ def test_cli(tmp_path, capsys):
     assert "wrote 2 train + 1 val" in captured.out and "3/3 clips" in captured.err  # the progress bar
     assert len((tmp_path / "val.csv").read_text().splitlines()) == 1
     assert cli_main(["make-dataset", "--out", str(tmp_path), "--size", "15"]) == 2  # UserError, one line
+
+
+def test_make_dataset_style_option(tmp_path, capsys):
+    # --style writes the clips of the given Style (here the previous default) and records it in labels.json
+    args = ["make-dataset", "--out", str(tmp_path / "d"), "--num-train", "1", "--num-val", "1", "--frames", "4",
+            "--size", "32", "--workers", "1"]
+    assert cli_main(args + ["--style", "glyph_radius=[0.28, 0.36]; glyph_texture_moves=1"]) == 0
+    style = json.loads((tmp_path / "d" / "labels.json").read_text())["style"]
+    assert style["glyph_radius"] == [0.28, 0.36] and style["glyph_texture_moves"] == 1 and style["drift"] == Style().drift
+    spec = S.specs_from_meta(json.loads((tmp_path / "d" / "labels.json").read_text()), "train")[0][0]
+    assert spec.style == Style(glyph_radius=(0.28, 0.36), glyph_texture_moves=1)
+    capsys.readouterr()
+    assert cli_main(args[:2] + [str(tmp_path / "e"), "--style", "glyph_size=3"]) == 2
+    assert "'glyph_size=3'" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
 def test_fashion_mnist_reader_and_glyphs(tmp_path):
@@ -251,7 +268,8 @@ def test_glyph_texture_moves_mixes_fixed_and_moving_waves():
     # A large disc moving right 3 px per frame: with the share 1 its waves move with it (frame t inside the disc is
     # frame 0 shifted 3t px), with 0 they stay where they are, and in between the picture is the mix of the two.
     def frames(moves):
-        spec = ClipSpec(0, 0, 1, 0, 4, 64, seed=3, style=Style(glyph_radius=(0.4, 0.4), glyph_texture_moves=moves))
+        style = Style(glyph_radius=(0.4, 0.4), speeds=(1 / 64, 3 / 64), glyph_texture_moves=moves)
+        spec = ClipSpec(0, 0, 1, 0, 4, 64, seed=3, style=style)
         return render_clip(spec).astype(float), render_clip(spec, background_on=False).max(-1) == 255
 
     fixed, inside = frames(0.0)

@@ -5,7 +5,7 @@ here, above both generators, because the VOS generator draws its scenes with the
 from __future__ import annotations
 
 import motionmae.data.synthetic_vos as vos
-from motionmae.data.synthetic import FASHION_MNIST_DIR, make_dataset, progress_printer
+from motionmae.data.synthetic import FASHION_MNIST_DIR, Style, make_dataset, progress_printer
 
 
 def add_arguments(parser) -> None:
@@ -21,6 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--glyphs", default="shapes", choices=["shapes", "fashion"],
                         help="shapes: procedural (default, identical on every machine); fashion: Fashion-MNIST "
                              f"images from {FASHION_MNIST_DIR} (opt-in, where installed)")
+    parser.add_argument("--style", default="", metavar="KEY=VALUE;...",
+                        help="synthetic.Style fields of the clips, e.g. 'glyph_radius=[0.28,0.36];glyph_texture_moves=1' "
+                             "(the previous default)")
     vos.add_vos_arguments(parser)
 
 
@@ -28,7 +31,8 @@ def run(args) -> int:
     if args.kind == "vos":
         return vos.run(args)
     info = make_dataset(args.out, args.num_train, args.num_val, args.frames or 16, args.size or 64, args.seed,
-                        workers=args.workers, glyphs=args.glyphs, progress=progress_printer())
+                        workers=args.workers, glyphs=args.glyphs, style=Style.from_dict(Style.parse(args.style)),
+                        progress=progress_printer())
     print(f"wrote {info['num_train']} train + {info['num_val']} val clips ({info['glyphs']}) to {info['out']} "
           f"in {info['seconds']:.1f} s")
     print(f"lists: {info['train']}  {info['val']}  (columns: path,class,direction,speed,arrow; see labels.json)")
