@@ -86,7 +86,7 @@ def target_stats(data: Path, frames: int, stride: int, size: int, patch: int, tu
     entries = read_annotation_list(data / "train.csv")[:num_clips]
     specs, render = specs_from_meta(meta, "train")
     g = torch.Generator().manual_seed(seed)
-    stds, noise, copy, zero, corr = [], [], [], [], {"right": [], "below": [], "next slice": []}
+    stds, noise, copy, mean_vis, zero, corr = [], [], [], [], [], {"right": [], "below": [], "next slice": []}
     motion_noise, motion_corr = [], []
     for e, spec in zip(entries, specs):
         dec, clean = _clip_pair(e, spec, np.arange(frames) * stride, size, render)
@@ -102,6 +102,7 @@ def target_stats(data: Path, frames: int, stride: int, size: int, patch: int, tu
         mask = make_mask("per_slice", 1, grid, ratio, g)[0]
         pred = nearest_visible_copy(nd, mask, grid)
         copy.append(((pred - nd) ** 2).mean(-1)[mask])
+        mean_vis.append(((nd[~mask].mean(0) - nd) ** 2).mean(-1)[mask])  # no routing: every visible cube alike
         zero.append((nd**2).mean(-1)[mask])
         cg = nd.reshape(*grid, -1)  # (T', H', W', P)
         for key, (a, b) in {"right": (cg[:, :, 1:], cg[:, :, :-1]), "below": (cg[:, 1:], cg[:, :-1]),
@@ -116,6 +117,7 @@ def target_stats(data: Path, frames: int, stride: int, size: int, patch: int, tu
         "codec_noise_loss": float(noise.mean()),
         "predict_zero_loss": float(torch.cat(zero).mean()), "trivial": trivial_loss(tubelet, patch),
         "copy_nearest_slice_loss": float(torch.cat(copy).mean()),
+        "mean_of_visible_loss": float(torch.cat(mean_vis).mean()),
         # mean correlation of a cube's normalised target with its neighbour's: what nearby visible cubes tell
         "neighbour_correlation": {k: float(torch.cat(v).mean()) for k, v in corr.items()},
         "motion_codec_noise_loss": float(torch.cat(motion_noise).mean()),
