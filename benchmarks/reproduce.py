@@ -644,7 +644,9 @@ def main(argv=None) -> int:
         ab_setup = Setup(**{**asdict(setup), "seeds": ab_seeds})
         ablation = (reread(out, ab_setup, {n: ABLATIONS[n] for n in chosen}, False) if args.report_only else
                     run_all(ab_setup, out, {n: ABLATIONS[n] for n in chosen}, quiet, ledger, log, baseline=False))
-    command = shlex.join(["python", "benchmarks/reproduce.py"] + list(argv if argv is not None else sys.argv[1:]))
+    # the page shows the command that trains and reports (it reads finished runs back): without --report-only
+    command = shlex.join(["python", "benchmarks/reproduce.py"]
+                         + [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"])
     docs_dir = DOCS if args.update_docs else out
     pictures = plots(results, docs_dir)
     text = report(results, setup, command, pictures, docs_dir, ledger, ablation, ab_seeds)

@@ -153,13 +153,18 @@ def test_reproduce_quick_end_to_end(tmp_path):
 def test_reproduce_ablations_split_over_invocations_are_all_reported(tmp_path):
     """Ablations run by separate invocations with the same seeds (e.g. side by side on two cores) each keep their
     results: the report reads every run back, not just the last invocation's."""
-    common_args = ["--quick", "--out", str(tmp_path), "--only", "motionmae-sha", "--no-baseline", "--ablation-seeds", "0"]
+    common_args = ["--quick", "--out", str(tmp_path), "--only", "motionmae-sha", "--no-baseline", "--ablation-seeds", "0",
+                   "--style", "glyph_texture_moves=1"]
     for ablation in ("sha gap 2", "sha abs motion"):
         assert reproduce.main([*common_args, "--ablation", ablation]) == 0
     (tmp_path / "quick" / "results.json").unlink()  # what concurrent invocations leave: only their per-run files
     assert reproduce.main([*common_args, "--ablation", "sha gap 2,sha abs motion", "--report-only"]) == 0
     text = (tmp_path / "quick" / "RESULTS.md").read_text()
     assert "| sha gap 2 |" in text and "| sha abs motion |" in text
+    # the page's command trains and reports (finished runs are read back), so it leaves --report-only out
+    assert "--ablation 'sha gap 2,sha abs motion'" in text and "--report-only" not in text
+    (data,) = (tmp_path / "quick").glob("data-*")  # --style chose the data, and its folder says so
+    assert "texture-moves1" in data.name and json.loads((data / "labels.json").read_text())["style"]["glyph_texture_moves"] == 1
 
 
 def test_cpu_bf16_attention_takes_explicit_path_and_matches_fp32_sdpa():
