@@ -35,7 +35,8 @@ fall within a few hundred steps without losing the motion labels (RESULTS, "Loss
 - half of its texture is fixed in the frame and half moves with the glyph (`glyph_texture_moves=0.5`). The fixed
   half is the same in every time slice, so any visible glyph cube predicts a masked one: that is what the loss
   learns first. The moving half carries direction and speed.
-`Style` holds these knobs; `Style(glyph_radius=(0.28, 0.36), glyph_texture_moves=1)` is the previous default.
+And the speeds do not alias against the texture's period (`Style.speeds`). `Style` holds these knobs;
+`Style(glyph_radius=(0.28, 0.36), speeds=(1 / 64, 3 / 64), glyph_texture_moves=1)` is the previous default.
 
 Default: 800 train / 200 val clips, 16 frames, 64x64 (read at 32x32 by the demo). `render_clip(ClipSpec)`
 renders one clip in memory (numpy), the same function the writer uses.
@@ -77,7 +78,7 @@ class Style:
     period: float = 1.0  # waves: fundamental period (of the frame side): 1/8 = a wallpaper 8 tiles across
     max_freq: int = 2  # waves: the 4 plane waves are harmonics 1..max_freq of the fundamental
     contrast: float = 0.35  # waves / noise: the background's range in every channel is at least 0.6 x this
-    glyph_texture: float = 0.6  # the glyph carries its own waves, moving with it: colour x (1 - this x (1 - L) / 2)
+    glyph_texture: float = 0.6  # the glyph carries its own waves L: colour x (1 - this x (1 - L) / 2)
     glyph_period: float = 1 / 8  # fundamental period of the glyph's waves (of the frame side)
     glyph_texture_moves: float = 0.5  # share of the glyph's waves that move with it: 1 all (True), 0 none (False:
     # fixed in the frame, seen through the glyph); between, the same waves fixed and moving, mixed
