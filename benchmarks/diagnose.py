@@ -138,10 +138,9 @@ def variant_data(out: Path, data_keys: Sequence[str]) -> Path:
 
     from motionmae.data.synthetic import Style, make_dataset
 
-    kw = {}
-    for item in [i for i in data_keys if i.split("=", 1)[0] in ("size", "frames", "crf")]:
-        kw[item.split("=", 1)[0]] = yaml.safe_load(item.split("=", 1)[1])
-    style = Style.parse(";".join(i for i in data_keys if i.split("=", 1)[0] not in kw))
+    sizes = ("size", "frames", "crf")  # make_dataset's own arguments; the rest are Style fields
+    kw = {k: yaml.safe_load(v) for k, v in (i.split("=", 1) for i in data_keys) if k in sizes}
+    style = Style.parse(";".join(i for i in data_keys if i.split("=", 1)[0] not in sizes))
     root = out / ("data-" + hashlib.sha1(repr(sorted(data_keys)).encode()).hexdigest()[:10])
     if not (root / "labels.json").exists():
         make_dataset(root, style=Style.from_dict(style), **kw)
@@ -195,8 +194,8 @@ def readout_features(encoder, x: torch.Tensor, layers: Sequence[int], batch: int
 def memory_run(data: Path, steps: int, lr: float, overrides: Sequence[str], config: str = "demo", probe_at=(),
                log=print, seed: int = 0, schedule: str = "cosine") -> dict:
     """Pretrain on the eval-view clips of `data`'s train list held in memory (fresh masks every step, warm-up
-    from the config, then `schedule`: cosine, or constant at `lr`); report the held-out ratio to predict-zero every steps/4 and linear probes of every
-    layer (vs the random init the run starts from) at `probe_at`."""
+    from the config, then `schedule`: cosine, or constant at `lr`); report the held-out ratio to predict-zero
+    every steps/4 and linear probes of every layer (vs the random init the run starts from) at `probe_at`."""
     import dataclasses
 
     from motionmae.config import load_config
