@@ -12,6 +12,10 @@ from motionmae.data.synthetic import (CLASSES, DIRECTIONS, ClipSpec, Style, back
                                       load_fashion_mnist, make_dataset, render_clip, specs_from_meta)
 
 
+# glyphs that fit in the frame (the default ones may wrap around and cover it): for outlines, centroids and background
+FITS = Style(glyph_radius=(0.28, 0.36))
+
+
 def all_specs(frames=6, size=32, glyph=0, style=None):
     return [ClipSpec(glyph, d, s, a, frames, size, seed=10 * d + 3 * s + a, style=style or Style()) for d in range(4) for s in range(2) for a in range(2)]
 
@@ -58,7 +62,7 @@ def test_background_drifts_down_one_pixel_per_frame_at_64px():
 
 
 def test_arrow_is_the_background_drift_and_the_playback_order():
-    for spec in all_specs(size=64, style=Style(glyph_radius=(0.28, 0.36))):  # glyphs that leave the background in view
+    for spec in all_specs(size=64, style=FITS):  # glyphs that leave the background in view
         full, free = render_clip(spec), render_clip(spec, background_on=False).max(-1) == 0  # pixels without glyph
         d = 1 if spec.arrow == 0 else -1  # the background drifts down 1 px/frame forward, up when reversed
         for t in range(spec.frames - 1):
@@ -76,9 +80,8 @@ def test_no_single_frame_shows_a_motion_label():
     # Reversed clips start where forward clips end; on the torus, with a uniform start, that is uniform too: the
     # glyph's position in frame 0 is spread evenly for both arrows (no drift of the mean position). Measured on
     # glyphs that fit in the frame (a default square may cover all of it, and then has no centroid).
-    fits = Style(glyph_radius=(0.28, 0.36))
     for arrow in (0, 1):
-        pos = np.array([circular_centroid(render_clip(ClipSpec(1, 0, 1, arrow, 8, 32, seed=k, style=fits), background_on=False)[0].max(-1)
+        pos = np.array([circular_centroid(render_clip(ClipSpec(1, 0, 1, arrow, 8, 32, seed=k, style=FITS), background_on=False)[0].max(-1)
                                           .astype(float)) for k in range(300)])
         resultant = np.abs(np.exp(2j * np.pi * pos / 32).mean(0))
         assert (resultant < 0.15).all()  # ~1/sqrt(300) for uniform positions
@@ -106,7 +109,7 @@ def test_every_frame_in_any_order_shows_its_class():
     for c in range(len(CLASSES)):
         for k in range(2):
             spec = ClipSpec(c, int(rng.integers(4)), int(rng.integers(2)), int(rng.integers(2)), 6, size, seed=k,
-                            style=Style(glyph_radius=(0.28, 0.36)))  # the outline alone: a glyph that fits the frame
+                            style=FITS)  # the outline alone
             clip = render_clip(spec, background_on=False)[rng.permutation(6)]  # frame-shuffled
             for frame in clip:
                 g = _normalised_glyph(frame.max(-1) > 127)
