@@ -5,8 +5,10 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -305,9 +307,37 @@ def test_vos_sets_pairs_rows_by_seed(tmp_path):
     rows["same"] = dict(rows[vos_sets.RANDOM])
     res = vos_sets.measure(tmp_path, rows, [32], reproduce.Ledger(tmp_path / "cost.json"), sequences=1, height=32)
     assert sorted(p.name for p in tmp_path.glob("vos-*")) == ["vos-1x32", "vos-1x32-sprites"]
-    assert set(res) == {(r, scene, 32) for r in rows for scene in vos_sets.SCENES}
+    names = [*rows, vos_sets.COPY, vos_sets.PIXELS]
+    assert set(res) == {(r, scene, 32) for r in names for scene in vos_sets.SCENES}
     for key, per_seed in res.items():
+        if key[0] in (vos_sets.COPY, vos_sets.PIXELS):  # no encoder: one value, given to every seed
+            assert set(per_seed) == {0, 1} and per_seed[0] == per_seed[1]
+            continue
         assert set(per_seed) == {0, 1} and all(0.0 <= v <= 1.0 for v in per_seed.values())
         assert per_seed == res[(vos_sets.RANDOM, *key[1:])]
     text = vos_sets.table(res, list(rows), [32])
     assert "| same - random init, per seed | +0.000 ± 0.000 (+0.000 +0.000) | +0.000 ± 0.000 (+0.000 +0.000) |" in text
+    copies = [res[(vos_sets.COPY, scene, 32)][0] for scene in vos_sets.SCENES]
+    assert f"| {vos_sets.COPY} | {copies[0]:.3f} | {copies[1]:.3f} |" in text
+    # the copy reference copies: every propagated frame of the sequence is the same mask
+    pngs = sorted((tmp_path / "vos" / "glyphs-32" / reproduce.slug(vos_sets.COPY)).rglob("*.png"))
+    assert len(pngs) == 24
+    masks = [np.array(Image.open(p)) for p in pngs[1:]]
+    assert all((m == masks[0]).all() for m in masks) and masks[0].any()
+
+
+def test_vos_reference_features_by_hand():
+    """The references' features, worked out by hand: one-hot places; a pure red 8x16 frame with 4 px patches is
+    (1, 2, 4) patches of 16 ones, 32 zeros and (row, column) x position / grid height."""
+    import vos_sets
+
+    frames = np.zeros((3, 8, 16, 3), np.uint8)
+    frames[..., 0] = 255
+    f = vos_sets.PositionOnly(size=0, patch=4)(frames)
+    assert f.shape == (3, 2, 4, 8) and torch.equal(f[2].reshape(8, 8), torch.eye(8))
+    f = vos_sets.PixelsAndPosition(size=0, patch=4, position=4.0)(frames)
+    assert f.shape == (3, 2, 4, 48 + 2)
+    assert torch.equal(f[..., :16], torch.ones(3, 2, 4, 16)) and not f[..., 16:48].any()
+    assert f[1, 1, 3, 48:].tolist() == [2.0, 6.0] and f[0, 0, 1, 48:].tolist() == [0.0, 2.0]
+    # resized as the encoders' frames are: a 16x32 frame at size 8 is the same grid
+    assert torch.equal(vos_sets.PixelsAndPosition(size=8)(np.repeat(np.repeat(frames, 2, 1), 2, 2)), f)
