@@ -377,7 +377,8 @@ def _vos(r: Result) -> float:
 def summary_table(results: Dict[str, List[Result]], setup: Setup, method: str = "linear") -> str:
     names = [n for n, rs in results.items() if rs]
     head = ["model"] + [f"{c} ({'appearance' if c == 'class' else 'motion'})" for c in COLUMNS]
-    head += ["motion mean", f"fine-tune {setup.finetune_column}", "VOS J&F", "loss / predict-zero", "CPU-h / run"]
+    head += ["motion mean", f"fine-tune {setup.finetune_column}", "VOS J&F", "appearance loss / predict-zero",
+             "motion loss / predict-zero", "CPU-h / run"]
     rows = []
     for n in names:
         rs, step = results[n], final_step(results[n])
@@ -385,23 +386,23 @@ def summary_table(results: Dict[str, List[Result]], setup: Setup, method: str = 
         row.append(pm([motion_mean(r.probes[step], method) for r in rs]))
         row.append(pm([r.finetune_top1 for r in rs]))
         row.append(pm([_vos(r) for r in rs], scale=1.0, digits=3))
-        row.append(pm([r.heldout.get("ratio_appearance", float("nan")) for r in rs], scale=1.0, digits=3))
+        row += [pm([r.heldout.get(f"ratio_{t}", float("nan")) for r in rs], scale=1.0, digits=3) for t in ("appearance", "motion")]
         row.append(pm([r.cpu_s / 3600 for r in rs], scale=1.0, digits=2) if n != RANDOM else "-")
         rows.append(row)
     any_r = results[names[0]][0].probes[final_step(results[names[0]])]
-    rows.append(["chance"] + [f"{100 * any_r[c]['chance']:.1f}" for c in COLUMNS] + [""] * 5)
+    rows.append(["chance"] + [f"{100 * any_r[c]['chance']:.1f}" for c in COLUMNS] + [""] * 6)
     return markdown_table(head, rows)
 
 
 def per_seed_table(results: Dict[str, List[Result]]) -> str:
-    head = ["model", "seed"] + list(COLUMNS) + ["fine-tune", "VOS J&F", "loss / predict-zero"]
+    head = ["model", "seed"] + list(COLUMNS) + ["fine-tune", "VOS J&F", "appearance loss / predict-zero", "motion loss / predict-zero"]
     rows = []
     for n, rs in results.items():
         for r in rs:
             p = r.probes[max(r.probes)]
             rows.append([n, r.seed] + [f"{100 * p[c]['linear']:.1f}" for c in COLUMNS]
                         + [f"{100 * r.finetune_top1:.1f}", f"{_vos(r):.3f}",
-                           f"{r.heldout['ratio_appearance']:.3f}" if r.heldout else "-"])
+                           *(f"{r.heldout[f'ratio_{t}']:.3f}" if f"ratio_{t}" in r.heldout else "-" for t in ("appearance", "motion"))])
     return markdown_table(head, rows)
 
 
@@ -558,8 +559,8 @@ def report(results: Dict[str, List[Result]], setup: Setup, command: str, picture
         f"{setup.finetune_steps} steps on `{setup.finetune_column}` (layer decay 0.75, no mixup / cutmix / random erasing / "
         "label smoothing / RandAugment), val top-1; label propagation on the synthetic VOS set "
         f"(`make-dataset --kind vos`, {setup.vos_sequences} sequences, frames at {setup.vos_size} px, default DINO settings); "
-        "held-out reconstruction loss of the final checkpoint / the loss of predicting zero for every masked cube "
-        "(200 val clips, one seeded mask each).",
+        "held-out reconstruction loss of the final checkpoint / the loss of predicting zero for every masked cube, "
+        "appearance and (for the models with a motion target) motion (200 val clips, one seeded mask each).",
         "",
         f"## Linear probe at the last step ({setup.steps}), fine-tuning, VOS, reconstruction (%)",
         "",

@@ -148,6 +148,10 @@ def test_reproduce_quick_end_to_end(tmp_path):
     text = (out / "RESULTS.md").read_text()
     for name in reproduce.KINDS:
         assert f"| {name} |" in text
+    # the per-seed rows end with both held-out ratios; videomae has no motion target, so no motion ratio
+    sha, vmae = res["motionmae-sha"][0]["heldout"], res["videomae"][0]["heldout"]
+    assert f"| {sha['ratio_appearance']:.3f} | {sha['ratio_motion']:.3f} |" in text
+    assert f"| {vmae['ratio_appearance']:.3f} | - |" in text and "ratio_motion" not in vmae
     for png in ("results_loss.png", "results_probe_motion.png", "results_probe_class.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
