@@ -191,12 +191,12 @@ def pretrain_run(setup: Setup, kind, data: Path, seed: int, run_dir: Path, quiet
 
 
 def _data_overrides(setup: Setup, data: Path) -> list:
-    """Evaluation clips as the pretraining config sees them (the whole frame, no flip), one process."""
-    from motionmae.config import load_config
-
+    """Evaluation clips as the pretraining config sees them (the whole frame, no flip, the same stride; the number
+    of frames follows the model), one process. The stride matters for fine-tuning, whose clips never come from the checkpoint: its default (4)
+    on 16-frame videos loops the clip back to its start, which hides the sign of the motion."""
     d = pretrain_cfg(setup, (), data, 0, Path("unused")).data
     return ["data.num_workers=0", "data.flip=false", f"data.short_side={d.short_side}",
-            "data.scales=[" + ",".join(map(str, d.scales)) + "]"]
+            "data.scales=[" + ",".join(map(str, d.scales)) + "]", f"data.sampling_rate={d.sampling_rate}"]
 
 
 def probe(setup: Setup, encoder, data: Path, out: Path, quiet: bool, ledger: Ledger, key: str) -> Dict[str, Dict[str, float]]:
