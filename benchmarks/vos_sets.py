@@ -103,23 +103,27 @@ def encoders(out: Path, seeds: Sequence[int], real_video: Path, ledger: R.Ledger
     """{row name: {seed: encoder module or checkpoint path}}."""
     from motionmae import config as C
     from motionmae.eval.probe import random_encoder
-    from motionmae.runtime.checkpoint import numbered_checkpoints
 
     model = C.load_config("demo", []).model
     rows: Dict[str, Dict[int, object]] = {RANDOM: {s: random_encoder(model, s) for s in seeds},
                                           DEMO: {s: demo_checkpoint(out, s, out / "demo-data", ledger) for s in seeds}}
-    if real_video:
-        for name in REAL_VIDEO_MODELS:
-            found = {s: numbered_checkpoints(real_video / "runs" / f"{name}-seed{s}") for s in seeds}
-            if any(found.values()):
-                steps = {int(c[-1].stem.split("_")[-1]) for c in found.values() if c}
-                rows[f"{name} (real video, {'/'.join(map(str, sorted(steps)))} steps)"] = {s: c[-1] for s, c in found.items() if c}
-    for study in studies:
-        for name in STUDY_MODELS:
-            found = {s: numbered_checkpoints(study / "runs" / f"{name}-seed{s}") for s in seeds}
-            if any(found.values()):
-                steps = {int(c[-1].stem.split("_")[-1]) for c in found.values() if c}
-                rows[f"{name} (study, {'/'.join(map(str, sorted(steps)))} steps)"] = {s: c[-1] for s, c in found.items() if c}
+    sources = ([(real_video, REAL_VIDEO_MODELS, "real video")] if real_video else []) + [(study, STUDY_MODELS, "study") for study in studies]
+    for runs, names, label in sources:
+        rows.update(final_checkpoints(runs / "runs", names, seeds, label))
+    return rows
+
+
+def final_checkpoints(runs: Path, names: Sequence[str], seeds: Sequence[int], label: str) -> Dict[str, Dict[int, Path]]:
+    """{'<name> (<label>, <steps> steps)': {seed: last numbered checkpoint}} of the runs `runs/<name>-seed<seed>`
+    that have one."""
+    from motionmae.runtime.checkpoint import numbered_checkpoints
+
+    rows = {}
+    for name in names:
+        found = {s: c[-1] for s in seeds if (c := numbered_checkpoints(runs / f"{name}-seed{s}"))}
+        if found:
+            steps = sorted({int(c.stem.split("_")[-1]) for c in found.values()})
+            rows[f"{name} ({label}, {'/'.join(map(str, steps))} steps)"] = found
     return rows
 
 
