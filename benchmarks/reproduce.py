@@ -192,8 +192,8 @@ def pretrain_run(setup: Setup, kind, data: Path, seed: int, run_dir: Path, quiet
 
 def _data_overrides(setup: Setup, data: Path) -> list:
     """Evaluation clips as the pretraining config sees them (the whole frame, no flip, the same stride; the number
-    of frames follows the model), one process. The stride matters for fine-tuning, whose clips never come from the checkpoint: its default (4)
-    on 16-frame videos loops the clip back to its start, which hides the sign of the motion."""
+    of frames follows the model), one process. The stride matters for fine-tuning, whose clips never come from the
+    checkpoint: its default (4) on 16-frame videos loops the clip back to its start, which hides the motion's sign."""
     d = pretrain_cfg(setup, (), data, 0, Path("unused")).data
     return ["data.num_workers=0", "data.flip=false", f"data.short_side={d.short_side}",
             "data.scales=[" + ",".join(map(str, d.scales)) + "]", f"data.sampling_rate={d.sampling_rate}"]
@@ -243,7 +243,8 @@ def finetune_run(setup: Setup, checkpoint: Optional[Path], data: Path, seed: int
 
 
 def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger: Ledger, quiet: bool) -> Optional[dict]:
-    """J&F of label propagation with the frozen encoder on the synthetic VOS set (read back when done)."""
+    """J&F of label propagation with the frozen encoder on the synthetic VOS set (read back when done). `encoder`: a
+    module, a checkpoint, or features with no encoder (anything `segment_davis` takes, e.g. vos_sets' references)."""
     from motionmae import config as C
     from motionmae.eval.features import encoder_from_state
     from motionmae.eval.vos import EncoderFeatures, segment_davis
@@ -252,16 +253,18 @@ def vos_run(encoder, vos_root: Optional[Path], run_dir: Path, size: int, ledger:
         return None
     done = run_dir / "results-val.json"
     if not done.exists():
-        mean_std_cfg = None
-        if not hasattr(encoder, "patch_embed"):  # a checkpoint
-            from motionmae.runtime.checkpoint import load_model_state
+        features = encoder
+        if not hasattr(encoder, "input_size"):  # an encoder
+            kw = {}
+            if not hasattr(encoder, "patch_embed"):  # a checkpoint
+                from motionmae.runtime.checkpoint import load_model_state
 
-            sd, config_dict = load_model_state(encoder)
-            encoder, mean_std_cfg = encoder_from_state(sd, config_dict, str(encoder)), C.checkpoint_data(C.DataConfig(), config_dict)
-        kw = {"mean": mean_std_cfg.mean, "std": mean_std_cfg.std} if mean_std_cfg else {}
+                sd, config_dict = load_model_state(encoder)
+                encoder, d = encoder_from_state(sd, config_dict, str(encoder)), C.checkpoint_data(C.DataConfig(), config_dict)
+                kw = {"mean": d.mean, "std": d.std}
+            features = EncoderFeatures(encoder, size=size, **kw)
         with _quiet(quiet), ledger.charge(f"vos/{run_dir.name}"):
-            segment_davis(EncoderFeatures(encoder, size=size, **kw), vos_root, run_dir, "val", C.VOSOptions(size=size),
-                          log=lambda *_: None)
+            segment_davis(features, vos_root, run_dir, "val", C.VOSOptions(size=size), log=lambda *_: None)
     g = json.loads(done.read_text())["global"]
     return {"J&F": g["J&F-Mean"], "J": g["J-Mean"], "F": g["F-Mean"]}
 

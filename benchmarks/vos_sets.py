@@ -127,20 +127,6 @@ def final_checkpoints(runs: Path, names: Sequence[str], seeds: Sequence[int], la
     return rows
 
 
-def reference_run(features: PositionOnly, root: Path, run_dir: Path, size: int, ledger: R.Ledger) -> float:
-    """J&F of a reference (read back when done)."""
-    import json
-
-    from motionmae import config as C
-    from motionmae.eval.vos import segment_davis
-
-    done = run_dir / "results-val.json"
-    if not done.exists():
-        with R._quiet(True), ledger.charge(f"vos/{run_dir.name}"):
-            segment_davis(features, root, run_dir, "val", C.VOSOptions(size=size), log=lambda *_: None)
-    return json.loads(done.read_text())["global"]["J&F-Mean"]
-
-
 def measure(out: Path, rows: Dict[str, Dict[int, object]], sizes: Sequence[int], ledger: R.Ledger,
             sequences: int = 8, height: int = 64) -> Dict[tuple, Dict[int, float]]:
     """{(row, scene, size): {seed: J&F}} on `sequences` x 24 frames of each scene at `height` x 4/3 height."""
@@ -149,7 +135,7 @@ def measure(out: Path, rows: Dict[str, Dict[int, object]], sizes: Sequence[int],
         root = R.make_vos(R.Setup(vos_sequences=sequences, vos_size=height, vos_scene=scene), out)
         for size in sizes:
             for name, make in ((COPY, PositionOnly), (PIXELS, PixelsAndPosition)):  # the same for every seed
-                jf = reference_run(make(size), root, out / "vos" / f"{scene}-{size}" / R.slug(name), size, ledger)
+                jf = R.vos_run(make(size), root, out / "vos" / f"{scene}-{size}" / R.slug(name), size, ledger, quiet=True)["J&F"]
                 res[(name, scene, size)] = {seed: jf for seed in next(iter(rows.values()))}
             for name, per_seed in rows.items():
                 for seed, enc in per_seed.items():
